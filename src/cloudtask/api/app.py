@@ -1,0 +1,94 @@
+"""The app factory: ``create_app(settings, db=…, broker=…, kv=…)``.
+
+The back ends are built and started by the caller (``cli.py`` or ``dev.py``) and only used here;
+the app's lifespan runs the outbox publisher and relay, which belong to the job-service.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloudtask.api import errors, openapi
+from cloudtask.api.context import ApiContext
+from cloudtask.api.idempotency import IdempotencyStore
+from cloudtask.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from cloudtask.api.routes import actuator, auth, jobs
+from cloudtask.api.security import PasswordHasher, TokenService
+from cloudtask.broker.base import Broker
+from cloudtask.kv.base import KV
+from cloudtask.observability.metrics import ApiMetrics, ServiceMetrics
+from cloudtask.outbox import OutboxPublisher
+from cloudtask.policies.login_throttle import LoginThrottle
+from cloudtask.settings import Settings
+
+DESCRIPTION = """CloudTask's job-service: register, get a token, submit jobs and follow them.
+
+Every error, 4xx and 5xx, has the body `ErrorBody`. Times are RFC 3339 UTC; JSON types are
+strict."""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    db: AsyncEngine,
+    broker: Broker,
+    kv: KV,
+    jwt_secret: str | None = None,
+    extra_metrics: Sequence[ServiceMetrics] = (),
+) -> FastAPI:
+    secret = jwt_secret or (settings.jwt_secret.get_secret_value() if settings.jwt_secret else "")
+    metrics = ApiMetrics()
+    publisher = OutboxPublisher(
+        db,
+        broker,
+        relay_after=settings.outbox_relay_after_seconds,
+        on_published=metrics.outbox_published.inc,
+    )
+    context = ApiContext(
+        settings=settings,
+        db=db,
+        broker=broker,
+        kv=kv,
+        outbox=publisher,
+        tokens=TokenService(secret, settings.jwt_ttl_seconds),
+        passwords=PasswordHasher(settings.bcrypt_rounds),
+        idempotency=IdempotencyStore(kv),
+        throttle=LoginThrottle(),
+        metrics=metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(publisher.run(), name="outbox-publisher"),
+            asyncio.create_task(publisher.run_relay(), name="outbox-relay"),
+        ]
+        try:
+            yield
+        finally:
+            await publisher.drain()
+            publisher.stop()
+            _, stuck = await asyncio.wait(tasks, timeout=5)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = FastAPI(
+        title="CloudTask",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.state.context = context
+    app.state.extra_metrics = list(extra_metrics)
+    errors.install(app)
+    openapi.install(app)
+    for router in (auth.router, jobs.router, actuator.router):
+        app.include_router(router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware)
+    return app

@@ -1,0 +1,169 @@
+"""The API's one error body, for every 4xx and 5xx, and the mapping from exceptions to it.
+
+``{"status", "error", "message", "path", "timestamp"}`` as the original job-service answered, plus a
+``details`` list on 400s naming each bad field, parameter or header. Never a stack trace.
+"""
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from cloudtask.api.responses import JSONBytesResponse
+from cloudtask.contracts.timefmt import format_rfc3339, utcnow
+from cloudtask.errors import BrokerUnavailable, DatabaseUnavailable, KVUnavailable
+
+log = logging.getLogger(__name__)
+
+_LOCATIONS = {"body": "body", "query": "query", "path": "path", "header": "header"}
+
+
+class ApiError(Exception):
+    """An answer other than success, raised anywhere below a route."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        details: Sequence[Mapping[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+        self.details = list(details) if details is not None else None
+
+
+def not_found(what: str = "Job") -> ApiError:
+    return ApiError(404, f"{what} not found")
+
+
+def unauthorized(message: str = "Authentication required") -> ApiError:
+    return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def bad_request(field: str, location: str, message: str) -> ApiError:
+    detail = {"field": field, "location": location, "message": message}
+    return ApiError(400, f"Invalid request: {field}: {message}", details=[detail])
+
+
+def error_response(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    details: Sequence[Mapping[str, str]] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "status": status,
+        "error": HTTPStatus(status).phrase,
+        "message": message,
+        "path": request.url.path,
+        "timestamp": format_rfc3339(utcnow()),
+    }
+    if details is not None:
+        body["details"] = list(details)
+    return JSONBytesResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def _field_path(parts: Sequence[Any]) -> str:
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _header_name(name: str) -> str:
+    return "-".join(word.capitalize() for word in name.split("-"))
+
+
+def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    details = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        location = _LOCATIONS.get(str(loc[0]), "body") if loc else "body"
+        rest = loc[1:]
+        if error.get("type") == "json_invalid":
+            field, message = "body", f"Malformed JSON: {error.get('ctx', {}).get('error', '')}"
+        else:
+            field = _field_path(rest) or location
+            if location == "header":
+                field = _header_name(field)
+            message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+        details.append({"field": field, "location": location, "message": message})
+    return details
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, ApiError):
+        return await _unexpected(request, exc)
+    return error_response(
+        request, exc.status, exc.message, headers=exc.headers, details=exc.details
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, RequestValidationError):
+        return await _unexpected(request, exc)
+    details = validation_details(exc.errors())
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+    return error_response(request, 400, f"Invalid request: {summary}", details=details)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, StarletteHTTPException):
+        return await _unexpected(request, exc)
+    status = exc.status_code
+    if status == 404:
+        message = f"No such path: {request.url.path}"
+    elif status == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+        headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(request, status, message, headers=headers)
+    elif isinstance(exc.detail, str) and exc.detail:
+        message = exc.detail
+    else:
+        message = HTTPStatus(status).phrase
+    return error_response(request, status, message, headers=exc.headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Starlette names only the first route that matches the path, and FastAPI has one route per
+    # method; the OpenAPI document knows them all.
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("dependency unavailable: %s", exc)
+    return error_response(request, 503, "A dependency is unavailable; try again shortly")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(request, 500, "An unexpected error occurred")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for unavailable in (BrokerUnavailable, DatabaseUnavailable, KVUnavailable):
+        app.add_exception_handler(unavailable, _unavailable)
+    app.add_exception_handler(Exception, _unexpected)

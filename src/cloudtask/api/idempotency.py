@@ -1,0 +1,73 @@
+"""``Idempotency-Key``: the same key from the same user within 24 hours replays the first answer.
+
+A key is claimed atomically (set-if-absent) while its request runs, then holds the answer. The
+request is identified by a fingerprint of its method, path and body (parsed, so whitespace and key
+order do not matter): the same key with another body is a 422; the same key while the first request
+still runs is a 409. A request that fails releases its key so that the client can try again.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from cloudtask.api.errors import ApiError
+from cloudtask.contracts import jsoncodec
+from cloudtask.kv.base import KV
+
+REPLAY_TTL = 24 * 3600.0
+IN_FLIGHT_TTL = 60.0
+
+
+@dataclass(frozen=True)
+class Replay:
+    status: int
+    body: bytes
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
+
+
+class IdempotencyStore:
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+
+    @staticmethod
+    def _key(user_id: UUID, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"idem:{user_id}:{digest}"
+
+    async def begin(self, user_id: UUID, key: str, print_: str) -> Replay | None:
+        """Claim ``key`` for this request, or return the answer to replay; raises 409 or 422."""
+        kv_key = self._key(user_id, key)
+        claim = jsoncodec.dumps({"state": "running", "fingerprint": print_})
+        for _ in range(3):
+            if await self._kv.set(kv_key, claim, ttl=IN_FLIGHT_TTL, only_if_absent=True):
+                return None
+            stored = await self._kv.get(kv_key)
+            if stored is None:
+                continue  # expired between the two calls: claim it again
+            record = jsoncodec.loads(stored)
+            if record["fingerprint"] != print_:
+                raise ApiError(
+                    422, "Idempotency-Key was already used with a different request body"
+                )
+            if record["state"] == "running":
+                raise ApiError(409, "A request with this Idempotency-Key is still in progress")
+            return Replay(int(record["status"]), record["body"].encode())
+        raise ApiError(409, "A request with this Idempotency-Key is still in progress")
+
+    async def finish(self, user_id: UUID, key: str, print_: str, status: int, body: bytes) -> None:
+        record = {
+            "state": "done",
+            "fingerprint": print_,
+            "status": status,
+            "body": body.decode(),
+        }
+        await self._kv.set(self._key(user_id, key), jsoncodec.dumps(record), ttl=REPLAY_TTL)
+
+    async def release(self, user_id: UUID, key: str) -> None:
+        await self._kv.delete(self._key(user_id, key))

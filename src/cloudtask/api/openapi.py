@@ -1,0 +1,74 @@
+"""The OpenAPI document: every route's error answers are the contract's error body.
+
+FastAPI documents validation failures as 422 with its own schema; CloudTask answers them with a 400
+in the error body, so the document is rewritten to say so.
+"""
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from cloudtask.contracts.api import ErrorBody
+
+_DESCRIPTIONS = {
+    400: "Malformed JSON, or a field, parameter or header that fails its rule (see `details`).",
+    401: "Missing, malformed, forged or expired token.",
+    404: "Unknown, malformed or another user's id (the same answer for all three).",
+    409: "The request conflicts with the resource's current state.",
+    413: "The body is larger than 1 MiB.",
+    422: "The Idempotency-Key was already used with a different body.",
+    429: "Too many failed attempts; see Retry-After.",
+    500: "Unexpected error.",
+    503: "A dependency is unavailable.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+def install(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _rewrite(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _rewrite(document: dict[str, Any]) -> dict[str, Any]:
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    error = {"description": "", "content": {"application/json": {"schema": error_ref}}}
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            if _is_fastapi_validation(responses.get("422")):
+                del responses["422"]
+                responses.setdefault("400", {**error, "description": _DESCRIPTIONS[400]})
+            if "requestBody" in operation:
+                responses.setdefault("400", {**error, "description": _DESCRIPTIONS[400]})
+            if "requestBody" in operation:
+                responses.setdefault("413", {**error, "description": _DESCRIPTIONS[413]})
+            responses.setdefault("500", {**error, "description": _DESCRIPTIONS[500]})
+    schemas = document.get("components", {}).get("schemas", {})
+    for name, schema in schemas.items():
+        if name.startswith(("JobCreate", "Registration", "Credentials", "JobBatchCreate")):
+            schema.setdefault("additionalProperties", True)
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    return document
+
+
+def _is_fastapi_validation(response: dict[str, Any] | None) -> bool:
+    if response is None:
+        return False
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return bool(schema.get("$ref", "").endswith("/HTTPValidationError"))

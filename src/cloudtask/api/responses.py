@@ -1,0 +1,16 @@
+"""A JSON response rendered with CloudTask's codec (orjson, exact big integers)."""
+
+from typing import Any
+
+from starlette.responses import Response
+
+from cloudtask.contracts import jsoncodec
+
+
+class JSONBytesResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, bytes):
+            return content
+        return jsoncodec.dumps(content)

@@ -1,0 +1,240 @@
+"""``/jobs``: submit, list, read, cancel and retry a user's jobs."""
+
+import base64
+import binascii
+import logging
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, status
+from starlette.responses import Response
+
+from cloudtask.api import submission
+from cloudtask.api.deps import Context, CurrentUser
+from cloudtask.api.errors import ApiError, bad_request, not_found
+from cloudtask.api.jsonbody import StrictJSONRoute
+from cloudtask.api.openapi import error_responses
+from cloudtask.api.responses import JSONBytesResponse
+from cloudtask.api.serialize import job_json
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.api import Job, JobBatchCreate, JobCreate
+from cloudtask.contracts.job_types import TYPE_PATTERN
+from cloudtask.contracts.signals import CANCEL_CHANNEL, CANCEL_TTL, cancel_key
+from cloudtask.contracts.statuses import RETRYABLE_STATUSES, JobStatus
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db import session
+from cloudtask.db.queries import jobs as jobs_q
+from cloudtask.errors import KVUnavailable
+
+log = logging.getLogger(__name__)
+router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    route_class=StrictJSONRoute,
+    responses=error_responses(401),
+)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Replays the first answer for the same key and body within 24 hours.",
+    ),
+]
+
+
+def _job_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise not_found() from None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Job,
+    responses=error_responses(400, 409, 422),
+    summary="Submit a job",
+)
+async def create_job(
+    body: JobCreate,
+    user: CurrentUser,
+    context: Context,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    submission.raise_if_invalid(submission.check_payload(body, ("payload",)))
+
+    async def create() -> Response:
+        job = submission.new_job(body, user.user_id, utcnow())
+        await submission.store(context, [job])
+        return JSONBytesResponse(job_json(job.record(), body.payload), status_code=201)
+
+    return await submission.idempotent(context, request, user, idempotency_key, create)
+
+
+@router.post(
+    "/batch",
+    status_code=status.HTTP_201_CREATED,
+    response_model=list[Job],
+    responses=error_responses(400, 409, 422),
+    summary="Submit up to 1,000 jobs at once, all or none",
+)
+async def create_batch(
+    body: JobBatchCreate,
+    user: CurrentUser,
+    context: Context,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    details = []
+    for index, job_body in enumerate(body.jobs):
+        details += submission.check_payload(job_body, ("jobs", index, "payload"))
+    submission.raise_if_invalid(details)
+
+    async def create() -> Response:
+        now = utcnow()
+        new_jobs = [submission.new_job(job_body, user.user_id, now) for job_body in body.jobs]
+        await submission.store(context, new_jobs)
+        jobs_json = [
+            job_json(job.record(), job_body.payload)
+            for job, job_body in zip(new_jobs, body.jobs, strict=True)
+        ]
+        return JSONBytesResponse(jobs_json, status_code=201)
+
+    return await submission.idempotent(context, request, user, idempotency_key, create)
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, seq = text.partition(":")
+        if version != "v1" or not seq.isdigit():
+            raise ValueError(cursor)
+        return int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad_request("cursor", "query", "is not a cursor this API issued") from None
+
+
+@router.get(
+    "",
+    response_model=list[Job],
+    responses=error_responses(400),
+    summary="List your jobs, newest first",
+    description='When more jobs remain, a `Link: <…>; rel="next"` header gives the next page.',
+)
+async def list_jobs(
+    user: CurrentUser,
+    context: Context,
+    request: Request,
+    job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
+    job_type: Annotated[str | None, Query(alias="type", pattern=TYPE_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    before = _decode_cursor(cursor) if cursor is not None else None
+    async with session.reading(context.db) as conn:
+        records = await jobs_q.list_for_user(
+            conn,
+            user.user_id,
+            limit=limit + 1,
+            before_seq=before,
+            status=job_status,
+            job_type=job_type,
+        )
+    page = records[:limit]
+    headers = {}
+    if len(records) > limit:
+        next_url = request.url.include_query_params(cursor=_encode_cursor(page[-1].seq))
+        headers["Link"] = f'<{next_url}>; rel="next"'
+    return JSONBytesResponse([job_json(job) for job in page], headers=headers)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=Job,
+    responses=error_responses(404),
+    summary="Read one job",
+)
+async def get_job(job_id: str, user: CurrentUser, context: Context) -> Response:
+    async with session.reading(context.db) as conn:
+        job = await jobs_q.get(conn, _job_id(job_id), user.user_id)
+    if job is None:
+        raise not_found()
+    return JSONBytesResponse(job_json(job))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=Job,
+    responses=error_responses(404, 409),
+    summary="Cancel a job",
+    description=(
+        "A PENDING or SCHEDULED job becomes CANCELLED and never runs. A RUNNING job is asked to "
+        "stop (within about a second) and becomes CANCELLED when it does."
+    ),
+)
+async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Response:
+    target = _job_id(job_id)
+    async with session.transaction(context.db) as conn:
+        job = await jobs_q.cancel(conn, target, user.user_id, now=utcnow())
+        if job is None:
+            existing = await jobs_q.get(conn, target, user.user_id)
+            if existing is None:
+                raise not_found()
+            raise ApiError(409, f"Job is already {existing.status.value}")
+    await _signal_cancel(context, target)
+    return JSONBytesResponse(job_json(job))
+
+
+async def _signal_cancel(context: Context, job_id: uuid.UUID) -> None:
+    # The database already says CANCELLED (or cancel requested); this tells the workers, so a
+    # queued copy is skipped and a running one is stopped.
+    try:
+        await context.kv.set(cancel_key(job_id), b"1", ttl=CANCEL_TTL)
+        await context.kv.publish(CANCEL_CHANNEL, str(job_id).encode())
+    except KVUnavailable:
+        log.warning(
+            "could not signal a cancellation to the workers",
+            extra={"action": "job.cancel_unsignalled", "jobId": str(job_id)},
+        )
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Job,
+    responses=error_responses(404, 409),
+    summary="Run a FAILED or CANCELLED job again, as a new job",
+)
+async def retry_job(job_id: str, user: CurrentUser, context: Context) -> Response:
+    async with session.reading(context.db) as conn:
+        job = await jobs_q.get(conn, _job_id(job_id), user.user_id)
+    if job is None:
+        raise not_found()
+    if job.status not in RETRYABLE_STATUSES:
+        raise ApiError(
+            409, f"Only a FAILED or CANCELLED job can be retried; this one is {job.status.value}"
+        )
+    now = utcnow()
+    new = jobs_q.NewJob(
+        id=uuid.uuid4(),
+        user_id=user.user_id,
+        type=job.type,
+        payload=job.payload,
+        payload_value=jsoncodec.loads(job.payload),
+        priority=job.priority,
+        max_attempts=job.max_attempts,
+        timeout_seconds=job.timeout_seconds,
+        run_at=now,
+        created_at=now,
+    )
+    await submission.store(context, [new])
+    return JSONBytesResponse(job_json(new.record()), status_code=201)

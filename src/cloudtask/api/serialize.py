@@ -1,0 +1,40 @@
+"""Stored records as the API's JSON (the ``Job`` schema), without a second validation pass."""
+
+from typing import Any
+
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.timefmt import format_rfc3339
+from cloudtask.db.queries.jobs import JobRecord
+
+_UNPARSED: Any = object()
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def _parse(text: str | None) -> Any:
+    # The codec, not orjson: orjson would turn integers beyond 64 bits into floats.
+    return None if text is None else jsoncodec.loads(text)
+
+
+def job_json(job: JobRecord, payload: Any = _UNPARSED) -> dict[str, Any]:
+    """The ``Job`` body. ``payload`` may pass the already-parsed payload to skip parsing it."""
+    return {
+        "id": str(job.id),
+        "type": job.type,
+        "payload": _parse(job.payload) if payload is _UNPARSED else payload,
+        "status": job.status.value,
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "maxAttempts": job.max_attempts,
+        "timeoutSeconds": _number(job.timeout_seconds),
+        "runAt": format_rfc3339(job.run_at),
+        "result": _parse(job.result),
+        "error": job.error,
+        "scheduleId": str(job.schedule_id) if job.schedule_id else None,
+        "createdAt": format_rfc3339(job.created_at),
+        "updatedAt": format_rfc3339(job.updated_at),
+        "startedAt": format_rfc3339(job.started_at),
+        "finishedAt": format_rfc3339(job.finished_at),
+    }

@@ -1,0 +1,115 @@
+"""Turning validated ``POST /jobs`` bodies into stored jobs, and the Idempotency-Key flow."""
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from cloudtask.api.context import ApiContext
+from cloudtask.api.errors import ApiError, validation_details
+from cloudtask.api.idempotency import fingerprint
+from cloudtask.api.responses import JSONBytesResponse
+from cloudtask.api.security import Principal
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.api import JobCreate
+from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
+from cloudtask.db import session
+from cloudtask.db.queries import jobs as jobs_q
+from cloudtask.errors import KVUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def check_payload(body: JobCreate, loc: tuple[str | int, ...]) -> list[dict[str, str]]:
+    """Problems with a built-in type's payload, as 400 details (custom types take any JSON)."""
+    model = BUILTIN_PAYLOADS.get(body.type)
+    if model is None:
+        return []
+    try:
+        model.model_validate(body.payload)
+    except ValidationError as exc:
+        return validation_details(
+            [{**error, "loc": ("body", *loc, *error["loc"])} for error in exc.errors()]
+        )
+    return []
+
+
+def new_job(body: JobCreate, user_id: uuid.UUID, now: datetime) -> jobs_q.NewJob:
+    if body.run_at is not None:
+        run_at = body.run_at
+    elif body.delay_seconds is not None:
+        run_at = now + timedelta(seconds=body.delay_seconds)
+    else:
+        run_at = now
+    return jobs_q.NewJob(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        type=body.type,
+        payload=jsoncodec.dumps_str(body.payload),
+        payload_value=body.payload,
+        priority=body.priority,
+        max_attempts=body.max_attempts,
+        timeout_seconds=float(body.timeout_seconds),
+        run_at=run_at,
+        created_at=now,
+    )
+
+
+async def store(context: ApiContext, new_jobs: Sequence[jobs_q.NewJob]) -> None:
+    """Commit the jobs and their outbox messages, then hand the messages to the publisher."""
+    async with session.transaction(context.db) as conn:
+        rows = await jobs_q.submit(conn, new_jobs)
+    context.outbox.submit(rows)
+    for job in new_jobs:
+        context.metrics.jobs_created.labels(context.metrics.job_type(job.type)).inc()
+    for job in new_jobs:
+        log.info(
+            "job created",
+            extra={"action": "job.created", "jobId": str(job.id), "type": job.type},
+        )
+
+
+async def idempotent(
+    context: ApiContext,
+    request: Request,
+    user: Principal,
+    key: str | None,
+    create: Callable[[], Awaitable[Response]],
+) -> Response:
+    """Run ``create`` once per Idempotency-Key; replay its answer for the same key and body."""
+    if key is None:
+        return await create()
+    body: Any = await request.json()
+    print_ = fingerprint(request.method, request.url.path, body)
+    replay = await context.idempotency.begin(user.user_id, key, print_)
+    if replay is not None:
+        return JSONBytesResponse(
+            replay.body, status_code=replay.status, headers={"Idempotent-Replayed": "true"}
+        )
+    try:
+        response = await create()
+    except BaseException:
+        try:
+            await context.idempotency.release(user.user_id, key)
+        except KVUnavailable:
+            log.warning("could not release an Idempotency-Key after a failed request")
+        raise
+    try:
+        await context.idempotency.finish(
+            user.user_id, key, print_, response.status_code, bytes(response.body)
+        )
+    except KVUnavailable:
+        # The job is committed: answering an error now would invite a duplicate.
+        log.warning("could not record an Idempotency-Key answer; a retry will not replay it")
+    return response
+
+
+def raise_if_invalid(details: list[dict[str, str]]) -> None:
+    if details:
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+        raise ApiError(400, f"Invalid request: {summary}", details=details)

@@ -1,0 +1,242 @@
+"""The RabbitMQ broker (aio-pika): durable queues, persistent messages and publisher confirms.
+
+Publishes from many coroutines share one confirming channel, so their confirms are pipelined rather
+than awaited one at a time. Each consumer has its own channel with its own prefetch. The connection
+is robust: aio-pika reconnects and restores consumers; until it has, publishing raises
+:class:`BrokerUnavailable` at once instead of hanging, and the transactional outbox keeps the
+messages.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from cloudtask.broker.base import (
+    Broker,
+    Consumer,
+    Delivery,
+    Handler,
+    OutgoingMessage,
+    QueueStats,
+)
+from cloudtask.contracts.queues import ALL_QUEUES, JOBS_CREATED, MAX_PRIORITY
+from cloudtask.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+BROKER_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError)
+
+
+def queue_arguments(name: str) -> dict[str, Any]:
+    return {"x-max-priority": MAX_PRIORITY} if name == JOBS_CREATED else {}
+
+
+class RabbitDelivery(Delivery):
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+        self.body = message.body
+        self.headers = dict(message.headers or {})
+        self.priority = message.priority or 0
+        self.redelivered = bool(message.redelivered)
+
+    async def ack(self) -> None:
+        try:
+            await self._message.ack()
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"could not acknowledge: {exc!r}") from None
+
+    async def reject(self, *, requeue: bool) -> None:
+        try:
+            await self._message.reject(requeue=requeue)
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"could not reject: {exc!r}") from None
+
+    @property
+    def processed(self) -> bool:
+        return bool(self._message.processed)
+
+
+class RabbitConsumer(Consumer):
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._tag = tag
+
+    async def cancel(self) -> None:
+        # Closing the channel returns its unacknowledged deliveries to the queue.
+        with contextlib.suppress(*BROKER_ERRORS):
+            await self._queue.cancel(self._tag)
+        with contextlib.suppress(*BROKER_ERRORS):
+            await self._channel.close()
+
+
+class RabbitMQBroker(Broker):
+    def __init__(
+        self, url: str, *, connect_timeout: float = 5, publish_timeout: float = 10
+    ) -> None:
+        self._url = url
+        self._connect_timeout = connect_timeout
+        self._publish_timeout = publish_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._connected = asyncio.Event()
+        self._connector: asyncio.Task[None] | None = None
+        self._consumers: list[Consumer] = []
+
+    async def start(self) -> None:
+        try:
+            await self._connect()
+        except BROKER_ERRORS as exc:
+            log.warning("RabbitMQ is unreachable (%r); retrying in the background", exc)
+            self._connector = asyncio.create_task(self._keep_connecting())
+
+    async def _keep_connecting(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                await self._connect()
+            except BROKER_ERRORS:
+                continue
+            log.info("connected to RabbitMQ")
+            return
+
+    async def _connect(self) -> None:
+        connection = await aio_pika.connect_robust(
+            self._url,
+            timeout=self._connect_timeout,
+            reconnect_interval=1,
+            client_properties={"connection_name": "cloudtask"},
+        )
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            for name in ALL_QUEUES:
+                await channel.declare_queue(name, durable=True, arguments=queue_arguments(name))
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._channel = connection, channel
+        self._connected.set()
+
+    async def wait_connected(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
+
+    async def close(self) -> None:
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        for consumer in self._consumers:
+            await consumer.cancel()
+        self._consumers.clear()
+        if self._connection is not None:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await self._connection.close()
+        self._connection = self._channel = None
+        self._connected.clear()
+
+    def _publishing_channel(self) -> AbstractChannel:
+        connection, channel = self._connection, self._channel
+        if connection is None or channel is None or connection.is_closed or channel.is_closed:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        return channel
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        channel = self._publishing_channel()
+        exchange = channel.default_exchange
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await asyncio.gather(
+                    *(exchange.publish(_amqp_message(m), routing_key=m.queue) for m in messages)
+                )
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from None
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
+        connection = self._connection
+        if connection is None:
+            await self._connected.wait()
+            connection = self._connection
+        if connection is None:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        try:
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            amqp_queue = await channel.declare_queue(
+                queue, durable=True, arguments=queue_arguments(queue)
+            )
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                delivery = RabbitDelivery(message)
+                try:
+                    await handler(delivery)
+                except Exception:
+                    log.exception("consumer handler failed; the message returns to its queue")
+                    if not delivery.processed:
+                        with contextlib.suppress(BrokerUnavailable):
+                            await delivery.reject(requeue=True)
+
+            tag = await amqp_queue.consume(on_message, no_ack=False)
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"could not consume {queue}: {exc!r}") from None
+        consumer = RabbitConsumer(channel, amqp_queue, tag)
+        self._consumers.append(consumer)
+        return consumer
+
+    async def get(self, queue: str) -> Delivery | None:
+        channel = self._publishing_channel()
+        try:
+            amqp_queue = await channel.get_queue(queue, ensure=False)
+            message = await amqp_queue.get(no_ack=False, fail=False)
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"could not read {queue}: {exc!r}") from None
+        return None if message is None else RabbitDelivery(message)
+
+    async def stats(self, queue: str) -> QueueStats:
+        channel = self._publishing_channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"could not inspect {queue}: {exc!r}") from None
+        result = declared.declaration_result
+        return QueueStats(messages=result.message_count or 0, consumers=result.consumer_count or 0)
+
+    async def purge(self, queue: str) -> int:
+        channel = self._publishing_channel()
+        try:
+            amqp_queue = await channel.get_queue(queue, ensure=False)
+            result = await amqp_queue.purge()
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"could not purge {queue}: {exc!r}") from None
+        return int(result.message_count or 0)
+
+    async def ping(self) -> bool:
+        try:
+            self._publishing_channel()
+        except BrokerUnavailable:
+            return False
+        return True
+
+
+def _amqp_message(message: OutgoingMessage) -> aio_pika.Message:
+    headers: Mapping[str, Any] = message.headers
+    return aio_pika.Message(
+        message.body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        headers=dict(headers) or None,
+    )

@@ -1,0 +1,46 @@
+"""The job types built into every worker, and the payload each one takes.
+
+The API checks a built-in type's payload when the job is submitted, so a malformed one is a 400 and
+not a failed job; the worker checks it again, because anyone may publish to ``jobs.created``.
+"""
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+SLEEP: Final = "sleep"
+ECHO: Final = "echo"
+EMAIL: Final = "email"
+HTTP: Final = "http"
+
+TYPE_PATTERN: Final = r"^[a-z0-9_.-]{1,64}$"
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class SleepPayload(_Payload):
+    seconds: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)]
+
+
+class EmailPayload(_Payload):
+    to: Annotated[StrictStr, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    subject: Annotated[StrictStr, Field(max_length=998)]
+    body: StrictStr = ""
+
+
+class HttpPayload(_Payload):
+    url: Annotated[StrictStr, Field(max_length=8192, pattern=r"^[hH][tT][tT][pP][sS]?://")]
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    headers: dict[str, StrictStr] = Field(default_factory=dict)
+    body: Any = None
+
+
+BUILTIN_PAYLOADS: Final[dict[str, type[BaseModel] | None]] = {
+    SLEEP: SleepPayload,
+    ECHO: None,
+    EMAIL: EmailPayload,
+    HTTP: HttpPayload,
+}
+"""Each built-in type and its payload model (``None``: any JSON is accepted)."""

@@ -1,0 +1,62 @@
+"""The JSON bodies that travel on RabbitMQ, as the original system named their fields."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a UTC offset")
+    return value
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore"
+    )
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class JobCreated(Message):
+    """On ``jobs.created``: run this attempt of this job."""
+
+    job_id: UUID
+    user_id: UUID
+    type: str
+    payload: Any = None
+    priority: Annotated[int, Field(ge=0, le=9)] = 5
+    attempt: Annotated[int, Field(ge=1)] = 1
+    timeout_seconds: Annotated[float, Field(gt=0)] = 300
+    enqueued_at: AwareDatetime
+
+
+class JobStarted(Message):
+    """On ``jobs.started``: a worker began this attempt."""
+
+    job_id: UUID
+    attempt: Annotated[int, Field(ge=1)]
+    worker_id: str
+    started_at: AwareDatetime
+
+
+class JobFinished(Message):
+    """On ``jobs.completed``: an attempt ended, well or badly."""
+
+    job_id: UUID
+    attempt: Annotated[int, Field(ge=1)]
+    status: Literal["COMPLETED", "FAILED"]
+    result: Any = None
+    error: str | None = None
+    retryable: bool = False
+    worker_id: str
+    started_at: AwareDatetime
+    finished_at: AwareDatetime

@@ -1,0 +1,27 @@
+"""Names in the key-value store that services use to signal each other.
+
+The worker never reads the database, so cancellations reach it here, and its liveness (a lease
+per running attempt, renewed by heartbeats) is published here for the scheduler to watch.
+"""
+
+from typing import Final
+from uuid import UUID
+
+CANCEL_CHANNEL: Final = "cloudtask:cancel"
+"""Pub/sub channel: the id of a job whose cancellation was requested."""
+
+CANCEL_TTL: Final = 7 * 24 * 3600.0
+"""How long a cancel flag outlives the request, so a copy still queued is skipped."""
+
+
+def cancel_key(job_id: UUID | str) -> str:
+    return f"cloudtask:cancelled:{job_id}"
+
+
+def lease_key(job_id: UUID | str, attempt: int) -> str:
+    """Held by the worker running this attempt, renewed while it runs."""
+    return f"cloudtask:running:{job_id}:{attempt}"
+
+
+SCHEDULER_LEASE: Final = "cloudtask:scheduler"
+"""Leadership lease among schedulers."""

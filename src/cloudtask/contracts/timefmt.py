@@ -1,0 +1,42 @@
+"""RFC 3339 times: the only time format CloudTask reads or writes."""
+
+import re
+from datetime import UTC, datetime
+
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_rfc3339(value: object) -> datetime:
+    """Parse an RFC 3339 time (an offset is required) into an aware UTC datetime.
+
+    Numbers are refused: JSON types are strict, and a Unix timestamp is not an RFC 3339 time.
+    """
+    if not isinstance(value, str):
+        # ValueError, not TypeError: pydantic turns only ValueErrors into validation errors.
+        raise ValueError(  # noqa: TRY004
+            "must be an RFC 3339 time string, such as 2030-01-01T00:00:00Z"
+        )
+    match = _RFC3339.match(value)
+    if match is None:
+        raise ValueError("must be an RFC 3339 time with an offset, such as 2030-01-01T00:00:00Z")
+    date, clock, fraction, offset = match.groups()
+    fraction = (fraction or "")[:7]  # Python keeps microseconds; finer digits are dropped
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        parsed = datetime.fromisoformat(f"{date}T{clock}{fraction}{offset}")
+    except ValueError:
+        raise ValueError("is not a valid calendar time") from None
+    return parsed.astimezone(UTC)
+
+
+def format_rfc3339(value: datetime | None) -> str | None:
+    """Format an aware datetime as RFC 3339 UTC with a ``Z`` suffix."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,66 @@
+"""The async engine for a ``DATABASE_URL``: PostgreSQL (asyncpg) or SQLite (aiosqlite)."""
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from cloudtask.errors import CloudTaskError
+
+_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+
+def async_url(url: str) -> str:
+    """The SQLAlchemy URL, with the async driver, for a ``postgresql://`` or ``sqlite://`` URL."""
+    parsed = make_url(url)
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise CloudTaskError(
+            f"unsupported database URL scheme {parsed.drivername!r}: use postgresql:// or sqlite://"
+        )
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    full_url = async_url(url)
+    if full_url.startswith("sqlite"):
+        return _sqlite_engine(full_url)
+    return create_async_engine(
+        full_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        pool_recycle=1800,
+        connect_args={"timeout": 5, "command_timeout": 60},
+    )
+
+
+def _sqlite_engine(url: str) -> AsyncEngine:
+    # One connection: SQLite allows one writer at a time, and queueing in the pool is kinder than
+    # "database is locked" errors. `cloudtask dev` is the only user of this back end.
+    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+            "busy_timeout=10000",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    return engine
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"

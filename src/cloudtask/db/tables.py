@@ -1,0 +1,93 @@
+"""The database tables. The migrations in ``migrations/versions`` create exactly these."""
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+
+from cloudtask.db.types import BigIntId, UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("email", String(254), nullable=False),
+    # Emails compare case-insensitively: the lower-cased form is the unique key.
+    Column("email_key", String(254), nullable=False, unique=True),
+    Column("password_hash", String(100), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    # seq orders a user's jobs newest first and serves as the pagination cursor.
+    Column("seq", BigIntId, primary_key=True, autoincrement=True),
+    Column("id", Uuid, nullable=False, unique=True),
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # The attempt most recently handed to the workers; events of any other attempt are stale.
+    Column("dispatch_attempt", Integer, nullable=False, server_default=text("1")),
+    Column("max_attempts", Integer, nullable=False),
+    Column("timeout_seconds", Float, nullable=False),
+    Column("run_at", UTCDateTime, nullable=False),
+    Column("result", Text),
+    Column("error", Text),
+    Column("schedule_id", Uuid),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    # Times this attempt was handed out again because its worker vanished.
+    Column("redeliveries", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+)
+Index("ix_jobs_user_id_seq", jobs.c.user_id, jobs.c.seq)
+Index("ix_jobs_user_id_status_seq", jobs.c.user_id, jobs.c.status, jobs.c.seq)
+Index("ix_jobs_user_id_type_seq", jobs.c.user_id, jobs.c.type, jobs.c.seq)
+Index(
+    "ix_jobs_due",
+    jobs.c.run_at,
+    postgresql_where=jobs.c.status == "SCHEDULED",
+    sqlite_where=jobs.c.status == "SCHEDULED",
+)
+Index(
+    "ix_jobs_running",
+    jobs.c.started_at,
+    postgresql_where=jobs.c.status == "RUNNING",
+    sqlite_where=jobs.c.status == "RUNNING",
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigIntId, primary_key=True, autoincrement=True),
+    Column("queue", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False, server_default=text("0")),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,35 @@
+"""CloudTask's own exceptions. Driver errors are translated into these at each back end's boundary.
+
+A docstring is the exception's default message.
+"""
+
+
+class CloudTaskError(Exception):
+    """Something went wrong in CloudTask."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class BrokerUnavailable(CloudTaskError):
+    """The message broker cannot be reached."""
+
+
+class KVUnavailable(CloudTaskError):
+    """The key-value store cannot be reached."""
+
+
+class DatabaseUnavailable(CloudTaskError):
+    """The database cannot be reached."""
+
+
+class AlreadyExists(CloudTaskError):
+    """It already exists."""
+
+
+class NotFound(CloudTaskError):
+    """It was not found."""
+
+
+class InvalidState(CloudTaskError):
+    """The operation is not allowed in the current state."""

@@ -1,0 +1,2 @@
+"""Metrics (one Prometheus registry per service), health checks and the small HTTP server that
+serves them for the services without an API."""

@@ -1,0 +1,124 @@
+"""The transactional outbox: the one place that knows both the database and the broker.
+
+A change and the messages announcing it are committed together (see ``db.queries.jobs.submit``).
+After the commit, :class:`OutboxPublisher` publishes the rows at once, in batches with pipelined
+confirms, and deletes the confirmed ones in one statement per batch. Whatever it could not publish
+(the broker down, the process killed) stays in the table, and :meth:`OutboxPublisher.relay` sends it
+again once it is older than ``relay_after`` seconds. Consumers are idempotent, so the rare message
+published twice changes nothing twice.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloudtask.broker.base import Broker, OutgoingMessage
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db.queries import outbox as outbox_q
+from cloudtask.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+def _outgoing(row: outbox_q.OutboxRow) -> OutgoingMessage:
+    return OutgoingMessage(row.queue, row.body.encode(), row.priority)
+
+
+class OutboxPublisher:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: Broker,
+        *,
+        relay_after: float = 5.0,
+        on_published: Callable[[int], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._broker = broker
+        self._relay_after = relay_after
+        self._on_published = on_published or (lambda _count: None)
+        self._pending: deque[outbox_q.OutboxRow] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = asyncio.Event()
+
+    def submit(self, rows: Sequence[outbox_q.OutboxRow]) -> None:
+        """Queue committed rows for publishing; returns at once."""
+        if rows:
+            self._pending.extend(rows)
+            self._idle.clear()
+            self._wake.set()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` and :meth:`run_relay` to return after their current step."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Publish submitted rows until :meth:`stop`."""
+        while not self._stopping.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+                await self._publish(batch)
+            self._idle.set()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until everything submitted so far was published or handed to the relay."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+
+    async def _publish(self, rows: Sequence[outbox_q.OutboxRow]) -> None:
+        try:
+            await self._broker.publish_many([_outgoing(row) for row in rows])
+        except BrokerUnavailable as exc:
+            log.warning(
+                "outbox messages left for the relay",
+                extra={"action": "outbox.deferred", "count": len(rows), "reason": str(exc)},
+            )
+            return
+        self._on_published(len(rows))
+        try:
+            async with self._engine.begin() as conn:
+                await outbox_q.remove(conn, [row.id for row in rows])
+        except (OperationalError, DBAPIError, OSError) as exc:
+            # Published but not removed: the relay publishes them again, and consumers are
+            # idempotent, so this costs a duplicate and loses nothing.
+            log.warning("could not remove published outbox rows: %r", exc)
+
+    async def relay(self) -> int:
+        """Publish rows that were not confirmed within ``relay_after`` seconds. Returns how many."""
+        older_than = utcnow() - timedelta(seconds=self._relay_after)
+        async with self._engine.begin() as conn:
+            rows = await outbox_q.claim_stale(conn, older_than=older_than, limit=BATCH)
+            if not rows:
+                return 0
+            await self._broker.publish_many([_outgoing(row) for row in rows])
+            await outbox_q.remove(conn, [row.id for row in rows])
+        self._on_published(len(rows))
+        log.info("outbox rows relayed", extra={"action": "outbox.relayed", "count": len(rows)})
+        return len(rows)
+
+    async def run_relay(self, interval: float = 1.0) -> None:
+        """Relay stale rows every ``interval`` seconds until :meth:`stop`."""
+        while not self._stopping.is_set():
+            try:
+                while await self.relay() == BATCH:
+                    pass
+            except BrokerUnavailable:
+                pass
+            except (OperationalError, DBAPIError, OSError) as exc:
+                log.warning("outbox relay could not reach the database: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)

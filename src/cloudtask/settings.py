@@ -1,0 +1,90 @@
+"""CloudTask's settings: environment variables prefixed ``CLOUDTASK_``, or a ``.env`` file.
+
+A misspelled ``CLOUDTASK_`` variable is an error rather than silently ignored, and a weak JWT secret
+stops a service at start. :func:`load_settings` is the one place settings are read.
+"""
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "CLOUDTASK_"
+MIN_JWT_SECRET_BYTES = 32
+
+
+class SettingsError(Exception):
+    """The settings are invalid; the message is one line that names the variable to fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    database_url: SecretStr = SecretStr("postgresql://cloudtask:cloudtask@localhost:5432/cloudtask")
+    rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    jwt_secret: SecretStr | None = None
+    jwt_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 3600
+    bcrypt_rounds: Annotated[int, Field(ge=4, le=16)] = 12
+    smtp_url: SecretStr | None = None
+    smtp_from: str = "CloudTask <cloudtask@localhost>"
+    smtp_timeout_seconds: Annotated[float, Field(gt=0)] = 30
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    http_timeout_seconds: Annotated[float, Field(gt=0)] = 30
+    http_max_response_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
+    worker_concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
+    worker_grace_seconds: Annotated[float, Field(ge=0)] = 30
+    worker_lease_seconds: Annotated[float, Field(ge=3)] = 15
+    max_deliveries: Annotated[int, Field(ge=1)] = 5
+    retry_backoff_base_seconds: Annotated[float, Field(gt=0)] = 2
+    retry_backoff_cap_seconds: Annotated[float, Field(gt=0)] = 3600
+    running_grace_seconds: Annotated[float, Field(ge=0)] = 30
+    scheduler_lease_seconds: Annotated[float, Field(ge=2)] = 10
+    scheduler_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+    outbox_relay_after_seconds: Annotated[float, Field(ge=0)] = 5
+    db_pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("http_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    def require_jwt_secret(self) -> None:
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+        if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise SettingsError(
+                f"{ENV_PREFIX}JWT_SECRET must be set to at least {MIN_JWT_SECRET_BYTES} bytes "
+                "(for example: export CLOUDTASK_JWT_SECRET=$(openssl rand -hex 32))"
+            )
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read the settings, refusing unknown ``CLOUDTASK_`` variables and invalid values."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+    for name in [*os.environ, *file_values]:
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            hint = difflib.get_close_matches(name.upper(), known, n=1)
+            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            raise SettingsError(f"unknown setting {name}{suggestion}")
+    try:
+        return Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        raise SettingsError(f"{name}: {error['msg']}") from None

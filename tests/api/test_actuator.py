@@ -1,0 +1,104 @@
+"""/actuator/health, /actuator/prometheus and /openapi.json."""
+
+import httpx
+
+from cloudtask.api.app import create_app
+from cloudtask.broker.memory import MemoryBroker
+from cloudtask.kv.memory import MemoryKV
+from cloudtask.kv.redis import RedisKV
+from cloudtask.settings import Settings
+from tests.conftest import Backends
+from tests.helpers import Client, assert_error
+
+
+async def test_health_lists_each_dependency_up_and_nothing_secret(client: Client) -> None:
+    response = await client.http.get("/actuator/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "UP",
+        "components": {
+            "db": {"status": "UP"},
+            "broker": {"status": "UP"},
+            "redis": {"status": "UP"},
+        },
+    }
+    for secret in ("guest", "password", "postgres", "redis://", "amqp://"):
+        assert secret not in response.text
+
+
+async def test_health_is_503_naming_the_dependency_that_is_down(
+    backends: Backends, settings: Settings
+) -> None:
+    if backends.kind == "memory":
+        down = MemoryKV()
+        await down.close()
+    else:
+        down = RedisKV("redis://127.0.0.1:1/0", timeout=0.5)
+    app = create_app(settings, db=backends.db, broker=backends.broker, kv=down)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        response = await http.get("/actuator/health")
+    await down.close()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "DOWN"
+    assert body["components"]["redis"] == {"status": "DOWN"}
+    assert body["components"]["db"] == {"status": "UP"}
+
+
+async def test_health_reports_a_closed_broker(backends: Backends, settings: Settings) -> None:
+    broker = MemoryBroker()
+    app = create_app(settings, db=backends.db, broker=broker, kv=backends.kv)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        response = await http.get("/actuator/health")
+    assert response.status_code == 503
+    assert response.json()["components"]["broker"] == {"status": "DOWN"}
+
+
+async def test_prometheus_counts_requests_by_route_and_jobs_by_type(client: Client) -> None:
+    token = await client.register()
+    await client.create_job(token, type="echo")
+    await client.http.get("/jobs/not-a-job", headers=client.auth(token))
+    response = await client.http.get("/actuator/prometheus")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'cloudtask_jobs_created_total{type="echo"} 1.0' in text
+    assert 'route="/jobs/{job_id}",status="404"' in text
+    assert (
+        'cloudtask_http_request_duration_seconds_bucket{le="0.001",method="POST",route="/jobs"}'
+        in text
+    )
+    assert "not-a-job" not in text
+
+
+async def test_openapi_documents_every_route_with_the_error_body(client: Client) -> None:
+    response = await client.http.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    expected = {
+        ("/auth/register", "post"), ("/auth/login", "post"), ("/jobs", "post"),
+        ("/jobs", "get"), ("/jobs/batch", "post"), ("/jobs/{job_id}", "get"),
+        ("/jobs/{job_id}/cancel", "post"), ("/jobs/{job_id}/retry", "post"),
+        ("/actuator/health", "get"), ("/actuator/prometheus", "get"),
+    }  # fmt: skip
+    assert expected <= {(path, method) for path, item in paths.items() for method in item}
+    schemas = document["components"]["schemas"]
+    assert {"Job", "JobCreate", "ErrorBody", "AuthResponse", "Registration"} <= set(schemas)
+    assert "HTTPValidationError" not in schemas
+    for path, item in paths.items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            assert "422" not in responses or path.startswith("/jobs"), (path, method)
+            assert responses["500"]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorBody"
+            }
+    create = paths["/jobs"]["post"]
+    assert "Idempotency-Key" in [p["name"] for p in create["parameters"]]
+    assert set(create["responses"]) >= {"201", "400", "401", "409", "413", "422", "500"}
+    assert_error(await client.http.get("/openapi.yaml"), 404)

@@ -1,0 +1,125 @@
+"""POST /auth/register and /auth/login."""
+
+import jwt
+import pytest
+
+from tests.conftest import JWT_SECRET
+from tests.helpers import Client, assert_error, unique_email
+
+
+async def test_register_answers_201_with_a_token_under_both_names(client: Client) -> None:
+    email = unique_email()
+    response = await client.http.post(
+        "/auth/register", json={"email": email, "password": "password1"}
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert body["token"] == body["accessToken"]
+    assert body["tokenType"] == "Bearer"
+    assert body["expiresIn"] == 3600
+    claims = jwt.decode(body["token"], JWT_SECRET, algorithms=["HS256"])
+    assert jwt.get_unverified_header(body["token"])["alg"] == "HS256"
+    assert isinstance(claims["sub"], str)
+    assert claims["email"] == email
+    assert claims["exp"] - claims["iat"] == 3600
+    assert set(claims) == {"sub", "email", "iat", "exp"}
+
+
+async def test_an_email_can_register_once_whatever_its_case(client: Client) -> None:
+    email = unique_email()
+    await client.register(email)
+    for variant in (email, email.upper()):
+        response = await client.http.post(
+            "/auth/register", json={"email": variant, "password": "password1"}
+        )
+        assert_error(response, 409, "/auth/register")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"email": "not-an-email", "password": "password1"},
+        {"email": "a@", "password": "password1"},
+        {"email": "@example.com", "password": "password1"},
+        {"email": "a b@example.com", "password": "password1"},
+        {"email": 42, "password": "password1"},
+        {"email": "ok@example.com", "password": "short77"},
+        {"email": "ok@example.com", "password": "x" * 129},
+        {"email": "ok@example.com", "password": 12345678},
+        {"email": "ok@example.com"},
+        {"password": "password1"},
+    ],
+)
+async def test_register_refuses_invalid_emails_and_passwords(
+    client: Client, body: dict[str, object]
+) -> None:
+    response = await client.http.post("/auth/register", json=body)
+    error = assert_error(response, 400, "/auth/register")
+    assert error["details"] and all(d["location"] == "body" for d in error["details"])
+
+
+async def test_passwords_of_8_and_128_characters_of_any_script_are_accepted(
+    client: Client,
+) -> None:
+    for password in ("exactly8", "𝄞" * 128):
+        email = unique_email()
+        await client.register(email, password)
+        response = await client.http.post(
+            "/auth/login", json={"email": email, "password": password}
+        )
+        assert response.status_code == 200
+
+
+async def test_login_answers_a_token_and_ignores_the_email_case(client: Client) -> None:
+    email = unique_email()
+    await client.register(email, "password1")
+    response = await client.http.post(
+        "/auth/login", json={"email": email.upper(), "password": "password1"}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["token"] == body["accessToken"] and body["tokenType"] == "Bearer"
+
+
+async def test_a_wrong_password_and_an_unknown_email_get_the_same_401(client: Client) -> None:
+    email = unique_email()
+    await client.register(email, "password1")
+    wrong = await client.http.post("/auth/login", json={"email": email, "password": "nope"})
+    unknown = await client.http.post(
+        "/auth/login", json={"email": unique_email(), "password": "password1"}
+    )
+    for response in (wrong, unknown):
+        assert assert_error(response, 401, "/auth/login")["message"] == "Invalid credentials"
+
+
+async def test_the_eleventh_failed_login_within_the_window_is_429_even_when_right(
+    client: Client,
+) -> None:
+    email = unique_email()
+    await client.register(email, "password1")
+    for attempt in range(10):
+        response = await client.http.post(
+            "/auth/login",
+            json={"email": email if attempt % 2 else email.upper(), "password": "wrong-one"},
+        )
+        assert response.status_code == 401
+    for password in ("wrong-one", "password1"):
+        response = await client.http.post(
+            "/auth/login", json={"email": email, "password": password}
+        )
+        assert_error(response, 429, "/auth/login")
+        retry_after = int(response.headers["Retry-After"])
+        assert 0 < retry_after <= 15 * 60
+    other = unique_email()
+    await client.register(other, "password1")
+    response = await client.http.post("/auth/login", json={"email": other, "password": "password1"})
+    assert response.status_code == 200
+
+
+async def test_failed_logins_for_unknown_emails_are_throttled_too(client: Client) -> None:
+    email = unique_email()
+    for _ in range(10):
+        response = await client.http.post("/auth/login", json={"email": email, "password": "x"})
+        assert response.status_code == 401
+    response = await client.http.post("/auth/login", json={"email": email, "password": "x"})
+    assert_error(response, 429)

@@ -1,0 +1,244 @@
+"""POST /jobs, GET /jobs, GET /jobs/{id}, cancel and retry."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.messages import JobCreated
+from cloudtask.contracts.queues import JOBS_CREATED
+from cloudtask.contracts.signals import cancel_key
+from cloudtask.db.tables import jobs
+from tests.helpers import Client, assert_error, eventually
+
+JOB_FIELDS = {
+    "id", "type", "payload", "status", "priority", "attempts", "maxAttempts", "timeoutSeconds",
+    "runAt", "result", "error", "scheduleId", "createdAt", "updatedAt", "startedAt", "finishedAt",
+}  # fmt: skip
+
+
+def _time(value: str) -> datetime:
+    assert value.endswith("Z")
+    return datetime.fromisoformat(value)
+
+
+async def test_a_due_job_is_stored_pending_with_the_contract_defaults(client: Client) -> None:
+    token = await client.register()
+    job = await client.create_job(token, type="echo", payload={"hello": "world"})
+    assert set(job) == JOB_FIELDS
+    uuid.UUID(job["id"])
+    assert job["status"] == "PENDING"
+    assert job["attempts"] == 0
+    assert (job["priority"], job["maxAttempts"], job["timeoutSeconds"]) == (5, 3, 300)
+    assert job["payload"] == {"hello": "world"}
+    assert job["result"] is None and job["error"] is None and job["scheduleId"] is None
+    assert job["startedAt"] is None and job["finishedAt"] is None
+    assert _time(job["runAt"]) <= _time(job["createdAt"]) + timedelta(seconds=1)
+    assert await client.get_job(token, job["id"]) == job
+
+
+async def test_the_payload_is_kept_exactly_as_submitted(client: Client) -> None:
+    token = await client.register()
+    payloads = [
+        None,
+        [1, "two", {"three": 3.5}],
+        "text",
+        12345678901234567890123456789,
+        {"nested": {"list": [True, False, None]}, "unicode": "žluťoučký 🐎"},
+    ]
+    for payload in payloads:
+        job = await client.create_job(token, payload=payload)
+        assert job["payload"] == payload
+        assert (await client.get_job(token, job["id"]))["payload"] == payload
+    default = await client.http.post("/jobs", json={"type": "echo"}, headers=client.auth(token))
+    assert default.json()["payload"] is None
+
+
+async def test_a_due_job_is_published_on_jobs_created_with_its_priority(client: Client) -> None:
+    token = await client.register()
+    job = await client.create_job(token, type="echo", payload={"n": 1}, priority=7)
+    delivery = await eventually(lambda: client.backends.broker.get(JOBS_CREATED))
+    await delivery.ack()
+    message = JobCreated.model_validate_json(delivery.body)
+    assert str(message.job_id) == job["id"]
+    assert message.type == "echo" and message.payload == {"n": 1}
+    assert message.priority == 7 and delivery.priority == 7
+    assert message.attempt == 1 and message.timeout_seconds == 300
+    raw = jsoncodec.loads(delivery.body)
+    assert set(raw) == {
+        "jobId", "userId", "type", "payload", "priority", "attempt", "timeoutSeconds", "enqueuedAt",
+    }  # fmt: skip
+
+
+async def test_a_job_for_later_waits_scheduled_and_is_not_published(client: Client) -> None:
+    token = await client.register()
+    later = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    by_time = await client.create_job(token, runAt=later.isoformat().replace("+00:00", "Z"))
+    by_delay = await client.create_job(token, delaySeconds=30)
+    assert by_time["status"] == by_delay["status"] == "SCHEDULED"
+    assert _time(by_time["runAt"]) == later
+    delay = _time(by_delay["runAt"]) - _time(by_delay["createdAt"])
+    assert delay == timedelta(seconds=30)
+    marker = await client.create_job(token)
+    delivery = await eventually(lambda: client.backends.broker.get(JOBS_CREATED))
+    await delivery.ack()
+    assert JobCreated.model_validate_json(delivery.body).job_id == uuid.UUID(marker["id"])
+    assert await client.backends.broker.get(JOBS_CREATED) is None
+
+
+async def test_run_at_in_the_past_or_with_an_offset_is_understood(client: Client) -> None:
+    token = await client.register()
+    past = await client.create_job(token, runAt="2020-01-01T00:00:00Z")
+    assert past["status"] == "PENDING"
+    assert past["runAt"] == "2020-01-01T00:00:00Z"
+    offset = await client.create_job(token, runAt="2099-06-01T12:00:00+02:00")
+    assert offset["runAt"] == "2099-06-01T10:00:00Z"
+
+
+async def test_jobs_are_listed_newest_first_with_filters(client: Client) -> None:
+    token = await client.register()
+    first = await client.create_job(token, type="echo")
+    second = await client.create_job(token, type="sleep", payload={"seconds": 1})
+    third = await client.create_job(token, type="echo", delaySeconds=60)
+    listing = await client.http.get("/jobs", headers=client.auth(token))
+    assert listing.status_code == 200
+    assert [j["id"] for j in listing.json()] == [third["id"], second["id"], first["id"]]
+    assert "Link" not in listing.headers
+    by_type = await client.http.get("/jobs", params={"type": "echo"}, headers=client.auth(token))
+    assert [j["id"] for j in by_type.json()] == [third["id"], first["id"]]
+    by_status = await client.http.get(
+        "/jobs", params={"status": "SCHEDULED"}, headers=client.auth(token)
+    )
+    assert [j["id"] for j in by_status.json()] == [third["id"]]
+
+
+async def test_pages_follow_the_link_header_until_none_remain(client: Client) -> None:
+    token = await client.register()
+    created = [(await client.create_job(token, payload=i))["id"] for i in range(7)]
+    seen: list[str] = []
+    url: str | None = "/jobs?limit=3&type=echo"
+    pages = 0
+    while url is not None:
+        response = await client.http.get(url, headers=client.auth(token))
+        assert response.status_code == 200
+        seen += [job["id"] for job in response.json()]
+        pages += 1
+        link = response.headers.get("Link")
+        url = None
+        if link is not None:
+            assert link.endswith('>; rel="next"')
+            url = link[1 : link.index(">")]
+            assert url.startswith("http://cloudtask.test/jobs?")
+            assert "type=echo" in url and "limit=3" in url
+    assert pages == 3
+    assert seen == list(reversed(created))
+
+
+async def test_cancelling_a_waiting_job_makes_it_cancelled_and_tells_the_workers(
+    client: Client,
+) -> None:
+    token = await client.register()
+    for body in ({"type": "echo"}, {"type": "echo", "delaySeconds": 60}):
+        job = await client.create_job(token, **body)
+        response = await client.http.post(f"/jobs/{job['id']}/cancel", headers=client.auth(token))
+        assert response.status_code == 200
+        cancelled = response.json()
+        assert cancelled["status"] == "CANCELLED"
+        assert cancelled["finishedAt"] is not None
+        assert await client.backends.kv.get(cancel_key(job["id"])) is not None
+        again = await client.http.post(f"/jobs/{job['id']}/cancel", headers=client.auth(token))
+        assert "CANCELLED" in assert_error(again, 409)["message"]
+
+
+async def test_cancelling_a_running_job_asks_it_to_stop(client: Client) -> None:
+    token = await client.register()
+    job = await client.create_job(token)
+    async with client.backends.db.begin() as conn:
+        await conn.execute(
+            update(jobs).where(jobs.c.id == uuid.UUID(job["id"])).values(status="RUNNING")
+        )
+    heard: list[bytes] = []
+    await client.backends.kv.subscribe("cloudtask:cancel", heard.append)
+    response = await client.http.post(f"/jobs/{job['id']}/cancel", headers=client.auth(token))
+    assert response.status_code == 200
+    assert response.json()["status"] == "RUNNING"
+    assert await eventually(lambda: _first(heard)) == job["id"].encode()
+
+
+async def _first(items: list[bytes]) -> bytes | None:
+    return items[0] if items else None
+
+
+async def test_cancelling_a_finished_job_is_409(client: Client) -> None:
+    token = await client.register()
+    for status in ("COMPLETED", "FAILED"):
+        job = await client.create_job(token)
+        async with client.backends.db.begin() as conn:
+            await conn.execute(
+                update(jobs).where(jobs.c.id == uuid.UUID(job["id"])).values(status=status)
+            )
+        response = await client.http.post(f"/jobs/{job['id']}/cancel", headers=client.auth(token))
+        assert status in assert_error(response, 409)["message"]
+
+
+async def test_retrying_a_failed_or_cancelled_job_creates_a_new_one(client: Client) -> None:
+    token = await client.register()
+    original = await client.create_job(
+        token, type="echo", payload={"k": [1]}, priority=8, maxAttempts=5, timeoutSeconds=12.5
+    )
+    refused = await client.http.post(f"/jobs/{original['id']}/retry", headers=client.auth(token))
+    assert "PENDING" in assert_error(refused, 409)["message"]
+    async with client.backends.db.begin() as conn:
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == uuid.UUID(original["id"]))
+            .values(status="FAILED", attempts=5, error="boom")
+        )
+    response = await client.http.post(f"/jobs/{original['id']}/retry", headers=client.auth(token))
+    assert response.status_code == 201
+    retried = response.json()
+    assert retried["id"] != original["id"]
+    assert retried["status"] == "PENDING" and retried["attempts"] == 0
+    for field in ("type", "payload", "priority", "maxAttempts", "timeoutSeconds"):
+        assert retried[field] == original[field]
+    assert (await client.get_job(token, original["id"]))["status"] == "FAILED"
+
+
+async def test_a_batch_is_stored_in_request_order(client: Client) -> None:
+    token = await client.register()
+    bodies = [{"type": "echo", "payload": i, "priority": i % 10} for i in range(25)]
+    bodies.append({"type": "echo", "delaySeconds": 60})
+    response = await client.http.post(
+        "/jobs/batch", json={"jobs": bodies}, headers=client.auth(token)
+    )
+    assert response.status_code == 201
+    created = response.json()
+    assert [job["payload"] for job in created[:25]] == list(range(25))
+    assert [job["status"] for job in created] == ["PENDING"] * 25 + ["SCHEDULED"]
+    listing = await client.http.get("/jobs?limit=500", headers=client.auth(token))
+    assert len(listing.json()) == 26
+
+
+async def test_one_bad_job_rejects_the_whole_batch(client: Client) -> None:
+    token = await client.register()
+    bodies = [{"type": "echo"}] * 5 + [{"type": "echo", "priority": 99}]
+    response = await client.http.post(
+        "/jobs/batch", json={"jobs": bodies}, headers=client.auth(token)
+    )
+    error = assert_error(response, 400, "/jobs/batch")
+    assert [d["field"] for d in error["details"]] == ["jobs[5].priority"]
+    bad_payload = [{"type": "echo"}, {"type": "sleep", "payload": {"seconds": 0}}]
+    response = await client.http.post(
+        "/jobs/batch", json={"jobs": bad_payload}, headers=client.auth(token)
+    )
+    assert [d["field"] for d in assert_error(response, 400)["details"]] == [
+        "jobs[1].payload.seconds"
+    ]
+    for jobs_value in ([], [{"type": "echo"}] * 1001, "nope"):
+        response = await client.http.post(
+            "/jobs/batch", json={"jobs": jobs_value}, headers=client.auth(token)
+        )
+        assert_error(response, 400)
+    listing = await client.http.get("/jobs", headers=client.auth(token))
+    assert listing.json() == []

@@ -1,0 +1,147 @@
+"""Each bad-input rule of the contract: its 4xx, the error body, and nothing changed."""
+
+from typing import Any
+
+import pytest
+
+from tests.helpers import Client, assert_error
+
+BAD_JOBS: list[tuple[dict[str, Any], str]] = [
+    ({}, "type"),
+    ({"type": ""}, "type"),
+    ({"type": "x" * 65}, "type"),
+    ({"type": "Upper"}, "type"),
+    ({"type": "has space"}, "type"),
+    ({"type": 5}, "type"),
+    ({"type": "echo", "payload": "x" * (256 * 1024)}, "payload"),
+    ({"type": "echo", "priority": -1}, "priority"),
+    ({"type": "echo", "priority": 10}, "priority"),
+    ({"type": "echo", "priority": "5"}, "priority"),
+    ({"type": "echo", "priority": 5.5}, "priority"),
+    ({"type": "echo", "priority": True}, "priority"),
+    ({"type": "echo", "priority": None}, "priority"),
+    ({"type": "echo", "runAt": "tomorrow"}, "runAt"),
+    ({"type": "echo", "runAt": "2030-01-01T00:00:00"}, "runAt"),
+    ({"type": "echo", "runAt": 1893456000}, "runAt"),
+    ({"type": "echo", "runAt": "2030-02-30T00:00:00Z"}, "runAt"),
+    ({"type": "echo", "delaySeconds": -1}, "delaySeconds"),
+    ({"type": "echo", "delaySeconds": "3"}, "delaySeconds"),
+    ({"type": "echo", "delaySeconds": 1e300}, "delaySeconds"),
+    ({"type": "echo", "delaySeconds": 5, "runAt": "2030-01-01T00:00:00Z"}, "delaySeconds"),
+    ({"type": "echo", "maxAttempts": 0}, "maxAttempts"),
+    ({"type": "echo", "maxAttempts": 21}, "maxAttempts"),
+    ({"type": "echo", "maxAttempts": 2.0}, "maxAttempts"),
+    ({"type": "echo", "timeoutSeconds": 0.5}, "timeoutSeconds"),
+    ({"type": "echo", "timeoutSeconds": 3601}, "timeoutSeconds"),
+    ({"type": "echo", "timeoutSeconds": "60"}, "timeoutSeconds"),
+    ({"type": "sleep", "payload": {"seconds": 0}}, "payload.seconds"),
+    ({"type": "sleep", "payload": {"seconds": 301}}, "payload.seconds"),
+    ({"type": "sleep", "payload": {"seconds": "1"}}, "payload.seconds"),
+    ({"type": "sleep", "payload": None}, "payload"),
+    ({"type": "email", "payload": {"to": "someone@example.com"}}, "payload.subject"),
+    ({"type": "http", "payload": {"url": "ftp://example.com"}}, "payload.url"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_JOBS)
+async def test_a_job_body_that_breaks_a_rule_is_400_naming_the_field(
+    client: Client, body: dict[str, Any], field: str
+) -> None:
+    token = await client.register()
+    response = await client.http.post("/jobs", json=body, headers=client.auth(token))
+    error = assert_error(response, 400, "/jobs")
+    assert field in [detail["field"] for detail in error["details"]], error
+    assert (await client.http.get("/jobs", headers=client.auth(token))).json() == []
+
+
+async def test_good_edge_values_are_accepted(client: Client) -> None:
+    token = await client.register()
+    for body in (
+        {"type": "a", "priority": 0, "maxAttempts": 1, "timeoutSeconds": 1},
+        {"type": "x" * 64, "priority": 9, "maxAttempts": 20, "timeoutSeconds": 3600},
+        {"type": "my.job_type-2", "delaySeconds": 0},
+        {"type": "sleep", "payload": {"seconds": 300}},
+        {"type": "sleep", "payload": {"seconds": 0.01}},
+        {"type": "echo", "payload": "x" * (256 * 1024 - 2)},
+    ):
+        response = await client.http.post("/jobs", json=body, headers=client.auth(token))
+        assert response.status_code == 201, (body, response.text)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{", b'{"type": "echo",}', b"NaN", b'{"type": "echo", "payload": NaN}',
+     b'{"type": "echo", "payload": Infinity}', b'{"type": "echo"} extra', b"\xff\xfe",
+     b"[]", b'"echo"', b""],
+)  # fmt: skip
+async def test_malformed_json_is_400(client: Client, raw: bytes) -> None:
+    token = await client.register()
+    response = await client.http.post(
+        "/jobs", content=raw, headers={**client.auth(token), "Content-Type": "application/json"}
+    )
+    assert assert_error(response, 400, "/jobs")["details"]
+
+
+async def test_json_is_read_whatever_the_content_type(client: Client) -> None:
+    token = await client.register()
+    response = await client.http.post(
+        "/jobs",
+        content=b'{"type": "echo"}',
+        headers={**client.auth(token), "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 201
+
+
+async def test_a_body_over_one_mebibyte_is_413(client: Client) -> None:
+    token = await client.register()
+    body = b'{"type": "echo", "payload": "' + b"x" * (1024 * 1024) + b'"}'
+    response = await client.http.post(
+        "/jobs", content=body, headers={**client.auth(token), "Content-Type": "application/json"}
+    )
+    assert_error(response, 413, "/jobs")
+
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b"x" * (64 * 1024)
+
+    streamed = await client.http.post("/jobs", content=chunks(), headers=client.auth(token))
+    assert_error(streamed, 413, "/jobs")
+    assert (await client.http.get("/jobs", headers=client.auth(token))).json() == []
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"limit": "ten"}, "limit"),
+     ({"status": "DONE"}, "status"), ({"type": "Bad Type"}, "type"),
+     ({"cursor": "not-a-cursor"}, "cursor"), ({"cursor": "djE6YWJj"}, "cursor")],
+)  # fmt: skip
+async def test_a_bad_query_parameter_is_400_naming_it(
+    client: Client, params: dict[str, Any], name: str
+) -> None:
+    token = await client.register()
+    response = await client.http.get("/jobs", params=params, headers=client.auth(token))
+    error = assert_error(response, 400, "/jobs")
+    assert [(d["field"], d["location"]) for d in error["details"]] == [(name, "query")]
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+async def test_an_idempotency_key_outside_1_to_255_characters_is_400(
+    client: Client, key: str
+) -> None:
+    token = await client.register()
+    response = await client.http.post(
+        "/jobs", json={"type": "echo"}, headers={**client.auth(token), "Idempotency-Key": key}
+    )
+    error = assert_error(response, 400, "/jobs")
+    assert [(d["field"], d["location"]) for d in error["details"]] == [
+        ("Idempotency-Key", "header")
+    ]
+
+
+async def test_unknown_paths_and_methods_get_the_error_body(client: Client) -> None:
+    assert_error(await client.http.get("/nowhere"), 404, "/nowhere")
+    assert_error(await client.http.get("/jobs/"), 404, "/jobs/")
+    not_allowed = await client.http.delete("/jobs")
+    assert_error(not_allowed, 405, "/jobs")
+    assert "GET" in not_allowed.headers["Allow"]
+    assert_error(await client.http.get("/auth/login"), 405, "/auth/login")

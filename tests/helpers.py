@@ -1,0 +1,84 @@
+"""Small helpers for talking to the API in tests."""
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+ERROR_KEYS = {"status", "error", "message", "path", "timestamp"}
+
+
+async def fail_on_5xx(response: httpx.Response) -> None:
+    if response.status_code >= 500 and response.request.url.path != "/actuator/health":
+        await response.aread()
+        raise AssertionError(
+            f"{response.request.method} {response.request.url.path} answered "
+            f"{response.status_code}: {response.text}"
+        )
+
+
+def assert_error(response: httpx.Response, status: int, path: str | None = None) -> dict[str, Any]:
+    """The answer is ``status`` with the contract's error body."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) >= ERROR_KEYS, body
+    assert body["status"] == status
+    assert isinstance(body["message"], str) and body["message"]
+    assert "Traceback" not in response.text
+    if path is not None:
+        assert body["path"] == path
+    return body
+
+
+def unique_email() -> str:
+    return f"user-{secrets.token_hex(5)}@example.com"
+
+
+@dataclass
+class Client:
+    http: httpx.AsyncClient
+    backends: Any = None
+
+    async def register(self, email: str | None = None, password: str = "correct-horse") -> str:
+        response = await self.http.post(
+            "/auth/register", json={"email": email or unique_email(), "password": password}
+        )
+        assert response.status_code == 201, response.text
+        token: str = response.json()["token"]
+        return token
+
+    @staticmethod
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def create_job(self, token: str, **body: Any) -> dict[str, Any]:
+        body.setdefault("type", "echo")
+        response = await self.http.post("/jobs", json=body, headers=self.auth(token))
+        assert response.status_code == 201, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+    async def get_job(self, token: str, job_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/jobs/{job_id}", headers=self.auth(token))
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10, interval: float = 0.05
+) -> T:
+    """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,90 @@
+"""Real infrastructure for tests: a fresh PostgreSQL database per test (cloned from a migrated
+template), a RabbitMQ vhost per test run, a Redis database flushed per test.
+
+A service that is not reachable fails the run; nothing is skipped.
+"""
+
+import asyncio
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+import redis
+
+from cloudtask.db.migrate import upgrade
+
+PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBIT_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1:5672")
+REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
+
+
+def pg_url(database: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + database
+
+
+async def _admin(*statements: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN, timeout=10)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def admin(*statements: str) -> None:
+    asyncio.run(_admin(*statements))
+
+
+@contextmanager
+def pg_template() -> Iterator[str]:
+    name = f"ct_tpl_{secrets.token_hex(4)}"
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        upgrade(pg_url(name))
+        yield name
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def pg_database(template: str) -> Iterator[str]:
+    name = f"ct_{secrets.token_hex(6)}"
+    admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield pg_url(name)
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout
+
+
+@contextmanager
+def rabbit_vhost() -> Iterator[str]:
+    vhost = f"ct-test-{secrets.token_hex(4)}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{RABBIT_HOST}/{vhost}"
+    finally:
+        subprocess.run(
+            ["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60, check=False
+        )
+
+
+def redis_url() -> str:
+    url = f"{REDIS_BASE}/{REDIS_DB}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
