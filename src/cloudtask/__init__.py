@@ -4,7 +4,8 @@ The public API for job authors is :func:`job_handler`, which registers a Python 
 handler of a job type; ``cloudtask worker --import yourmodule`` loads the module that holds it.
 """
 
+from cloudtask.errors import PermanentFailure
 from cloudtask.worker.registry import job_handler
 
-__all__ = ["job_handler"]
+__all__ = ["PermanentFailure", "job_handler"]
 __version__ = "0.1.0"

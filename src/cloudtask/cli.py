@@ -2,18 +2,27 @@
 the back ends and hands them to each service."""
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cloudtask import dev, log, serving
 from cloudtask.api.app import create_app
-from cloudtask.backends import open_backends
+from cloudtask.backends import Backends, open_backends
 from cloudtask.db.migrate import upgrade
+from cloudtask.observability.health import standard_checks
+from cloudtask.observability.server import status_app
+from cloudtask.results.service import ResultsService
 from cloudtask.settings import Settings, SettingsError, load_settings
+from cloudtask.worker.handlers import builtin_handlers
+from cloudtask.worker.registry import user_handlers
+from cloudtask.worker.service import WorkerService
+
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - services listen on every interface, as in containers
 
 
-def _add_http(parser: argparse.ArgumentParser, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - services listen on all interfaces by default, as in containers
+def _add_http(parser: argparse.ArgumentParser, port: int, host: str = ALL_INTERFACES) -> None:
     parser.add_argument("--host", default=host, help=f"interface to listen on (default {host})")
     parser.add_argument("--port", type=int, default=port, help=f"HTTP port (default {port})")
 
@@ -27,14 +36,45 @@ def build_parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="run the job-service (REST API)")
     _add_http(api, 8080)
 
-    dev = commands.add_parser(
+    worker = commands.add_parser("worker", help="run a worker (serves /metrics and /health)")
+    _add_http(worker, 9091)
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        help="jobs run at once (default CLOUDTASK_WORKER_CONCURRENCY, 16)",
+    )
+    worker.add_argument(
+        "--grace",
+        type=float,
+        help="seconds running jobs get to finish on SIGTERM before they are requeued "
+        "(default CLOUDTASK_WORKER_GRACE_SECONDS, 30)",
+    )
+    worker.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE, which registers job handlers (repeatable)",
+    )
+
+    results = commands.add_parser(
+        "results", help="run the results-processor (serves /metrics and /health)"
+    )
+    _add_http(results, 9092)
+
+    dev_cmd = commands.add_parser(
         "dev", help="run everything in one process on SQLite, with no server needed"
     )
-    _add_http(dev, 8080, host="127.0.0.1")
-    dev.add_argument(
+    _add_http(dev_cmd, 8080, host="127.0.0.1")
+    dev_cmd.add_argument(
         "--db", default="./cloudtask-dev.db", help="SQLite file (default ./cloudtask-dev.db)"
     )
-    dev.add_argument("--concurrency", type=int, help="jobs the worker runs at once")
+    dev_cmd.add_argument("--concurrency", type=int, help="jobs the worker runs at once")
+    dev_cmd.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import MODULE, which registers job handlers (repeatable)",
+    )  # fmt: skip
 
     commands.add_parser("migrate", help="apply the database migrations")
     return parser
@@ -52,21 +92,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
 
 
+def import_handler_modules(modules: Sequence[str]) -> None:
+    sys.path.insert(0, str(Path.cwd()))  # as `python -m` would, so local modules are found
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise SettingsError(f"--import {module}: {exc}") from None
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> None:
+    if getattr(args, "concurrency", None):
+        settings = settings.model_copy(update={"worker_concurrency": args.concurrency})
+    if getattr(args, "grace", None) is not None:
+        settings = settings.model_copy(update={"worker_grace_seconds": args.grace})
+    import_handler_modules(getattr(args, "imports", []))
     if args.command == "migrate":
         log.configure("migrate", settings.log_level, settings.log_format)
         upgrade(settings.database_url.get_secret_value())
         return
     if args.command == "dev":
-        overrides = {"worker_concurrency": args.concurrency} if args.concurrency else {}
-        dev_settings = settings.model_copy(update=overrides)
         log.configure("dev", settings.log_level, settings.log_format)
-        serving.run(lambda: dev.run(dev_settings, args.host, args.port, Path(args.db)))
+        serving.run(lambda: dev.run(settings, args.host, args.port, Path(args.db)))
         return
     settings.require_jwt_secret()
     log.configure(args.command, settings.log_level, settings.log_format)
-    if args.command == "api":
-        serving.run(lambda: _api(settings, args.host, args.port))
+    commands = {"api": _api, "worker": _worker, "results": _results}
+    serving.run(lambda: commands[args.command](settings, args.host, args.port))
 
 
 async def _api(settings: Settings, host: str, port: int) -> None:
@@ -74,6 +126,37 @@ async def _api(settings: Settings, host: str, port: int) -> None:
     try:
         app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
         await serving.server(app, host, port).serve()
+    finally:
+        await backends.close()
+
+
+async def _worker(settings: Settings, host: str, port: int) -> None:
+    backends = await open_backends(settings)
+    handlers = builtin_handlers(settings).merged(user_handlers)
+    worker = WorkerService(settings, broker=backends.broker, kv=backends.kv, handlers=handlers)
+    checks = {"broker": backends.broker.ping, "redis": backends.kv.ping}
+    await _serve(backends, worker, status_app([worker.metrics], checks), host, port, settings)
+
+
+async def _results(settings: Settings, host: str, port: int) -> None:
+    backends = await open_backends(settings)
+    results = ResultsService(settings, db=backends.db, broker=backends.broker)
+    checks = standard_checks(backends.db, backends.broker, backends.kv)
+    await _serve(backends, results, status_app([results.metrics], checks), host, port, settings)
+
+
+async def _serve(
+    backends: Backends,
+    service: serving.Service,
+    status: object,
+    host: str,
+    port: int,
+    settings: Settings,
+) -> None:
+    try:
+        await serving.run_until_signalled(
+            service, status, host, port, settings.worker_grace_seconds
+        )
     finally:
         await backends.close()
 

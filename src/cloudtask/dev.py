@@ -13,7 +13,11 @@ from cloudtask.broker.memory import MemoryBroker
 from cloudtask.db.engine import create_engine
 from cloudtask.db.migrate import upgrade_async
 from cloudtask.kv.memory import MemoryKV
+from cloudtask.results.service import ResultsService
 from cloudtask.settings import MIN_JWT_SECRET_BYTES, Settings
+from cloudtask.worker.handlers import builtin_handlers
+from cloudtask.worker.registry import user_handlers
+from cloudtask.worker.service import WorkerService
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +52,31 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
     broker, kv = MemoryBroker(), MemoryKV()
     await broker.start()
     await kv.start()
-    app = create_app(settings, db=engine, broker=broker, kv=kv, jwt_secret=secret)
-    server = serving.server(app, host, port)
+    mail_dir = db_path.parent / "cloudtask-mail"
+    handlers = builtin_handlers(settings, mail_dir=mail_dir).merged(user_handlers)
+    worker = WorkerService(settings, broker=broker, kv=kv, handlers=handlers)
+    results = ResultsService(settings, db=engine, broker=broker)
+    app = create_app(
+        settings,
+        db=engine,
+        broker=broker,
+        kv=kv,
+        jwt_secret=secret,
+        extra_metrics=[worker.metrics, results.metrics],
+    )
+    await results.start()
+    await worker.start()
     print(  # noqa: T201 - the start-up line the operator reads
-        f"CloudTask dev listening on http://{host}:{port} (database {db_path})",
+        f"CloudTask dev listening on http://{host}:{port} "
+        f"(database {db_path}, mail without SMTP goes to {mail_dir})",
         file=sys.stderr,
         flush=True,
     )
     try:
-        await server.serve()
+        await serving.server(app, host, port).serve()
     finally:
+        await worker.stop(settings.worker_grace_seconds)
+        await results.stop()
         await broker.close()
         await kv.close()
         await engine.dispose()

@@ -33,3 +33,11 @@ class NotFound(CloudTaskError):
 
 class InvalidState(CloudTaskError):
     """The operation is not allowed in the current state."""
+
+
+class PermanentFailure(CloudTaskError):
+    """The job cannot succeed, so it is not retried.
+
+    Raise it from a handler when retrying would not help (bad input, a refused request); any other
+    exception fails the attempt and leaves the job's remaining attempts to retry it.
+    """

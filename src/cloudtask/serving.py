@@ -2,8 +2,9 @@
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -38,3 +39,27 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+async def run_until_signalled(
+    service: Service, status: Any, host: str, port: int, grace: float
+) -> None:
+    """Start ``service`` and its status server; on SIGTERM or SIGINT stop it within ``grace``."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    http = server(status, host, port, handle_signals=False)
+    http_task = asyncio.create_task(http.serve(), name="status-server")
+    await service.start()
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    await service.stop(grace)
+    http.should_exit = True
+    await asyncio.gather(http_task, return_exceptions=True)

@@ -5,6 +5,7 @@ stops a service at start. :func:`load_settings` is the one place settings are re
 """
 
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -56,7 +57,12 @@ class Settings(BaseSettings):
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [host.strip().lower() for host in value.split(",") if host.strip()]
+            # Either a JSON list (as pydantic-settings reads lists) or "a, b".
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list):
+            hosts = [h.strip().lower() if isinstance(h, str) else h for h in value]
+            return [host for host in hosts if host != ""]
         return value
 
     @field_validator("log_level", mode="before")

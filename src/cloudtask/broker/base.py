@@ -44,6 +44,10 @@ Handler = Callable[[Delivery], Awaitable[None]]
 
 class Consumer(ABC):
     @abstractmethod
+    async def stop_receiving(self) -> None:
+        """Take no new deliveries; those already handed out can still be acknowledged."""
+
+    @abstractmethod
     async def cancel(self) -> None:
         """Stop receiving; deliveries not yet acknowledged go back to the queue."""
 

@@ -104,6 +104,10 @@ class MemoryConsumer(Consumer):
             log.exception("consumer handler failed; the message returns to its queue")
             await delivery.reject(requeue=True)
 
+    async def stop_receiving(self) -> None:
+        self._loop_task.cancel()
+        await asyncio.gather(self._loop_task, return_exceptions=True)
+
     async def cancel(self) -> None:
         self._loop_task.cancel()
         for task in list(self._tasks):
@@ -192,6 +196,9 @@ class _Tracked(Consumer):
     def __init__(self, consumer: MemoryConsumer, registry: list[MemoryConsumer]) -> None:
         self._consumer = consumer
         self._registry = registry
+
+    async def stop_receiving(self) -> None:
+        await self._consumer.stop_receiving()
 
     async def cancel(self) -> None:
         if self._consumer in self._registry:

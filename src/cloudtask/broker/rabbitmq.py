@@ -72,11 +72,17 @@ class RabbitConsumer(Consumer):
         self._channel = channel
         self._queue = queue
         self._tag = tag
+        self._stopped = False
+
+    async def stop_receiving(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            with contextlib.suppress(*BROKER_ERRORS):
+                await self._queue.cancel(self._tag)
 
     async def cancel(self) -> None:
+        await self.stop_receiving()
         # Closing the channel returns its unacknowledged deliveries to the queue.
-        with contextlib.suppress(*BROKER_ERRORS):
-            await self._queue.cancel(self._tag)
         with contextlib.suppress(*BROKER_ERRORS):
             await self._channel.close()
 
@@ -208,10 +214,12 @@ class RabbitMQBroker(Broker):
     async def stats(self, queue: str) -> QueueStats:
         channel = self._publishing_channel()
         try:
-            declared = await channel.declare_queue(queue, passive=True)
+            # Not channel.declare_queue(passive=True): the robust channel answers that from its
+            # cache of declared queues, with the counts of the first declaration.
+            underlay = await channel.get_underlay_channel()
+            result = await underlay.queue_declare(queue, passive=True)
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"could not inspect {queue}: {exc!r}") from None
-        result = declared.declaration_result
         return QueueStats(messages=result.message_count or 0, consumers=result.consumer_count or 0)
 
     async def purge(self, queue: str) -> int:

@@ -31,7 +31,17 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+def _exact_int(text: str) -> int:
+    # Python refuses to convert integers of more than 4300 digits (a quadratic-time guard).
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidJSON(f"integer of {len(text)} digits is too long") from None
+
+
+_decoder = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_exact_int
+)
 
 
 def loads(data: bytes | str) -> Any:

@@ -2,11 +2,14 @@
 
 import asyncio
 import inspect
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 
 from cloudtask.kv.base import KV, MessageCallback, Subscription
+
+log = logging.getLogger(__name__)
 
 
 class _MemorySubscription(Subscription):
@@ -16,9 +19,13 @@ class _MemorySubscription(Subscription):
         self._callback = callback
 
     async def deliver(self, message: bytes) -> None:
-        outcome = self._callback(message)
-        if inspect.isawaitable(outcome):
-            await outcome
+        try:
+            outcome = self._callback(message)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            # As the Redis store does: a failing subscriber is logged, not left in a dead task.
+            log.exception("subscriber to %s failed", self._channel)
 
     async def close(self) -> None:
         self._store.subscribers[self._channel].discard(self)

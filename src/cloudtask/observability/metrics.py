@@ -30,6 +30,89 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
 
+class WorkerMetrics(ServiceMetrics):
+    def __init__(self) -> None:
+        super().__init__("worker")
+        self.jobs_started = Counter(
+            "cloudtask_worker_jobs_started_total",
+            "Attempts a worker started, by job type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.jobs_processed = Counter(
+            "cloudtask_worker_jobs_processed_total",
+            "Attempts a worker finished, by job type and outcome "
+            "(completed, failed, timeout, cancelled, unknown_type).",
+            ["type", "outcome"],
+            registry=self.registry,
+        )
+        self.job_duration = Histogram(
+            "cloudtask_worker_job_duration_seconds",
+            "Time a handler ran, by job type.",
+            ["type"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "cloudtask_worker_jobs_in_flight",
+            "Attempts running now.",
+            registry=self.registry,
+        )
+        self.dead_lettered = Counter(
+            "cloudtask_worker_dead_lettered_total",
+            "Messages sent to jobs.dead, by reason (unparseable, redelivered).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.requeued = Counter(
+            "cloudtask_worker_jobs_requeued_total",
+            "Attempts put back on jobs.created because the worker stopped before they finished.",
+            registry=self.registry,
+        )
+        self.abandoned = Counter(
+            "cloudtask_worker_abandoned_handlers_total",
+            "Handlers that ignored cancellation after a timeout or cancel and kept running.",
+            registry=self.registry,
+        )
+
+
+class ResultsMetrics(ServiceMetrics):
+    def __init__(self) -> None:
+        super().__init__("results")
+        self.events = Counter(
+            "cloudtask_results_events_total",
+            "Worker events read, by kind (started, completed) and whether they changed a job "
+            "(applied) or were stale or duplicate (ignored).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "cloudtask_results_write_batch_size",
+            "Events written per database transaction.",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
+            registry=self.registry,
+        )
+        self.jobs_finished = Counter(
+            "cloudtask_jobs_finished_total",
+            "Attempts recorded as ended, by job type and the status they left the job in "
+            "(COMPLETED, FAILED, CANCELLED, or SCHEDULED for a retry).",
+            ["type", "status"],
+            registry=self.registry,
+        )
+        self.end_to_end = Histogram(
+            "cloudtask_job_end_to_end_seconds",
+            "Time from a job's creation to its final status, by job type.",
+            ["type"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.dead_lettered = Counter(
+            "cloudtask_results_dead_lettered_total",
+            "Events that could not be parsed or written, sent to jobs.dead.",
+            registry=self.registry,
+        )
+
+
 class ApiMetrics(ServiceMetrics):
     def __init__(self) -> None:
         super().__init__("api")

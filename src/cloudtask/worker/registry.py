@@ -42,9 +42,7 @@ class HandlerRegistry:
         existing = self._handlers.get(job_type)
         if existing is not None and existing.function is not function:
             raise ValueError(f"a handler for job type {job_type!r} is already registered")
-        self._handlers[job_type] = Handler(
-            job_type, function, inspect.iscoroutinefunction(function)
-        )
+        self._handlers[job_type] = Handler(job_type, function, _is_async(function))
 
     def get(self, job_type: str) -> Handler | None:
         return self._handlers.get(job_type)
@@ -60,6 +58,13 @@ class HandlerRegistry:
 
     def __contains__(self, job_type: str) -> bool:
         return job_type in self._handlers
+
+
+def _is_async(function: HandlerFunction) -> bool:
+    # A callable object counts as async when its __call__ is a coroutine function.
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - looking for a coroutine method
+    )
 
 
 user_handlers = HandlerRegistry()

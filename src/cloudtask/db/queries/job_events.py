@@ -1,0 +1,135 @@
+"""Applying workers' events to ``jobs``: every update conditional, so events are idempotent.
+
+An event counts only for the attempt most recently handed out (``dispatch_attempt``) and only
+while the job is PENDING or RUNNING, so a duplicate, a late ``started`` after ``completed``, or an
+older attempt's event matches no row and changes nothing. A finished job never changes again.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import and_, case, false, or_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.messages import JobFinished, JobStarted
+from cloudtask.contracts.statuses import JobStatus
+from cloudtask.db.tables import jobs
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedEvent:
+    event: JobFinished
+    retry_at: datetime
+    """When to run the next attempt, if this failure is retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A job an event moved, as it now stands."""
+
+    id: UUID
+    type: str
+    status: JobStatus
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
+_OPEN = (JobStatus.PENDING, JobStatus.RUNNING)
+
+
+async def apply_started(
+    conn: AsyncConnection, events: Sequence[JobStarted], *, now: datetime
+) -> list[UUID]:
+    """Mark jobs RUNNING; returns the ids that changed."""
+    changed = []
+    for event in events:
+        result = await conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id == event.job_id,
+                jobs.c.dispatch_attempt == event.attempt,
+                or_(
+                    jobs.c.status == JobStatus.PENDING,
+                    and_(jobs.c.status == JobStatus.RUNNING, jobs.c.attempts < event.attempt),
+                ),
+            )
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=event.attempt,
+                started_at=event.started_at,
+                updated_at=now,
+            )
+            .returning(jobs.c.id)
+        )
+        changed += result.scalars().all()
+    return changed
+
+
+async def apply_finished(
+    conn: AsyncConnection, events: Sequence[FinishedEvent], *, now: datetime
+) -> list[Transition]:
+    """Record each attempt's end: COMPLETED, CANCELLED (if a cancel was asked), SCHEDULED for a
+    retry (retryable, attempts left) or FAILED."""
+    moved = []
+    for item in events:
+        event = item.event
+        changes = _finished_values(item) | {"updated_at": now}
+        result = await conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id == event.job_id,
+                jobs.c.dispatch_attempt == event.attempt,
+                jobs.c.status.in_(_OPEN),
+            )
+            .values(**changes)
+            .returning(
+                jobs.c.id,
+                jobs.c.type,
+                jobs.c.status,
+                jobs.c.attempts,
+                jobs.c.created_at,
+                jobs.c.finished_at,
+            )
+        )
+        moved += [
+            Transition(r.id, r.type, JobStatus(r.status), r.attempts, r.created_at, r.finished_at)
+            for r in result
+        ]
+    return moved
+
+
+def _finished_values(item: FinishedEvent) -> dict[str, Any]:
+    event = item.event
+    # If the started event has not been applied (it travels on another queue), this one stands in.
+    not_started = jobs.c.attempts < event.attempt
+    common = {
+        "attempts": case((not_started, event.attempt), else_=jobs.c.attempts),
+        "started_at": case((not_started, event.started_at), else_=jobs.c.started_at),
+    }
+    if event.status == JobStatus.COMPLETED:
+        return common | {
+            "status": JobStatus.COMPLETED,
+            "result": jsoncodec.dumps_str(event.result),
+            "error": None,
+            "finished_at": event.finished_at,
+        }
+    retried = (
+        and_(~jobs.c.cancel_requested, jobs.c.max_attempts > event.attempt)
+        if event.retryable
+        else false()
+    )
+    return common | {
+        "status": case(
+            (jobs.c.cancel_requested, JobStatus.CANCELLED),
+            (retried, JobStatus.SCHEDULED),
+            else_=JobStatus.FAILED,
+        ),
+        "error": event.error,
+        "finished_at": case((retried, None), else_=event.finished_at),
+        "run_at": case((retried, item.retry_at), else_=jobs.c.run_at),
+    }

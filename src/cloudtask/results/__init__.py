@@ -1,0 +1,1 @@
+"""The results-processor: persists the workers' ``jobs.started`` and ``jobs.completed`` events."""

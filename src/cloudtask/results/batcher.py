@@ -1,0 +1,60 @@
+"""Collecting deliveries into batches: one database transaction for many events.
+
+Each consumer callback adds its delivery and waits for the batch it joined to be written; a single
+flusher writes whatever has gathered, so batches grow with the load and a lone event is written at
+once (no lingering).
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Batcher(Generic[T]):
+    def __init__(
+        self, flush: Callable[[Sequence[T]], Awaitable[None]], *, max_size: int = 500
+    ) -> None:
+        self._flush = flush
+        self._max_size = max_size
+        self._pending: list[tuple[T, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="results-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for _, waiter in self._pending:
+            waiter.cancel()
+
+    async def add(self, item: T) -> None:
+        """Queue ``item`` and return once its batch was flushed (or raise what flushing raised)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, waiter))
+        self._wake.set()
+        await waiter
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = (
+                    self._pending[: self._max_size],
+                    self._pending[self._max_size :],
+                )
+                try:
+                    await self._flush([item for item, _ in batch])
+                except Exception as exc:  # handed to every waiter, which decides what to do
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                else:
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_result(None)

@@ -1,0 +1,154 @@
+"""The results-processor service: consumes ``jobs.started`` and ``jobs.completed`` and writes them.
+
+Events are written in batches (one transaction each) and acknowledged only after the commit. If the
+database is unreachable the deliveries go back to their queue, to be written when it returns;
+every write is conditional, so a redelivered event changes nothing twice. A message that cannot be
+parsed goes to ``jobs.dead``.
+"""
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloudtask.broker.base import Broker, Consumer, Delivery
+from cloudtask.contracts.messages import JobFinished, JobStarted
+from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_DEAD, JOBS_STARTED
+from cloudtask.contracts.statuses import FINAL_STATUSES, JobStatus
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db import session
+from cloudtask.db.queries import job_events
+from cloudtask.errors import BrokerUnavailable, DatabaseUnavailable
+from cloudtask.observability.metrics import ResultsMetrics
+from cloudtask.policies.backoff import compute_backoff
+from cloudtask.results.batcher import Batcher
+from cloudtask.settings import Settings
+
+log = logging.getLogger(__name__)
+PREFETCH = 1000
+
+
+class ResultsService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: AsyncEngine,
+        broker: Broker,
+        metrics: ResultsMetrics | None = None,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._broker = broker
+        self.metrics = metrics or ResultsMetrics()
+        self._batcher: Batcher[BaseModel] = Batcher(self._write)
+        self._consumers: list[Consumer] = []
+
+    async def start(self) -> None:
+        self._batcher.start()
+        for queue, model in ((JOBS_STARTED, JobStarted), (JOBS_COMPLETED, JobFinished)):
+            handler = self._handler(queue, model)
+            self._consumers.append(await self._broker.consume(queue, handler, prefetch=PREFETCH))
+        log.info("results-processor started", extra={"action": "results.started"})
+
+    async def stop(self, grace: float = 0) -> None:
+        """Stop consuming; events not yet written return to their queues."""
+        del grace  # nothing runs long here
+        for consumer in self._consumers:
+            await consumer.cancel()
+        await self._batcher.stop()
+
+    def _handler(self, queue: str, model: type[BaseModel]) -> Any:
+        async def handle(delivery: Delivery) -> None:
+            try:
+                event = model.model_validate_json(delivery.body)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error["loc"]) or "body"
+                await self._dead_letter(
+                    delivery, queue, f"unparseable message: {where}: {error['msg']}"
+                )
+                return
+            try:
+                await self._batcher.add(event)
+            except DatabaseUnavailable:
+                await asyncio.sleep(1)  # let the database come back before this returns
+                await _quietly(delivery.reject(requeue=True))
+                return
+            except Exception as exc:
+                # An event the database refuses: once more, then to jobs.dead, never in a loop.
+                log.exception("could not write an event")
+                if delivery.redelivered:
+                    await self._dead_letter(delivery, queue, f"could not be written: {exc!r}")
+                else:
+                    await _quietly(delivery.reject(requeue=True))
+                return
+            await _quietly(delivery.ack())
+
+        return handle
+
+    async def _write(self, events: Sequence[BaseModel]) -> None:
+        started = [e for e in events if isinstance(e, JobStarted)]
+        finished = [self._finished(e) for e in events if isinstance(e, JobFinished)]
+        now = utcnow()
+        async with session.transaction(self._db) as conn:
+            # Started first: a batch holding both events of one attempt ends in the final state.
+            running = await job_events.apply_started(conn, started, now=now)
+            moved = await job_events.apply_finished(conn, finished, now=now)
+        self.metrics.batch_size.observe(len(events))
+        self.metrics.events.labels("started", "applied").inc(len(running))
+        self.metrics.events.labels("started", "ignored").inc(len(started) - len(running))
+        self.metrics.events.labels("completed", "applied").inc(len(moved))
+        self.metrics.events.labels("completed", "ignored").inc(len(finished) - len(moved))
+        for job in moved:
+            self._record(job)
+
+    def _finished(self, event: JobFinished) -> job_events.FinishedEvent:
+        delay = compute_backoff(
+            event.attempt,
+            base=self._settings.retry_backoff_base_seconds,
+            cap=self._settings.retry_backoff_cap_seconds,
+        )
+        return job_events.FinishedEvent(event, event.finished_at + timedelta(seconds=delay))
+
+    def _record(self, job: job_events.Transition) -> None:
+        label = self.metrics.job_type(job.type)
+        self.metrics.jobs_finished.labels(label, job.status.value).inc()
+        if job.status in FINAL_STATUSES and job.finished_at is not None:
+            latency = (job.finished_at - job.created_at).total_seconds()
+            self.metrics.end_to_end.labels(label).observe(max(latency, 0.0))
+        action = "job.retry_scheduled" if job.status == JobStatus.SCHEDULED else "job.finished"
+        log.info(
+            f"job {job.status.value.lower()}",
+            extra={
+                "action": action,
+                "jobId": str(job.id),
+                "attempt": job.attempts,
+                "status": job.status.value,
+            },
+        )
+
+    async def _dead_letter(self, delivery: Delivery, queue: str, reason: str) -> None:
+        try:
+            await self._broker.publish(
+                JOBS_DEAD,
+                delivery.body,
+                headers={"x-death-reason": reason, "x-original-queue": queue},
+            )
+            await delivery.ack()
+        except BrokerUnavailable:
+            await _quietly(delivery.reject(requeue=True))
+            return
+        self.metrics.dead_lettered.inc()
+        log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
+
+
+async def _quietly(step: Any) -> None:
+    try:
+        await step
+    except BrokerUnavailable:
+        return

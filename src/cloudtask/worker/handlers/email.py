@@ -1,0 +1,77 @@
+"""``email``: sends one message through the SMTP server at ``SMTP_URL``.
+
+``SMTP_URL`` is ``smtp://[user:password@]host[:port]`` (port 25; ``?starttls=true`` to require
+STARTTLS) or ``smtps://…`` (implicit TLS, port 465). Under ``cloudtask dev`` without ``SMTP_URL``,
+the message is written to a local mail folder instead, and the result says where.
+"""
+
+import asyncio
+import uuid
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+from pydantic import ValidationError
+
+from cloudtask.contracts.job_types import EmailPayload
+from cloudtask.errors import PermanentFailure
+from cloudtask.settings import Settings
+
+
+class EmailHandler:
+    def __init__(self, settings: Settings, mail_dir: Path | None) -> None:
+        self._url = settings.smtp_url.get_secret_value() if settings.smtp_url else None
+        self._sender = settings.smtp_from
+        self._timeout = settings.smtp_timeout_seconds
+        self._mail_dir = mail_dir
+
+    async def __call__(self, payload: Any) -> dict[str, Any]:
+        try:
+            mail = EmailPayload.model_validate(payload)
+        except ValidationError as exc:
+            raise PermanentFailure(f"invalid email payload: {exc.errors()[0]['msg']}") from None
+        message = EmailMessage()
+        message["From"] = self._sender
+        message["To"] = mail.to
+        message["Subject"] = mail.subject
+        message["Message-ID"] = make_msgid(domain="cloudtask")
+        message.set_content(mail.body)
+        if self._url is not None:
+            await self._send(message)
+            return {"to": mail.to, "messageId": message["Message-ID"]}
+        if self._mail_dir is not None:
+            path = await asyncio.to_thread(self._save, message)
+            return {"to": mail.to, "messageId": message["Message-ID"], "savedTo": str(path)}
+        raise PermanentFailure("email is not configured: set CLOUDTASK_SMTP_URL")
+
+    async def _send(self, message: EmailMessage) -> None:
+        assert self._url is not None  # noqa: S101 - checked by the caller
+        parts = urlsplit(self._url)
+        implicit_tls = parts.scheme == "smtps"
+        options = parse_qs(parts.query)
+        try:
+            await aiosmtplib.send(
+                message,
+                hostname=parts.hostname or "localhost",
+                port=parts.port or (465 if implicit_tls else 25),
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                use_tls=implicit_tls,
+                start_tls=True if options.get("starttls") == ["true"] else None,
+                timeout=self._timeout,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            raise PermanentFailure(f"the SMTP server refused the recipient: {exc}") from None
+        except aiosmtplib.SMTPException as exc:
+            # Connection trouble and temporary refusals: worth another attempt.
+            raise ConnectionError(f"SMTP: {type(exc).__name__}: {exc}") from None
+
+    def _save(self, message: EmailMessage) -> Path:
+        assert self._mail_dir is not None  # noqa: S101 - checked by the caller
+        self._mail_dir.mkdir(parents=True, exist_ok=True)
+        path = self._mail_dir / f"{uuid.uuid4()}.eml"
+        path.write_bytes(message.as_bytes())
+        return path

@@ -1,0 +1,66 @@
+"""``http``: makes one HTTP request, only to hosts listed in ``HTTP_ALLOWED_HOSTS``.
+
+The host is checked before any connection is made, redirects are not followed (one could lead to a
+host not allowed), the request has a timeout, and a response body larger than
+``HTTP_MAX_RESPONSE_BYTES`` fails the job. A 5xx or 429 answer fails the attempt (retryable);
+any other answer completes the job with its status code, headers and body.
+"""
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import ValidationError
+
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.job_types import HttpPayload
+from cloudtask.errors import PermanentFailure
+from cloudtask.settings import Settings
+
+
+class HttpHandler:
+    def __init__(self, settings: Settings) -> None:
+        self._allowed = {host.lower() for host in settings.http_allowed_hosts}
+        self._timeout = settings.http_timeout_seconds
+        self._max_bytes = settings.http_max_response_bytes
+
+    def is_allowed(self, url: str) -> bool:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        with_port = f"{host}:{parts.port}" if parts.port else host
+        return host in self._allowed or with_port in self._allowed
+
+    async def __call__(self, payload: Any) -> dict[str, Any]:
+        try:
+            request = HttpPayload.model_validate(payload)
+        except ValidationError as exc:
+            raise PermanentFailure(f"invalid http payload: {exc.errors()[0]['msg']}") from None
+        if not self.is_allowed(request.url):
+            host = urlsplit(request.url).hostname
+            raise PermanentFailure(f"host {host!r} is not in CLOUDTASK_HTTP_ALLOWED_HOSTS")
+        content = None
+        headers = dict(request.headers)
+        if request.body is not None:
+            if isinstance(request.body, str):
+                content = request.body.encode()
+            else:
+                content = jsoncodec.dumps(request.body)
+                headers.setdefault("Content-Type", "application/json")
+        async with (
+            httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client,
+            client.stream(request.method, request.url, headers=headers, content=content) as reply,
+        ):
+            body = await self._read(reply)
+        if reply.status_code >= 500 or reply.status_code == 429:
+            raise ConnectionError(f"HTTP {reply.status_code} from {request.url}: {body[:200]}")
+        return {"statusCode": reply.status_code, "headers": dict(reply.headers), "body": body}
+
+    async def _read(self, reply: httpx.Response) -> str:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in reply.aiter_bytes():
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise PermanentFailure(f"the response is larger than {self._max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks).decode(reply.encoding or "utf-8", errors="replace")

@@ -1,0 +1,94 @@
+"""Leases on running attempts, renewed by a heartbeat, and the cancel signals from the API.
+
+The worker acknowledges a delivery as soon as the attempt has started (see ``pipeline``), so the
+broker no longer watches it; instead the worker holds a lease per running attempt in the key-value
+store and renews them all in one round trip every third of their TTL. The scheduler treats a
+RUNNING job without a lease as abandoned by a dead worker and hands it out again.
+"""
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from uuid import UUID
+
+from cloudtask.contracts.signals import CANCEL_CHANNEL, lease_key
+from cloudtask.errors import KVUnavailable
+from cloudtask.kv.base import KV, Subscription
+
+log = logging.getLogger(__name__)
+
+
+class RunningAttempts:
+    """The attempts this worker runs now: their leases and the tasks to cancel."""
+
+    def __init__(self, kv: KV, worker_id: str, lease_seconds: float) -> None:
+        self._kv = kv
+        self._worker_id = worker_id.encode()
+        self.lease_seconds = lease_seconds
+        self._leases: dict[str, UUID] = {}
+        self._runs: dict[UUID, tuple[int, asyncio.Future[Any]]] = {}
+        self._subscription: Subscription | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._kv.subscribe(CANCEL_CHANNEL, self._on_cancel)
+        self._heartbeat = asyncio.create_task(self._beat(), name="lease-heartbeat")
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        if self._subscription is not None:
+            await self._subscription.close()
+
+    async def take(self, job_id: UUID, attempt: int) -> None:
+        key = lease_key(job_id, attempt)
+        await self._kv.set(key, self._worker_id, ttl=self.lease_seconds)
+        self._leases[key] = job_id
+
+    async def drop(self, job_id: UUID, attempt: int, *, marker: bytes | None = None) -> None:
+        """Give the lease up, or leave ``marker`` in it (a requeued attempt)."""
+        key = lease_key(job_id, attempt)
+        self._leases.pop(key, None)
+        with contextlib.suppress(KVUnavailable):
+            if marker is None:
+                await self._kv.delete(key)
+            else:
+                await self._kv.set(key, marker, ttl=24 * 3600)
+
+    def track(self, job_id: UUID, attempt: int, run: "asyncio.Future[Any]") -> None:
+        self._runs[job_id] = (attempt, run)
+
+    def runs(self) -> list[tuple[UUID, int, "asyncio.Future[Any]"]]:
+        return [(job_id, attempt, run) for job_id, (attempt, run) in self._runs.items()]
+
+    def untrack(self, job_id: UUID) -> None:
+        self._runs.pop(job_id, None)
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            if not self._leases:
+                continue
+            items = dict.fromkeys(self._leases, self._worker_id)
+            try:
+                await self._kv.set_many(items, ttl=self.lease_seconds)
+            except KVUnavailable as exc:
+                log.warning("could not renew leases: %s", exc)
+
+    def _on_cancel(self, message: bytes) -> None:
+        try:
+            job_id = UUID(message.decode())
+        except ValueError:
+            return
+        _, run = self._runs.get(job_id, (0, None))
+        if run is not None and not run.done():
+            log.info(
+                "cancelling a running job", extra={"action": "job.cancel", "jobId": str(job_id)}
+            )
+            run.cancel()

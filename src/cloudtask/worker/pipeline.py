@@ -1,0 +1,221 @@
+"""What the worker does with one delivery of ``jobs.created``: decode → run → report.
+
+1. Decode. A message that cannot be parsed goes to ``jobs.dead`` with the reason; one redelivered
+   more than ``max_deliveries`` times (it keeps killing its worker) is failed and dead-lettered.
+2. Run. A job cancelled while it waited is skipped. Otherwise the worker takes a lease on the
+   attempt, publishes ``jobs.started`` (confirmed) and only then acknowledges the delivery, so
+   the broker's delivery timeout (30 minutes by default) never cuts short a job allowed an hour;
+   from here the lease, renewed by heartbeats and watched by the scheduler, stands for the
+   delivery. The handler runs under the job's timeout.
+3. Report. ``jobs.completed`` is published (confirmed, retried while the broker is away), then
+   the lease is given up.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from cloudtask.broker.base import Broker, Delivery
+from cloudtask.contracts.messages import JobCreated, JobFinished, JobStarted
+from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_DEAD, JOBS_STARTED
+from cloudtask.contracts.signals import cancel_key
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.errors import BrokerUnavailable, KVUnavailable
+from cloudtask.kv.base import KV
+from cloudtask.observability.metrics import WorkerMetrics
+from cloudtask.worker import execution
+from cloudtask.worker.execution import Outcome
+from cloudtask.worker.leases import RunningAttempts
+from cloudtask.worker.registry import HandlerRegistry
+
+log = logging.getLogger(__name__)
+REQUEUED = b"requeued"
+
+
+@dataclass
+class PipelineDeps:
+    broker: Broker
+    kv: KV
+    handlers: HandlerRegistry
+    running: RunningAttempts
+    executor: Executor
+    metrics: WorkerMetrics
+    worker_id: str
+    max_deliveries: int
+
+
+class Pipeline:
+    def __init__(self, deps: PipelineDeps, slots: asyncio.Semaphore) -> None:
+        self.deps = deps
+        self._slots = slots
+        self.stopping = asyncio.Event()
+        self._requeue: set[tuple[object, int]] = set()
+
+    async def __call__(self, delivery: Delivery) -> None:
+        job = await self._decode(delivery)
+        if job is None:
+            return
+        async with self._slots:
+            if self.stopping.is_set():
+                await _quietly(delivery.reject(requeue=True))
+                return
+            await self._process(delivery, job)
+
+    def requeue_running(self) -> None:
+        """Stop every running attempt and put it back on ``jobs.created`` (graceful shutdown)."""
+        for job_id, attempt, run in self.deps.running.runs():
+            self._requeue.add((job_id, attempt))
+            run.cancel()
+
+    async def _decode(self, delivery: Delivery) -> JobCreated | None:
+        try:
+            job = JobCreated.model_validate_json(delivery.body)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"]) or "body"
+            await self._dead_letter(delivery, f"unparseable message: {where}: {error['msg']}")
+            self.deps.metrics.dead_lettered.labels("unparseable").inc()
+            return None
+        if delivery.redelivered and await self._delivered_too_often(job):
+            reason = f"delivered {self.deps.max_deliveries} times without finishing"
+            now = utcnow()
+            await self._report(job, now, Outcome("failed", error=reason))
+            await self._dead_letter(delivery, reason)
+            self.deps.metrics.dead_lettered.labels("redelivered").inc()
+            return None
+        return job
+
+    async def _delivered_too_often(self, job: JobCreated) -> bool:
+        key = f"cloudtask:deliveries:{job.job_id}:{job.attempt}"
+        try:
+            return await self.deps.kv.incr(key, ttl=24 * 3600) >= self.deps.max_deliveries
+        except KVUnavailable:
+            return False
+
+    async def _process(self, delivery: Delivery, job: JobCreated) -> None:
+        deps = self.deps
+        if await deps.kv.get(cancel_key(job.job_id)) is not None:
+            now = utcnow()
+            await self._report(job, now, execution.CANCELLED)
+            await _quietly(delivery.ack())
+            return
+        started_at = utcnow()
+        await deps.running.take(job.job_id, job.attempt)
+        started = JobStarted(
+            job_id=job.job_id, attempt=job.attempt, worker_id=deps.worker_id, started_at=started_at
+        )
+        try:
+            await deps.broker.publish(JOBS_STARTED, started.encode())
+            await delivery.ack()
+        except BrokerUnavailable:
+            # Not started: the delivery goes back to the queue with its channel.
+            await deps.running.drop(job.job_id, job.attempt)
+            return
+        _log("job started", job, deps.worker_id)
+        outcome = await self._run(job)
+        if (job.job_id, job.attempt) in self._requeue:
+            await self._put_back(job)
+            return
+        await self._report(job, started_at, outcome)
+        await deps.running.drop(job.job_id, job.attempt)
+
+    async def _run(self, job: JobCreated) -> Outcome:
+        deps = self.deps
+        handler = deps.handlers.get(job.type)
+        label = deps.metrics.job_type(job.type)
+        if handler is None:
+            return execution.unknown_type(job.type)
+        deps.metrics.jobs_started.labels(label).inc()
+        deps.metrics.in_flight.inc()
+        begun = time.perf_counter()
+        run = execution.start(handler, job.payload, deps.executor)
+        deps.running.track(job.job_id, job.attempt, run)
+        try:
+            outcome = await execution.finish(run, job.timeout_seconds)
+        finally:
+            deps.running.untrack(job.job_id)
+            deps.metrics.in_flight.dec()
+            deps.metrics.job_duration.labels(label).observe(time.perf_counter() - begun)
+        if not run.done():
+            deps.metrics.abandoned.inc()
+        return outcome
+
+    async def _report(self, job: JobCreated, started_at: datetime, outcome: Outcome) -> None:
+        finished = JobFinished(
+            job_id=job.job_id,
+            attempt=job.attempt,
+            status="COMPLETED" if outcome.completed else "FAILED",
+            result=outcome.result,
+            error=outcome.error,
+            retryable=outcome.retryable,
+            worker_id=self.deps.worker_id,
+            started_at=started_at,
+            finished_at=utcnow(),
+        )
+        await _until_published(lambda: self.deps.broker.publish(JOBS_COMPLETED, finished.encode()))
+        self.deps.metrics.jobs_processed.labels(
+            self.deps.metrics.job_type(job.type), outcome.kind
+        ).inc()
+        _log("job finished", job, self.deps.worker_id, outcome=outcome.kind, error=outcome.error)
+
+    async def _put_back(self, job: JobCreated) -> None:
+        self._requeue.discard((job.job_id, job.attempt))
+        await _until_published(
+            lambda: self.deps.broker.publish(JOBS_CREATED, job.encode(), priority=job.priority)
+        )
+        # The marker tells the scheduler the attempt waits in the queue, not that it was lost.
+        await self.deps.running.drop(job.job_id, job.attempt, marker=REQUEUED)
+        self.deps.metrics.requeued.inc()
+        _log("job requeued", job, self.deps.worker_id)
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        headers = {"x-death-reason": reason, "x-original-queue": JOBS_CREATED}
+        try:
+            await self.deps.broker.publish(JOBS_DEAD, delivery.body, headers=headers)
+            await delivery.ack()
+        except BrokerUnavailable:
+            await _quietly(delivery.reject(requeue=True))
+            return
+        log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
+
+
+async def _until_published(publish: Callable[[], Awaitable[None]], limit: float = 300) -> None:
+    """Publish, retrying while the broker is away; give up after ``limit`` seconds (the lease
+    then expires and the scheduler hands the attempt out again)."""
+    delay, deadline = 0.2, time.monotonic() + limit
+    while True:
+        try:
+            await publish()
+        except BrokerUnavailable:
+            if time.monotonic() > deadline:
+                log.error("giving up publishing after %s s", limit)  # noqa: TRY400 - no traceback wanted
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+        else:
+            return
+
+
+async def _quietly(step: Awaitable[None]) -> None:
+    try:
+        await step
+    except BrokerUnavailable:
+        return
+
+
+def _log(message: str, job: JobCreated, worker_id: str, **extra: object) -> None:
+    fields = {
+        "action": message.replace(" ", "."),
+        "jobId": str(job.job_id),
+        "attempt": job.attempt,
+        "workerId": worker_id,
+        "type": job.type,
+    }
+    fields.update({k: v for k, v in extra.items() if v is not None})
+    log.info(message, extra=fields)

@@ -1,0 +1,107 @@
+"""The worker service: consumes ``jobs.created`` and runs the pipeline on each delivery.
+
+Concurrency is a semaphore of ``WORKER_CONCURRENCY`` slots, and the prefetch matches it. On stop
+it takes no new deliveries, gives running jobs ``grace`` seconds to finish, then stops the rest and
+puts them back on ``jobs.created``; deliveries it held but had not started return to the queue.
+"""
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from cloudtask.broker.base import Broker, Consumer, Delivery
+from cloudtask.contracts.queues import JOBS_CREATED
+from cloudtask.kv.base import KV
+from cloudtask.observability.metrics import WorkerMetrics
+from cloudtask.settings import Settings
+from cloudtask.worker.leases import RunningAttempts
+from cloudtask.worker.pipeline import Pipeline, PipelineDeps
+from cloudtask.worker.registry import HandlerRegistry
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class WorkerService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: Broker,
+        kv: KV,
+        handlers: HandlerRegistry,
+        metrics: WorkerMetrics | None = None,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.worker_id = worker_id or new_worker_id()
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.metrics = metrics or WorkerMetrics()
+        self._broker = broker
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="cloudtask-job")
+        self._running = RunningAttempts(kv, self.worker_id, settings.worker_lease_seconds)
+        deps = PipelineDeps(
+            broker=broker,
+            kv=kv,
+            handlers=handlers,
+            running=self._running,
+            executor=self._executor,
+            metrics=self.metrics,
+            worker_id=self.worker_id,
+            max_deliveries=settings.max_deliveries,
+        )
+        self._active: set[asyncio.Task[Any]] = set()
+        self.pipeline = Pipeline(deps, asyncio.Semaphore(self.concurrency))
+        self._consumer: Consumer | None = None
+
+    async def start(self) -> None:
+        await self._running.start()
+        self._consumer = await self._broker.consume(
+            JOBS_CREATED, self._handle, prefetch=self.concurrency
+        )
+        log.info(
+            "worker started",
+            extra={
+                "action": "worker.started",
+                "workerId": self.worker_id,
+                "concurrency": self.concurrency,
+            },
+        )
+
+    async def _handle(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+        try:
+            await self.pipeline(delivery)
+        finally:
+            if task is not None:
+                self._active.discard(task)
+
+    @property
+    def busy(self) -> int:
+        """Deliveries being handled now (running or waiting for a slot)."""
+        return len(self._active)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking jobs, let running ones finish within ``grace`` seconds, requeue the rest."""
+        self.pipeline.stopping.set()
+        if self._consumer is not None:
+            await self._consumer.stop_receiving()
+        if self._active:
+            await asyncio.wait(set(self._active), timeout=grace)
+        if self._active:
+            self.pipeline.requeue_running()
+            await asyncio.wait(set(self._active), timeout=10)
+        if self._consumer is not None:
+            await self._consumer.cancel()
+        await self._running.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker stopped", extra={"action": "worker.stopped", "workerId": self.worker_id})
