@@ -14,6 +14,7 @@ from cloudtask.db.migrate import upgrade
 from cloudtask.observability.health import standard_checks
 from cloudtask.observability.server import status_app
 from cloudtask.results.service import ResultsService
+from cloudtask.scheduler.service import SchedulerService
 from cloudtask.settings import Settings, SettingsError, load_settings
 from cloudtask.worker.handlers import builtin_handlers
 from cloudtask.worker.registry import user_handlers
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "results", help="run the results-processor (serves /metrics and /health)"
     )
     _add_http(results, 9092)
+
+    scheduler = commands.add_parser(
+        "scheduler", help="run a scheduler (serves /metrics and /health); run several for HA"
+    )
+    _add_http(scheduler, 9093)
 
     dev_cmd = commands.add_parser(
         "dev", help="run everything in one process on SQLite, with no server needed"
@@ -117,7 +123,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         return
     settings.require_jwt_secret()
     log.configure(args.command, settings.log_level, settings.log_format)
-    commands = {"api": _api, "worker": _worker, "results": _results}
+    commands = {"api": _api, "worker": _worker, "results": _results, "scheduler": _scheduler}
     serving.run(lambda: commands[args.command](settings, args.host, args.port))
 
 
@@ -143,6 +149,13 @@ async def _results(settings: Settings, host: str, port: int) -> None:
     results = ResultsService(settings, db=backends.db, broker=backends.broker)
     checks = standard_checks(backends.db, backends.broker, backends.kv)
     await _serve(backends, results, status_app([results.metrics], checks), host, port, settings)
+
+
+async def _scheduler(settings: Settings, host: str, port: int) -> None:
+    backends = await open_backends(settings)
+    scheduler = SchedulerService(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
+    checks = standard_checks(backends.db, backends.broker, backends.kv)
+    await _serve(backends, scheduler, status_app([scheduler.metrics], checks), host, port, settings)
 
 
 async def _serve(

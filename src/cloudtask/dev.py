@@ -14,6 +14,7 @@ from cloudtask.db.engine import create_engine
 from cloudtask.db.migrate import upgrade_async
 from cloudtask.kv.memory import MemoryKV
 from cloudtask.results.service import ResultsService
+from cloudtask.scheduler.service import SchedulerService
 from cloudtask.settings import MIN_JWT_SECRET_BYTES, Settings
 from cloudtask.worker.handlers import builtin_handlers
 from cloudtask.worker.registry import user_handlers
@@ -56,16 +57,18 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
     handlers = builtin_handlers(settings, mail_dir=mail_dir).merged(user_handlers)
     worker = WorkerService(settings, broker=broker, kv=kv, handlers=handlers)
     results = ResultsService(settings, db=engine, broker=broker)
+    scheduler = SchedulerService(settings, db=engine, broker=broker, kv=kv)
     app = create_app(
         settings,
         db=engine,
         broker=broker,
         kv=kv,
         jwt_secret=secret,
-        extra_metrics=[worker.metrics, results.metrics],
+        extra_metrics=[worker.metrics, results.metrics, scheduler.metrics],
     )
     await results.start()
     await worker.start()
+    await scheduler.start()
     print(  # noqa: T201 - the start-up line the operator reads
         f"CloudTask dev listening on http://{host}:{port} "
         f"(database {db_path}, mail without SMTP goes to {mail_dir})",
@@ -75,6 +78,7 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
     try:
         await serving.server(app, host, port).serve()
     finally:
+        await scheduler.stop()
         await worker.stop(settings.worker_grace_seconds)
         await results.stop()
         await broker.close()

@@ -85,8 +85,10 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
     file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
     for name in [*os.environ, *file_values]:
         if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
-            hint = difflib.get_close_matches(name.upper(), known, n=1)
-            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            # Compared without the prefix, which every name shares and would make anything match.
+            fields = [known_name.removeprefix(ENV_PREFIX) for known_name in known]
+            hint = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), fields, n=1)
+            suggestion = f" (did you mean {ENV_PREFIX}{hint[0]}?)" if hint else ""
             raise SettingsError(f"unknown setting {name}{suggestion}")
     try:
         return Settings(_env_file=env_file, **overrides)

@@ -15,7 +15,7 @@ from cloudtask.api import errors, openapi
 from cloudtask.api.context import ApiContext
 from cloudtask.api.idempotency import IdempotencyStore
 from cloudtask.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from cloudtask.api.routes import actuator, auth, jobs
+from cloudtask.api.routes import actuator, auth, jobs, schedules
 from cloudtask.api.security import PasswordHasher, TokenService
 from cloudtask.broker.base import Broker
 from cloudtask.kv.base import KV
@@ -87,7 +87,7 @@ def create_app(
     app.state.extra_metrics = list(extra_metrics)
     errors.install(app)
     openapi.install(app)
-    for router in (auth.router, jobs.router, actuator.router):
+    for router in (auth.router, jobs.router, schedules.router, actuator.router):
         app.include_router(router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware)

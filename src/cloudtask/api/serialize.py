@@ -5,6 +5,7 @@ from typing import Any
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.timefmt import format_rfc3339
 from cloudtask.db.queries.jobs import JobRecord
+from cloudtask.db.queries.schedules import ScheduleRecord
 
 _UNPARSED: Any = object()
 
@@ -37,4 +38,22 @@ def job_json(job: JobRecord, payload: Any = _UNPARSED) -> dict[str, Any]:
         "updatedAt": format_rfc3339(job.updated_at),
         "startedAt": format_rfc3339(job.started_at),
         "finishedAt": format_rfc3339(job.finished_at),
+    }
+
+
+def schedule_json(schedule: ScheduleRecord) -> dict[str, Any]:
+    return {
+        "id": str(schedule.id),
+        "name": schedule.name,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "type": schedule.type,
+        "payload": _parse(schedule.payload),
+        "priority": schedule.priority,
+        "maxAttempts": schedule.max_attempts,
+        "timeoutSeconds": _number(schedule.timeout_seconds),
+        "paused": schedule.paused,
+        "nextRunAt": None if schedule.paused else format_rfc3339(schedule.next_run_at),
+        "lastRunAt": format_rfc3339(schedule.last_run_at),
+        "createdAt": format_rfc3339(schedule.created_at),
     }

@@ -16,7 +16,7 @@ from cloudtask.api.idempotency import fingerprint
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.api.security import Principal
 from cloudtask.contracts import jsoncodec
-from cloudtask.contracts.api import JobCreate
+from cloudtask.contracts.api import JobCreate, ScheduleCreate
 from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
 from cloudtask.db import session
 from cloudtask.db.queries import jobs as jobs_q
@@ -25,7 +25,9 @@ from cloudtask.errors import KVUnavailable
 log = logging.getLogger(__name__)
 
 
-def check_payload(body: JobCreate, loc: tuple[str | int, ...]) -> list[dict[str, str]]:
+def check_payload(
+    body: JobCreate | ScheduleCreate, loc: tuple[str | int, ...]
+) -> list[dict[str, str]]:
     """Problems with a built-in type's payload, as 400 details (custom types take any JSON)."""
     model = BUILTIN_PAYLOADS.get(body.type)
     if model is None:

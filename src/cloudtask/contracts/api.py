@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,6 +36,15 @@ _EMAIL = re.compile(
 )
 
 Rfc3339 = Annotated[datetime, BeforeValidator(parse_rfc3339)]
+
+
+def _small_payload(value: Any) -> Any:
+    if len(jsoncodec.dumps(value)) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"must be at most {MAX_PAYLOAD_BYTES} bytes when serialized")
+    return value
+
+
+Payload = Annotated[Any, AfterValidator(_small_payload)]
 
 
 class Body(BaseModel):
@@ -69,7 +79,7 @@ class AuthResponse(Body):
 
 class JobCreate(Body):
     type: Annotated[StrictStr, Field(pattern=TYPE_PATTERN, examples=["echo"])]
-    payload: Any = None
+    payload: Payload = None
     priority: Annotated[int, Field(ge=0, le=9)] = 5
     run_at: Rfc3339 | None = None
     delay_seconds: (
@@ -77,13 +87,6 @@ class JobCreate(Body):
     ) = None
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
     timeout_seconds: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 300
-
-    @field_validator("payload")
-    @classmethod
-    def _payload_size(cls, value: Any) -> Any:
-        if len(jsoncodec.dumps(value)) > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"must be at most {MAX_PAYLOAD_BYTES} bytes when serialized")
-        return value
 
     @field_validator("delay_seconds")
     @classmethod
@@ -95,6 +98,33 @@ class JobCreate(Body):
 
 class JobBatchCreate(Body):
     jobs: Annotated[list[JobCreate], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class ScheduleCreate(Body):
+    name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    cron: Annotated[StrictStr, Field(min_length=1, max_length=200, examples=["*/5 * * * *"])]
+    timezone: Annotated[StrictStr, Field(min_length=1, max_length=64)] = "UTC"
+    type: Annotated[StrictStr, Field(pattern=TYPE_PATTERN)]
+    payload: Payload = None
+    priority: Annotated[int, Field(ge=0, le=9)] = 5
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    timeout_seconds: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 300
+
+
+class Schedule(Body):
+    id: UUID
+    name: str
+    cron: str
+    timezone: str
+    type: str
+    payload: Any
+    priority: int
+    max_attempts: int
+    timeout_seconds: float
+    paused: bool
+    next_run_at: datetime | None = Field(description="Null while the schedule is paused.")
+    last_run_at: datetime | None
+    created_at: datetime
 
 
 class Job(Body):

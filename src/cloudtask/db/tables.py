@@ -1,6 +1,7 @@
 """The database tables. The migrations in ``migrations/versions`` create exactly these."""
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -90,4 +91,58 @@ outbox = Table(
     Column("body", Text, nullable=False),
     Column("priority", SmallInteger, nullable=False, server_default=text("0")),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("cron", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("timeout_seconds", Float, nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("next_run_at", UTCDateTime, nullable=False),
+    Column("last_run_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+Index("ix_schedules_user_id_created_at", schedules.c.user_id, schedules.c.created_at)
+Index(
+    "ix_schedules_due",
+    schedules.c.next_run_at,
+    postgresql_where=~schedules.c.paused,
+    sqlite_where=~schedules.c.paused,
+)
+
+# One row per firing: the primary key is what makes a firing create its job exactly once, however
+# many schedulers try.
+schedule_firings = Table(
+    "schedule_firings",
+    metadata,
+    Column(
+        "schedule_id",
+        Uuid,
+        ForeignKey("schedules.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("fire_at", UTCDateTime, primary_key=True),
+    Column("job_id", Uuid, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The scheduler's fencing token: a new leader raises it, and a leader's writes check it, so a
+# leader that was paused past its lease cannot act after another took over.
+leadership = Table(
+    "leadership",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("token", BigInteger, nullable=False),
+    Column("holder", String(200)),
+    Column("updated_at", UTCDateTime),
 )

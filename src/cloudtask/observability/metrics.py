@@ -113,6 +113,44 @@ class ResultsMetrics(ServiceMetrics):
         )
 
 
+class SchedulerMetrics(ServiceMetrics):
+    def __init__(self) -> None:
+        super().__init__("scheduler")
+        self.leader = Gauge(
+            "cloudtask_scheduler_leader",
+            "1 while this scheduler leads (or acts because the key-value store is unreachable).",
+            registry=self.registry,
+        )
+        self.dispatched = Counter(
+            "cloudtask_jobs_dispatched_total",
+            "Due jobs handed to the workers (delayed jobs and retries).",
+            registry=self.registry,
+        )
+        self.dispatch_lag = Histogram(
+            "cloudtask_scheduler_dispatch_lag_seconds",
+            "How late a due job was dispatched (now - runAt).",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.schedules_fired = Counter(
+            "cloudtask_schedules_fired_total",
+            "Recurring schedule firings that created a job.",
+            registry=self.registry,
+        )
+        self.recovered = Counter(
+            "cloudtask_scheduler_recovered_total",
+            "RUNNING attempts recovered, by reason (lost: worker gone, requeued; hung: past "
+            "timeout, failed; cancelled; gave_up: lost too often, failed).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.outbox_published = Counter(
+            "cloudtask_outbox_published_total",
+            "Outbox messages published and confirmed by the broker.",
+            registry=self.registry,
+        )
+
+
 class ApiMetrics(ServiceMetrics):
     def __init__(self) -> None:
         super().__init__("api")

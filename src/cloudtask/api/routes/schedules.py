@@ -1,0 +1,162 @@
+"""``/schedules``: recurring jobs on a cron expression in a time zone."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
+from starlette.responses import Response
+
+from cloudtask.api import submission
+from cloudtask.api.deps import Context, CurrentUser
+from cloudtask.api.errors import bad_request, not_found
+from cloudtask.api.jsonbody import StrictJSONRoute
+from cloudtask.api.openapi import error_responses
+from cloudtask.api.responses import JSONBytesResponse
+from cloudtask.api.serialize import schedule_json
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.api import Schedule, ScheduleCreate
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db import session
+from cloudtask.db.queries import schedules as schedules_q
+from cloudtask.policies import cron
+
+router = APIRouter(
+    prefix="/schedules",
+    tags=["schedules"],
+    route_class=StrictJSONRoute,
+    responses=error_responses(401),
+)
+ScheduleId = Annotated[str, Path(description="The schedule's id.")]
+TIME_RULES = (
+    "Cron expressions have five fields (minute hour day-of-month month day-of-week) or are a "
+    "macro such as `@hourly`, read in the schedule's IANA time zone. A firing time skipped when "
+    "clocks go forward fires once, when the clock jumps; one repeated when clocks go back fires "
+    "once, at its first occurrence. A firing missed while no scheduler ran fires once, late; "
+    "missed firings are not replayed one by one."
+)
+
+
+def _schedule_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise not_found("Schedule") from None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Schedule,
+    responses=error_responses(400),
+    summary="Create a recurring schedule",
+    description=TIME_RULES,
+)
+async def create_schedule(body: ScheduleCreate, user: CurrentUser, context: Context) -> Response:
+    try:
+        cron.check_cron(body.cron)
+    except cron.InvalidSchedule as exc:
+        raise bad_request("cron", "body", str(exc)) from None
+    try:
+        zone = cron.parse_zone(body.timezone)
+    except cron.InvalidSchedule as exc:
+        raise bad_request("timezone", "body", str(exc)) from None
+    submission.raise_if_invalid(submission.check_payload(body, ("payload",)))
+    now = utcnow()
+    record = schedules_q.ScheduleRecord(
+        id=uuid.uuid4(),
+        user_id=user.user_id,
+        name=body.name,
+        cron=body.cron,
+        timezone=body.timezone,
+        type=body.type,
+        payload=jsoncodec.dumps_str(body.payload),
+        priority=body.priority,
+        max_attempts=body.max_attempts,
+        timeout_seconds=float(body.timeout_seconds),
+        paused=False,
+        next_run_at=cron.next_fire(body.cron, zone, now),
+        last_run_at=None,
+        created_at=now,
+        updated_at=now,
+    )
+    async with session.transaction(context.db) as conn:
+        await schedules_q.create(conn, record)
+    return JSONBytesResponse(schedule_json(record), status_code=201)
+
+
+@router.get("", response_model=list[Schedule], summary="List your schedules, oldest first")
+async def list_schedules(user: CurrentUser, context: Context) -> Response:
+    async with session.reading(context.db) as conn:
+        records = await schedules_q.list_for_user(conn, user.user_id)
+    return JSONBytesResponse([schedule_json(record) for record in records])
+
+
+@router.get(
+    "/{schedule_id}",
+    response_model=Schedule,
+    responses=error_responses(404),
+    summary="Read one schedule",
+)
+async def get_schedule(schedule_id: ScheduleId, user: CurrentUser, context: Context) -> Response:
+    async with session.reading(context.db) as conn:
+        record = await schedules_q.get(conn, _schedule_id(schedule_id), user.user_id)
+    if record is None:
+        raise not_found("Schedule")
+    return JSONBytesResponse(schedule_json(record))
+
+
+@router.delete(
+    "/{schedule_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(404),
+    summary="Delete a schedule (jobs it created are kept)",
+)
+async def delete_schedule(schedule_id: ScheduleId, user: CurrentUser, context: Context) -> Response:
+    async with session.transaction(context.db) as conn:
+        removed = await schedules_q.remove(conn, _schedule_id(schedule_id), user.user_id)
+    if not removed:
+        raise not_found("Schedule")
+    return Response(status_code=204)
+
+
+async def _set_paused(
+    schedule_id: str, user: CurrentUser, context: Context, *, paused: bool
+) -> Response:
+    target = _schedule_id(schedule_id)
+    now = utcnow()
+    async with session.transaction(context.db) as conn:
+        current = await schedules_q.get(conn, target, user.user_id)
+        if current is None:
+            raise not_found("Schedule")
+        # Resuming starts from now: the firings a paused schedule skipped are not made up.
+        next_run_at = None
+        if not paused and current.paused:
+            zone = cron.parse_zone(current.timezone)
+            next_run_at = cron.next_fire(current.cron, zone, now)
+        record = await schedules_q.set_paused(
+            conn, target, user.user_id, paused=paused, next_run_at=next_run_at, now=now
+        )
+    if record is None:
+        raise not_found("Schedule")
+    return JSONBytesResponse(schedule_json(record))
+
+
+@router.post(
+    "/{schedule_id}/pause",
+    response_model=Schedule,
+    responses=error_responses(404),
+    summary="Pause a schedule: it fires no more until resumed",
+)
+async def pause_schedule(schedule_id: ScheduleId, user: CurrentUser, context: Context) -> Response:
+    return await _set_paused(schedule_id, user, context, paused=True)
+
+
+@router.post(
+    "/{schedule_id}/resume",
+    response_model=Schedule,
+    responses=error_responses(404),
+    summary="Resume a paused schedule from now on",
+)
+async def resume_schedule(schedule_id: ScheduleId, user: CurrentUser, context: Context) -> Response:
+    return await _set_paused(schedule_id, user, context, paused=False)

@@ -1,0 +1,181 @@
+"""Queries the scheduler makes on ``jobs`` and ``leadership``: due jobs, abandoned and hung
+attempts, and the fencing token."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.messages import JobCreated
+from cloudtask.contracts.queues import JOBS_CREATED
+from cloudtask.contracts.statuses import JobStatus
+from cloudtask.db.queries import outbox as outbox_q
+from cloudtask.db.tables import jobs, leadership
+
+SCHEDULER = "scheduler"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A job about to be handed to the workers, or one a worker holds."""
+
+    id: UUID
+    user_id: UUID
+    type: str
+    payload: str
+    priority: int
+    attempt: int
+    timeout_seconds: float
+    run_at: datetime
+    started_at: datetime | None = None
+    cancel_requested: bool = False
+    redeliveries: int = 0
+
+    def message(self, now: datetime) -> outbox_q.NewOutboxMessage:
+        body = JobCreated(
+            job_id=self.id,
+            user_id=self.user_id,
+            type=self.type,
+            payload=jsoncodec.loads(self.payload),
+            priority=self.priority,
+            attempt=self.attempt,
+            timeout_seconds=self.timeout_seconds,
+            enqueued_at=now,
+        ).encode()
+        return outbox_q.NewOutboxMessage(JOBS_CREATED, body.decode(), self.priority)
+
+
+_ATTEMPT_COLUMNS = (
+    jobs.c.id,
+    jobs.c.user_id,
+    jobs.c.type,
+    jobs.c.payload,
+    jobs.c.priority,
+    jobs.c.timeout_seconds,
+    jobs.c.run_at,
+    jobs.c.started_at,
+    jobs.c.cancel_requested,
+    jobs.c.redeliveries,
+)
+
+
+def _attempt(row: Any, attempt: int) -> Attempt:
+    return Attempt(
+        id=row.id,
+        user_id=row.user_id,
+        type=row.type,
+        payload=row.payload,
+        priority=row.priority,
+        attempt=attempt,
+        timeout_seconds=row.timeout_seconds,
+        run_at=row.run_at,
+        started_at=row.started_at,
+        cancel_requested=row.cancel_requested,
+        redeliveries=row.redeliveries,
+    )
+
+
+async def dispatch_due(
+    conn: AsyncConnection, *, now: datetime, limit: int
+) -> tuple[list[Attempt], list[outbox_q.OutboxRow]]:
+    """Move due SCHEDULED jobs to PENDING, highest priority first, and write their messages.
+
+    Rows are locked with SKIP LOCKED, so schedulers running side by side never take the same job.
+    """
+    rows = (
+        await conn.execute(
+            select(*_ATTEMPT_COLUMNS, jobs.c.attempts)
+            .where(jobs.c.status == JobStatus.SCHEDULED, jobs.c.run_at <= now)
+            .order_by(jobs.c.priority.desc(), jobs.c.run_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    if not rows:
+        return [], []
+    due = [_attempt(row, row.attempts + 1) for row in rows]
+    await conn.execute(
+        update(jobs)
+        .where(jobs.c.id.in_([job.id for job in due]), jobs.c.status == JobStatus.SCHEDULED)
+        .values(status=JobStatus.PENDING, dispatch_attempt=jobs.c.attempts + 1, updated_at=now)
+    )
+    outbox_rows = await outbox_q.add(conn, [job.message(now) for job in due], now=now)
+    return due, outbox_rows
+
+
+async def running_since(conn: AsyncConnection, before: datetime, limit: int) -> list[Attempt]:
+    """RUNNING attempts that started before ``before``, oldest first."""
+    rows = await conn.execute(
+        select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt)
+        .where(jobs.c.status == JobStatus.RUNNING, jobs.c.started_at < before)
+        .order_by(jobs.c.started_at)
+        .limit(limit)
+    )
+    return [_attempt(row, row.dispatch_attempt) for row in rows]
+
+
+async def redispatch(
+    conn: AsyncConnection, lost: Sequence[Attempt], *, now: datetime
+) -> tuple[list[Attempt], list[outbox_q.OutboxRow]]:
+    """Hand attempts whose worker vanished out again (same attempt number), unless they changed
+    meanwhile. Returns the attempts requeued and their outbox rows."""
+    requeued = []
+    for job in lost:
+        result = await conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id == job.id,
+                jobs.c.status == JobStatus.RUNNING,
+                jobs.c.dispatch_attempt == job.attempt,
+            )
+            .values(status=JobStatus.PENDING, redeliveries=jobs.c.redeliveries + 1, updated_at=now)
+        )
+        if result.rowcount:
+            requeued.append(job)
+    rows = await outbox_q.add(conn, [job.message(now) for job in requeued], now=now)
+    return requeued, rows
+
+
+async def end_lost(
+    conn: AsyncConnection, job: Attempt, status: JobStatus, error: str, *, now: datetime
+) -> bool:
+    """Finish a RUNNING attempt nobody will report on (cancelled, or lost too often)."""
+    result = await conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.id == job.id,
+            jobs.c.status == JobStatus.RUNNING,
+            jobs.c.dispatch_attempt == job.attempt,
+        )
+        .values(status=status, error=error, finished_at=now, updated_at=now)
+    )
+    return bool(result.rowcount)
+
+
+async def take_leadership(conn: AsyncConnection, holder: str, *, now: datetime) -> int:
+    """Raise the fencing token for a new leader and return it."""
+    result = await conn.execute(
+        update(leadership)
+        .where(leadership.c.name == SCHEDULER)
+        .values(token=leadership.c.token + 1, holder=holder, updated_at=now)
+        .returning(leadership.c.token)
+    )
+    return int(result.scalar_one())
+
+
+async def still_leader(conn: AsyncConnection, holder: str, token: int) -> bool:
+    """Whether ``holder`` with ``token`` is still the fenced leader. Locks the row, so within the
+    caller's transaction no new leader can take over."""
+    row = (
+        await conn.execute(
+            select(leadership.c.token, leadership.c.holder)
+            .where(leadership.c.name == SCHEDULER)
+            .with_for_update()
+        )
+    ).first()
+    return row is not None and row.token == token and row.holder == holder

@@ -1,0 +1,54 @@
+"""Turning due cron firings into jobs: one job per (schedule, firing time), however many
+schedulers try, enforced by the primary key of ``schedule_firings``."""
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloudtask.contracts import jsoncodec
+from cloudtask.db.queries import jobs as jobs_q
+from cloudtask.db.queries import outbox as outbox_q
+from cloudtask.db.queries import schedules as schedules_q
+from cloudtask.policies import cron
+
+
+def _job(schedule: schedules_q.ScheduleRecord, fire_at: datetime, now: datetime) -> jobs_q.NewJob:
+    return jobs_q.NewJob(
+        id=uuid.uuid4(),
+        user_id=schedule.user_id,
+        type=schedule.type,
+        payload=schedule.payload,
+        payload_value=jsoncodec.loads(schedule.payload),
+        priority=schedule.priority,
+        max_attempts=schedule.max_attempts,
+        timeout_seconds=schedule.timeout_seconds,
+        run_at=min(fire_at, now),
+        created_at=now,
+        schedule_id=schedule.id,
+    )
+
+
+async def fire_due(
+    conn: AsyncConnection, *, now: datetime, limit: int = 100
+) -> tuple[int, list[outbox_q.OutboxRow]]:
+    """Fire every due schedule once (for its latest missed time) and move it to its next time.
+
+    Returns how many jobs were created and their outbox rows.
+    """
+    fired, rows = 0, []
+    for schedule in await schedules_q.claim_due(conn, now=now, limit=limit):
+        zone = cron.parse_zone(schedule.timezone)
+        fire_at = cron.latest_fire(schedule.cron, zone, schedule.next_run_at, now)
+        job = _job(schedule, fire_at, now)
+        if await schedules_q.record_firing(conn, schedule.id, fire_at, job.id, now=now):
+            rows += await jobs_q.submit(conn, [job])
+            fired += 1
+        await schedules_q.advance(
+            conn,
+            schedule.id,
+            next_run_at=cron.next_fire(schedule.cron, zone, now),
+            last_run_at=fire_at,
+            now=now,
+        )
+    return fired, rows

@@ -1,0 +1,94 @@
+"""Which scheduler leads: a lease in the key-value store, fenced in the database.
+
+Every scheduler tries to take the lease (a TTL key, renewed by its holder every third of the TTL;
+followers try every second, so a dead leader is replaced within the TTL plus a second). A new
+leader raises the fencing token in the database, and each of its transactions checks the token
+first: a leader that was paused past its lease and wakes after another took over cannot act.
+
+If the key-value store is unreachable, every scheduler acts (``degraded``): the database alone
+keeps dispatching and firing exactly-once (row locks with SKIP LOCKED, conditional updates and the
+unique key per firing), so scheduling goes on rather than stopping.
+"""
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cloudtask.contracts.signals import SCHEDULER_LEASE
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db import session
+from cloudtask.db.queries import dispatch as dispatch_q
+from cloudtask.errors import DatabaseUnavailable, KVUnavailable
+from cloudtask.kv.base import KV
+
+log = logging.getLogger(__name__)
+
+
+class Leadership:
+    def __init__(self, kv: KV, db: AsyncEngine, holder: str, lease_seconds: float) -> None:
+        self._kv = kv
+        self._db = db
+        self.holder = holder
+        self.lease_seconds = lease_seconds
+        self.token: int | None = None
+        self.degraded = False
+        self.changed = asyncio.Event()
+
+    @property
+    def acting(self) -> bool:
+        return self.token is not None or self.degraded
+
+    async def refresh(self) -> None:
+        was = self.acting
+        try:
+            held = await self._kv.acquire_lease(SCHEDULER_LEASE, self.holder, self.lease_seconds)
+        except KVUnavailable:
+            if not self.degraded:
+                log.warning("key-value store unreachable: every scheduler acts until it is back")
+            self.degraded, self.token = True, None
+        else:
+            self.degraded = False
+            if held is None:
+                self.token = None
+            elif self.token is None:
+                await self._take()
+        if was != self.acting:
+            self.changed.set()
+
+    async def _take(self) -> None:
+        try:
+            async with session.transaction(self._db) as conn:
+                self.token = await dispatch_q.take_leadership(conn, self.holder, now=utcnow())
+        except DatabaseUnavailable:
+            return
+        log.info(
+            "scheduler leads",
+            extra={"action": "scheduler.leader", "holder": self.holder, "token": self.token},
+        )
+
+    async def fenced(self, conn: AsyncConnection) -> bool:
+        """Whether this scheduler may act in ``conn``'s transaction."""
+        if self.degraded:
+            return True
+        if self.token is None:
+            return False
+        if await dispatch_q.still_leader(conn, self.holder, self.token):
+            return True
+        log.warning("another scheduler took over; stepping down")
+        self.token = None
+        return False
+
+    async def run(self) -> None:
+        """Renew or contend for the lease until cancelled."""
+        while True:
+            await self.refresh()
+            interval = self.lease_seconds / 3 if self.token is not None else 1.0
+            await asyncio.sleep(min(interval, 1.0) if self.token is None else interval)
+
+    async def release(self) -> None:
+        if self.token is not None:
+            with contextlib.suppress(KVUnavailable):
+                await self._kv.release_lease(SCHEDULER_LEASE, self.holder)
+        self.token = None

@@ -1,0 +1,111 @@
+"""Recovering attempts that will never be reported: their worker died, or hangs.
+
+- Lost: a RUNNING attempt whose lease has expired (the worker stopped renewing it) is handed out
+  again under the same attempt number, at most ``max_deliveries`` times; a lost attempt whose
+  cancellation was requested just ends CANCELLED.
+- Hung: a RUNNING attempt older than its timeout plus ``running_grace_seconds`` counts as a failed,
+  retryable attempt: retried after a backoff if attempts remain, else FAILED.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloudtask.contracts.messages import JobFinished
+from cloudtask.contracts.signals import lease_key
+from cloudtask.contracts.statuses import JobStatus
+from cloudtask.db.queries import dispatch as dispatch_q
+from cloudtask.db.queries import job_events
+from cloudtask.db.queries import outbox as outbox_q
+from cloudtask.errors import KVUnavailable
+from cloudtask.kv.base import KV
+from cloudtask.policies.backoff import compute_backoff
+from cloudtask.settings import Settings
+
+BATCH = 500
+
+
+@dataclass
+class Recovered:
+    lost: int = 0
+    hung: int = 0
+    cancelled: int = 0
+    gave_up: int = 0
+    rows: list[outbox_q.OutboxRow] = field(default_factory=list)
+
+
+async def find_candidates(
+    conn: AsyncConnection, settings: Settings, now: datetime
+) -> list[dispatch_q.Attempt]:
+    return await dispatch_q.running_since(
+        conn, now - timedelta(seconds=settings.worker_lease_seconds + 1), BATCH
+    )
+
+
+async def lost_among(kv: KV, running: list[dispatch_q.Attempt]) -> set[dispatch_q.Attempt]:
+    """The attempts with no lease. If the store cannot be asked, none is called lost."""
+    if not running:
+        return set()
+    try:
+        leases = await kv.get_many([lease_key(job.id, job.attempt) for job in running])
+    except KVUnavailable:
+        return set()
+    return {job for job, lease in zip(running, leases, strict=True) if lease is None}
+
+
+def is_hung(job: dispatch_q.Attempt, settings: Settings, now: datetime) -> bool:
+    if job.started_at is None:
+        return False
+    limit = job.timeout_seconds + settings.running_grace_seconds
+    return job.started_at + timedelta(seconds=limit) < now
+
+
+async def recover(
+    conn: AsyncConnection,
+    settings: Settings,
+    running: list[dispatch_q.Attempt],
+    lost: set[dispatch_q.Attempt],
+    *,
+    now: datetime,
+) -> Recovered:
+    outcome = Recovered()
+    requeue = []
+    for job in running:
+        if job in lost and job.cancel_requested:
+            ended = await dispatch_q.end_lost(conn, job, JobStatus.CANCELLED, "cancelled", now=now)
+            outcome.cancelled += ended
+        elif job in lost and job.redeliveries + 1 >= settings.max_deliveries:
+            error = f"its worker was lost {job.redeliveries + 1} times"
+            outcome.gave_up += await dispatch_q.end_lost(
+                conn, job, JobStatus.FAILED, error, now=now
+            )
+        elif job in lost:
+            requeue.append(job)
+        elif is_hung(job, settings, now):
+            outcome.hung += len(
+                await job_events.apply_finished(conn, [_hung(job, settings, now)], now=now)
+            )
+    requeued, outcome.rows = await dispatch_q.redispatch(conn, requeue, now=now)
+    outcome.lost = len(requeued)
+    return outcome
+
+
+def _hung(job: dispatch_q.Attempt, settings: Settings, now: datetime) -> job_events.FinishedEvent:
+    event = JobFinished(
+        job_id=job.id,
+        attempt=job.attempt,
+        status="FAILED",
+        error=f"no report within its timeout ({job.timeout_seconds:g} s) plus "
+        f"{settings.running_grace_seconds:g} s: the worker hangs or was cut off",
+        retryable=True,
+        worker_id="scheduler",
+        started_at=job.started_at or now,
+        finished_at=now,
+    )
+    delay = compute_backoff(
+        job.attempt,
+        base=settings.retry_backoff_base_seconds,
+        cap=settings.retry_backoff_cap_seconds,
+    )
+    return job_events.FinishedEvent(event, now + timedelta(seconds=delay))

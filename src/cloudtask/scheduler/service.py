@@ -1,0 +1,151 @@
+"""The scheduler service: while it leads, every ``SCHEDULER_POLL_SECONDS`` it dispatches due jobs
+(highest priority first), fires due schedules and recovers abandoned or hung attempts, each step
+one fenced transaction whose outbox messages are published after the commit. It also relays
+outbox rows that were never confirmed, whoever wrote them."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cloudtask.broker.base import Broker
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db import session
+from cloudtask.db.queries import dispatch as dispatch_q
+from cloudtask.db.queries import outbox as outbox_q
+from cloudtask.errors import DatabaseUnavailable
+from cloudtask.kv.base import KV
+from cloudtask.observability.metrics import SchedulerMetrics
+from cloudtask.outbox import OutboxPublisher
+from cloudtask.scheduler import firing, recovery
+from cloudtask.scheduler.leadership import Leadership
+from cloudtask.settings import Settings
+
+log = logging.getLogger(__name__)
+DISPATCH_BATCH = 500
+RECOVERY_EVERY = 2.0
+
+Step = Callable[[AsyncConnection], Awaitable[list[outbox_q.OutboxRow]]]
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: AsyncEngine,
+        broker: Broker,
+        kv: KV,
+        metrics: SchedulerMetrics | None = None,
+        holder: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._kv = kv
+        self.metrics = metrics or SchedulerMetrics()
+        holder = holder or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.leadership = Leadership(kv, db, holder, settings.scheduler_lease_seconds)
+        self.outbox = OutboxPublisher(
+            db,
+            broker,
+            relay_after=settings.outbox_relay_after_seconds,
+            on_published=self.metrics.outbox_published.inc,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_recovery = 0.0
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.leadership.run(), name="scheduler-leadership"),
+            asyncio.create_task(self._loop(), name="scheduler-loop"),
+            asyncio.create_task(self.outbox.run(), name="scheduler-outbox"),
+            asyncio.create_task(self.outbox.run_relay(), name="scheduler-relay"),
+        ]
+        log.info("scheduler started", extra={"action": "scheduler.started"})
+
+    async def stop(self, grace: float = 0) -> None:
+        del grace  # a round of work is short: the loop finishes it
+        self._stopping.set()
+        self.leadership.changed.set()
+        await asyncio.gather(self._tasks[1], return_exceptions=True)
+        self._tasks[0].cancel()
+        await asyncio.gather(self._tasks[0], return_exceptions=True)
+        await self.outbox.drain()
+        self.outbox.stop()
+        await asyncio.gather(*self._tasks[2:], return_exceptions=True)
+        await self.leadership.release()
+        self.metrics.leader.set(0)
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            busy = False
+            self.metrics.leader.set(1 if self.leadership.acting else 0)
+            if self.leadership.acting:
+                try:
+                    busy = await self.tick()
+                except DatabaseUnavailable as exc:
+                    log.warning("scheduler cannot reach the database: %s", exc)
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._settings.scheduler_poll_seconds):
+                        await self.leadership.changed.wait()
+                self.leadership.changed.clear()
+
+    async def tick(self) -> bool:
+        """One round of work; returns whether a full batch suggests more is waiting."""
+        dispatched = await self._fenced(self._dispatch)
+        await self._fenced(self._fire)
+        if time.monotonic() - self._last_recovery >= RECOVERY_EVERY:
+            self._last_recovery = time.monotonic()
+            await self._recover()
+        return dispatched >= DISPATCH_BATCH
+
+    async def _fenced(self, step: Step) -> int:
+        async with session.transaction(self._db) as conn:
+            if not await self.leadership.fenced(conn):
+                return 0
+            rows = await step(conn)
+        self.outbox.submit(rows)
+        return len(rows)
+
+    async def _dispatch(self, conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
+        now = utcnow()
+        due, rows = await dispatch_q.dispatch_due(conn, now=now, limit=DISPATCH_BATCH)
+        for job in due:
+            self.metrics.dispatched.inc()
+            self.metrics.dispatch_lag.observe(max((now - job.run_at).total_seconds(), 0.0))
+        return rows
+
+    async def _fire(self, conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
+        fired, rows = await firing.fire_due(conn, now=utcnow())
+        self.metrics.schedules_fired.inc(fired)
+        return rows
+
+    async def _recover(self) -> None:
+        now = utcnow()
+        async with session.reading(self._db) as conn:
+            running = await recovery.find_candidates(conn, self._settings, now)
+        lost = await recovery.lost_among(self._kv, running)
+        hung = [job for job in running if recovery.is_hung(job, self._settings, now)]
+        if not lost and not hung:
+            return
+
+        async def step(conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
+            done = await recovery.recover(conn, self._settings, running, lost, now=now)
+            for reason in ("lost", "hung", "cancelled", "gave_up"):
+                self.metrics.recovered.labels(reason).inc(getattr(done, reason))
+            if done.lost or done.hung or done.cancelled or done.gave_up:
+                log.warning(
+                    "attempts recovered",
+                    extra={"action": "scheduler.recovered", "lost": done.lost, "hung": done.hung},
+                )
+            return done.rows
+
+        await self._fenced(step)
