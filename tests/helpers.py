@@ -82,3 +82,15 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+async def wait_for_status(
+    client: Client, token: str, job_id: str, *statuses: str, timeout: float = 15
+) -> dict[str, Any]:
+    """Poll the job until its status is one of ``statuses``; return it."""
+
+    async def probe() -> dict[str, Any] | None:
+        job = await client.get_job(token, job_id)
+        return job if job["status"] in statuses else None
+
+    return await eventually(probe, timeout=timeout)

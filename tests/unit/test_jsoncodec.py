@@ -1,0 +1,97 @@
+"""Strict JSON in, compact JSON out."""
+
+import json
+
+import pytest
+
+from cloudtask.contracts.jsoncodec import InvalidJSON, dumps, dumps_str, loads
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        '{"x": NaN}',
+        "[Infinity]",
+        "1e400",
+        "-1e400",
+        '{"x": 1e999}',
+    ],
+)
+def test_non_finite_numbers_are_refused(text: str) -> None:
+    with pytest.raises(InvalidJSON):
+        loads(text)
+
+
+@pytest.mark.parametrize("text", ["[1] x", "{}{}", "1 2", '"a" "b"', "null,"])
+def test_trailing_data_is_refused(text: str) -> None:
+    with pytest.raises(InvalidJSON, match="extra data"):
+        loads(text)
+
+
+@pytest.mark.parametrize("data", [b'"\xff"', b"\xc3\x28", b'{"a": "\xed\xa0\x80"}'])
+def test_invalid_utf8_is_refused(data: bytes) -> None:
+    with pytest.raises(InvalidJSON, match="UTF-8"):
+        loads(data)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "{", "[1,]", "{'a': 1}", "01", "tru"])
+def test_malformed_text_is_refused(text: str) -> None:
+    with pytest.raises(InvalidJSON):
+        loads(text)
+
+
+def test_invalid_json_is_a_value_error_with_a_position() -> None:
+    with pytest.raises(ValueError, match="Expecting") as caught:
+        loads('{"a": }')
+    assert isinstance(caught.value, json.JSONDecodeError)
+    assert caught.value.pos == 6
+
+
+def test_huge_integers_keep_their_exact_value() -> None:
+    big = 2**200 + 1
+    assert loads(f'{{"n": {big}, "m": -{big}}}') == {"n": big, "m": -big}
+    assert loads("9" * 4000) == int("9" * 4000)
+
+
+def test_an_integer_too_long_to_convert_is_invalid_json_not_a_crash() -> None:
+    with pytest.raises(InvalidJSON, match="too long"):
+        loads("[" + "1" * 5000 + "]")
+
+
+def test_surrounding_whitespace_and_bytes_input_are_accepted() -> None:
+    assert loads(b' \n{"a": [1, 2.5, "\xc3\xa9", true, null]}\t\r\n') == {
+        "a": [1, 2.5, "é", True, None]
+    }
+
+
+def test_tiny_floats_are_numbers_not_errors() -> None:
+    assert loads("1e-400") == 0.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        {"jobId": "x", "payload": {"nested": [1, 2.5, "é", "🎉", False]}},
+        [2**64, -(2**70), 2**63 - 1],
+        {"big": 10**40, "text": "a\u2028b"},
+        "",
+    ],
+)
+def test_dumps_round_trips_through_loads(value: object) -> None:
+    assert loads(dumps(value)) == value
+    assert loads(dumps_str(value)) == value
+
+
+def test_dumps_writes_big_integers_exactly() -> None:
+    assert dumps(2**100) == b"1267650600228229401496703205376"
+    assert dumps({"n": -(2**70)}) == b'{"n":-1180591620717411303424}'
+
+
+def test_dumps_is_compact_utf8() -> None:
+    assert dumps({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
+    assert dumps({"a": 2**65, "b": "é"}) == '{"a":36893488147419103232,"b":"é"}'.encode()
+    assert dumps_str([1, 2]) == "[1,2]"

@@ -1,0 +1,159 @@
+"""Settings from the environment and a .env file: typos and bad values are refused by name."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cloudtask.settings import Settings, SettingsError, load_settings
+
+STRONG_SECRET = "s" * 32
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No CLOUDTASK_ variable or .env file from the machine running the tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("CLOUDTASK_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def env_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.env"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = load_settings()
+    assert settings.database_url.get_secret_value() == (
+        "postgresql://cloudtask:cloudtask@localhost:5432/cloudtask"
+    )
+    assert settings.rabbitmq_url.get_secret_value() == "amqp://guest:guest@localhost:5672/"
+    assert settings.redis_url.get_secret_value() == "redis://localhost:6379/0"
+    assert (settings.jwt_ttl_seconds, settings.worker_concurrency) == (3600, 16)
+    assert settings.http_allowed_hosts == []
+
+
+def test_variables_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDTASK_WORKER_CONCURRENCY", "4")
+    monkeypatch.setenv("CLOUDTASK_REDIS_URL", "redis://cache:6379/2")
+    settings = load_settings()
+    assert settings.worker_concurrency == 4
+    assert settings.redis_url.get_secret_value() == "redis://cache:6379/2"
+
+
+def test_variables_are_read_from_a_env_file_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = env_file(tmp_path, "CLOUDTASK_WORKER_CONCURRENCY=4\nCLOUDTASK_JWT_TTL_SECONDS=120\n")
+    monkeypatch.setenv("CLOUDTASK_JWT_TTL_SECONDS", "600")
+    settings = load_settings(path)
+    assert (settings.worker_concurrency, settings.jwt_ttl_seconds) == (4, 600)
+
+
+def test_the_env_file_in_the_working_directory_is_read_by_default(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("CLOUDTASK_WORKER_CONCURRENCY=7\n")
+    assert load_settings().worker_concurrency == 7
+
+
+def test_an_unknown_variable_is_refused_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDTASK_JWT_SECRETT", STRONG_SECRET)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "CLOUDTASK_JWT_SECRETT" in message
+    assert "did you mean CLOUDTASK_JWT_SECRET?" in message
+
+
+def test_an_unknown_variable_in_the_env_file_is_refused_with_a_suggestion(
+    tmp_path: Path,
+) -> None:
+    path = env_file(tmp_path, "CLOUDTASK_WORKER_CONCURENCY=4\n")
+    with pytest.raises(SettingsError, match="CLOUDTASK_WORKER_CONCURENCY") as caught:
+        load_settings(path)
+    assert "did you mean CLOUDTASK_WORKER_CONCURRENCY?" in str(caught.value)
+
+
+def test_an_unknown_variable_unlike_any_setting_is_still_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLOUDTASK_ZZZ", "1")
+    with pytest.raises(SettingsError, match=r"unknown setting CLOUDTASK_ZZZ$"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a.example, B.example",
+        "a.example,b.example,",
+        '["a.example", "B.example"]',
+        ' [ "a.example" , "b.example" ] ',
+    ],
+)
+def test_allowed_hosts_accept_a_comma_list_or_a_json_list(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("CLOUDTASK_HTTP_ALLOWED_HOSTS", value)
+    assert load_settings().http_allowed_hosts == ["a.example", "b.example"]
+
+
+def test_allowed_hosts_may_be_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDTASK_HTTP_ALLOWED_HOSTS", "")
+    assert load_settings().http_allowed_hosts == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CLOUDTASK_WORKER_CONCURRENCY", "0"),
+        ("CLOUDTASK_WORKER_CONCURRENCY", "many"),
+        ("CLOUDTASK_JWT_TTL_SECONDS", "1.5"),
+        ("CLOUDTASK_LOG_LEVEL", "verbose"),
+        ("CLOUDTASK_HTTP_ALLOWED_HOSTS", '["a.example"'),
+        ("CLOUDTASK_HTTP_ALLOWED_HOSTS", "[1, 2]"),
+    ],
+)
+def test_an_invalid_value_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"{name}: ")
+    assert "\n" not in message
+
+
+def test_an_invalid_value_in_the_env_file_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    path = env_file(tmp_path, "CLOUDTASK_DB_POOL_SIZE=-1\n")
+    with pytest.raises(SettingsError, match=r"^CLOUDTASK_DB_POOL_SIZE: "):
+        load_settings(path)
+
+
+@pytest.mark.parametrize("secret", [None, "", "short", "x" * 31, "é" * 15])
+def test_a_weak_jwt_secret_is_refused_in_one_line_naming_the_variable(
+    secret: str | None,
+) -> None:
+    settings = load_settings(env_file=None, jwt_secret=secret)
+    with pytest.raises(SettingsError) as caught:
+        settings.require_jwt_secret()
+    message = str(caught.value)
+    assert "CLOUDTASK_JWT_SECRET" in message
+    assert "\n" not in message
+    if secret:
+        assert secret not in message
+
+
+@pytest.mark.parametrize("secret", ["x" * 32, "é" * 16, "x" * 200])
+def test_a_jwt_secret_of_32_bytes_or_more_is_accepted(secret: str) -> None:
+    load_settings(env_file=None, jwt_secret=secret).require_jwt_secret()
+
+
+def test_the_jwt_secret_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDTASK_JWT_SECRET", STRONG_SECRET)
+    settings: Settings = load_settings()
+    settings.require_jwt_secret()
+    assert STRONG_SECRET not in repr(settings)
