@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import aio_pika
 import asyncpg
 import redis
 
@@ -88,3 +89,25 @@ def redis_url() -> str:
     finally:
         client.close()
     return url
+
+
+def purge_vhost(url: str) -> None:
+    """Empty the contract's queues in the vhost of ``url``, if they exist."""
+
+    async def purge() -> None:
+        connection = await aio_pika.connect(url)
+        try:
+            for name in ("jobs.created", "jobs.started", "jobs.completed", "jobs.dead"):
+                channel = await connection.channel()
+                try:
+                    queue = await channel.declare_queue(name, passive=True)
+                    await queue.purge()
+                except aio_pika.exceptions.ChannelClosed:
+                    pass
+                finally:
+                    if not channel.is_closed:
+                        await channel.close()
+        finally:
+            await connection.close()
+
+    asyncio.run(purge())

@@ -131,7 +131,7 @@ async def _api(settings: Settings, host: str, port: int) -> None:
     backends = await open_backends(settings)
     try:
         app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
-        await serving.server(app, host, port).serve()
+        await serving.serve(app, host, port)
     finally:
         await backends.close()
 

@@ -76,7 +76,7 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
         flush=True,
     )
     try:
-        await serving.server(app, host, port).serve()
+        await serving.serve(app, host, port)
     finally:
         await scheduler.stop()
         await worker.stop(settings.worker_grace_seconds)

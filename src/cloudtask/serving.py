@@ -19,6 +19,16 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         uvloop.run(main())
 
 
+async def serve(app: Any, host: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then shut down gracefully and return (exit code 0,
+    where uvicorn alone would re-raise the signal)."""
+    instance = server(app, host, port, handle_signals=False)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: setattr(instance, "should_exit", True))
+    await instance.serve()
+
+
 def server(app: Any, host: str, port: int, *, handle_signals: bool = True) -> uvicorn.Server:
     config = uvicorn.Config(
         app,

@@ -8,6 +8,7 @@ task or thread is left to finish on its own (counted in metrics).
 import asyncio
 import contextvars
 import functools
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any

@@ -1,0 +1,59 @@
+"""Starting services: settings refused at start, and `cloudtask dev` running jobs end to end."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.processes import CLOUDTASK, clean_env, processes
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler"])
+@pytest.mark.parametrize("secret", [None, "too-short"])
+def test_a_service_refuses_to_start_without_a_strong_jwt_secret(
+    command: str, secret: str | None
+) -> None:
+    env = clean_env(**({"jwt_secret": secret} if secret else {}))
+    done = subprocess.run(
+        [CLOUDTASK, command, "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "CLOUDTASK_JWT_SECRET" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_misspelled_setting_is_refused_in_one_line() -> None:
+    env = clean_env(jwt_secret="x" * 40, worker_concurency="4")
+    done = subprocess.run(
+        [CLOUDTASK, "worker"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0
+    assert "CLOUDTASK_WORKER_CONCURENCY" in done.stderr
+    assert "CLOUDTASK_WORKER_CONCURRENCY" in done.stderr
+
+
+def test_cloudtask_dev_runs_jobs_of_every_outcome(tmp_path: Path) -> None:
+    with processes(clean_env(bcrypt_rounds="4"), tmp_path) as group:
+        dev = group.start("dev", "--db", str(tmp_path / "dev.db"))
+        client = group.client(dev)
+        echo = client.submit(type="echo", payload={"a": 1})
+        sleep = client.submit(type="sleep", payload={"seconds": 0.5})
+        unknown = client.submit(type="no.such.type")
+        mail = client.submit(type="email", payload={"to": "a@example.com", "subject": "Hi"})
+        assert client.wait(echo["id"], "COMPLETED")["result"] == {"a": 1}
+        assert client.wait(sleep["id"], "COMPLETED")["result"] == "Slept for 0.5 seconds"
+        failed = client.wait(unknown["id"], "FAILED")
+        assert failed["attempts"] == 1
+        assert failed["error"] == "unknown job type: no.such.type"
+        saved = Path(client.wait(mail["id"], "COMPLETED")["result"]["savedTo"])
+        assert saved.parent == tmp_path / "cloudtask-mail"
+        assert "Subject: Hi" in saved.read_text()
+        assert dev.stop() == 0

@@ -1,0 +1,150 @@
+"""The pipeline as processes: api, results, scheduler and workers on real infrastructure."""
+
+import signal
+import statistics
+import time
+from datetime import datetime
+from pathlib import Path
+
+from tests.e2e.client import ApiClient
+from tests.e2e.probes import job_row, metric
+from tests.e2e.processes import Processes
+
+ROOT = Path(__file__).parents[2]
+HANDLERS = ["--import", "tests.e2e.handlers"]
+
+
+def _stack(procs: Processes, *worker_args: str) -> ApiClient:
+    api = procs.start("api")
+    procs.start("results")
+    procs.start("scheduler")
+    procs.start("worker", *worker_args, cwd=ROOT)
+    return procs.client(api)
+
+
+def test_a_job_survives_its_worker_being_killed(procs: Processes) -> None:
+    procs.env["CLOUDTASK_WORKER_LEASE_SECONDS"] = "3"
+    client = _stack(procs)
+    job = client.submit(type="sleep", payload={"seconds": 2}, maxAttempts=1)
+    client.wait(job["id"], "RUNNING")
+    procs.started[-1].kill()
+    procs.start("worker")
+    done = client.wait(job["id"], "COMPLETED", "FAILED", timeout=40)
+    assert done["status"] == "COMPLETED"
+    assert done["result"] == "Slept for 2 seconds"
+    row = job_row(procs.env["CLOUDTASK_DATABASE_URL"], job["id"])
+    assert row["redeliveries"] == 1
+    assert row["attempts"] == 1
+
+
+def test_a_custom_handler_module_runs_its_jobs_and_a_running_one_can_be_cancelled(
+    procs: Processes,
+) -> None:
+    client = _stack(procs, *HANDLERS)
+    doubled = client.submit(type="e2e.double", payload={"n": 21})
+    assert client.wait(doubled["id"], "COMPLETED")["result"] == {"doubled": 42}
+    blocked = client.submit(type="e2e.block", payload={"seconds": 600})
+    client.wait(blocked["id"], "RUNNING")
+    response = client.http.post(f"/jobs/{blocked['id']}/cancel")
+    assert response.status_code == 200
+    cancelled = client.wait(blocked["id"], "CANCELLED", timeout=5)
+    assert cancelled["finishedAt"] is not None
+
+
+def test_a_sigterm_requeues_what_did_not_finish_within_the_grace(procs: Processes) -> None:
+    client = _stack(procs, "--grace", "0.5")
+    job = client.submit(type="sleep", payload={"seconds": 4}, maxAttempts=1)
+    client.wait(job["id"], "RUNNING")
+    worker = procs.started[-1]
+    started = time.monotonic()
+    assert worker.stop(timeout=20) == 0
+    assert time.monotonic() - started < 10
+    procs.start("worker")
+    done = client.wait(job["id"], "COMPLETED", "FAILED", timeout=30)
+    assert done["status"] == "COMPLETED"
+
+
+def test_higher_priorities_start_first_when_the_worker_is_saturated(procs: Processes) -> None:
+    client = _stack(procs, "--concurrency", "1")
+    blocker = client.submit(type="sleep", payload={"seconds": 1.5})
+    client.wait(blocker["id"], "RUNNING")
+    low = [client.submit(type="sleep", payload={"seconds": 0.1}, priority=0) for _ in range(5)]
+    high = [client.submit(type="sleep", payload={"seconds": 0.1}, priority=9) for _ in range(5)]
+    finished = [client.wait(job["id"], "COMPLETED", timeout=60) for job in low + high]
+
+    def mean_start(jobs: list[dict[str, object]]) -> float:
+        return statistics.mean(
+            datetime.fromisoformat(str(j["startedAt"])).timestamp() for j in jobs
+        )
+
+    assert mean_start(finished[5:]) < mean_start(finished[:5])
+
+
+def test_a_hung_worker_does_not_leave_its_job_running(procs: Processes) -> None:
+    procs.env["CLOUDTASK_RUNNING_GRACE_SECONDS"] = "1"
+    client = _stack(procs, *HANDLERS)
+    retried = client.submit(
+        type="e2e.hang", payload={"seconds": 4}, timeoutSeconds=1, maxAttempts=2
+    )
+    once = client.submit(type="e2e.hang", payload={"seconds": 4}, timeoutSeconds=1, maxAttempts=1)
+    for job, attempts in ((retried, 2), (once, 1)):
+        ended = client.wait(job["id"], "FAILED", "COMPLETED", timeout=40)
+        assert ended["status"] == "FAILED"
+        assert ended["attempts"] == attempts
+        assert "timeout" in ended["error"] or "timed out" in ended["error"]
+
+
+def test_two_schedulers_survive_the_leader_being_killed(procs: Processes) -> None:
+    procs.env["CLOUDTASK_SCHEDULER_LEASE_SECONDS"] = "4"
+    api = procs.start("api")
+    procs.start("results")
+    procs.start("worker")
+    first, second = procs.start("scheduler"), procs.start("scheduler")
+    client = procs.client(api)
+
+    def leader_flags() -> list[float]:
+        return [metric(s.url, "cloudtask_scheduler_leader") for s in (first, second)]
+
+    deadline = time.monotonic() + 10
+    while sorted(leader_flags()) != [0.0, 1.0]:
+        assert time.monotonic() < deadline, leader_flags()
+        time.sleep(0.2)
+    leader, follower = (first, second) if leader_flags()[0] == 1.0 else (second, first)
+    jobs = [client.submit(type="echo", payload=i, delaySeconds=2) for i in range(20)]
+    leader.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    while metric(follower.url, "cloudtask_scheduler_leader") != 1.0:
+        assert time.monotonic() - killed < 4 + 1.5, "the follower did not take over in time"
+        time.sleep(0.1)
+    for job in jobs:
+        done = client.wait(job["id"], "COMPLETED", timeout=30)
+        assert done["attempts"] == 1
+    worker = procs.started[2]
+    assert metric(worker.url, "cloudtask_worker_jobs_started_total") == len(jobs)
+
+
+def test_a_real_cron_firing_creates_exactly_one_job(procs: Processes) -> None:
+    api = procs.start("api")
+    procs.start("results")
+    procs.start("worker")
+    procs.start("scheduler")
+    procs.start("scheduler")
+    client = procs.client(api)
+    response = client.http.post(
+        "/schedules",
+        json={"name": "every minute", "cron": "* * * * *", "type": "echo", "payload": "tick"},
+    )
+    assert response.status_code == 201
+    schedule = response.json()
+    deadline = time.monotonic() + 75
+    fired: list[dict[str, object]] = []
+    while not fired:
+        assert time.monotonic() < deadline, "no firing within 75 s"
+        time.sleep(0.5)
+        fired = [j for j in client.http.get("/jobs").json() if j["scheduleId"] == schedule["id"]]
+    job = client.wait(str(fired[0]["id"]), "COMPLETED")
+    assert job["result"] == "tick"
+    assert job["runAt"] == schedule["nextRunAt"]
+    time.sleep(1)  # a second scheduler creating a duplicate would have done so by now
+    listing = client.http.get("/jobs").json()
+    assert [j["runAt"] for j in listing if j["scheduleId"] == schedule["id"]] == [job["runAt"]]
