@@ -123,7 +123,8 @@ class SchedulerMetrics(ServiceMetrics):
         )
         self.dispatched = Counter(
             "cloudtask_jobs_dispatched_total",
-            "Due jobs handed to the workers (delayed jobs and retries).",
+            "Due jobs handed to the workers (delayed jobs and retries), by job type.",
+            ["type"],
             registry=self.registry,
         )
         self.dispatch_lag = Histogram(

@@ -22,6 +22,7 @@ from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.errors import DatabaseUnavailable
 from cloudtask.kv.base import KV
 from cloudtask.observability.metrics import SchedulerMetrics
+from cloudtask.observability.sampler import StateSampler
 from cloudtask.outbox import OutboxPublisher
 from cloudtask.scheduler import firing, recovery
 from cloudtask.scheduler.leadership import Leadership
@@ -57,14 +58,20 @@ class SchedulerService:
             relay_after=settings.outbox_relay_after_seconds,
             on_published=self.metrics.outbox_published.inc,
         )
-        self._tasks: list[asyncio.Task[None]] = []
+        self.sampler = StateSampler(self.metrics, db, broker)
+        self._loop_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._outbox_tasks: list[asyncio.Task[None]] = []
         self._last_recovery = 0.0
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        self._tasks = [
+        self._loop_task = asyncio.create_task(self._loop(), name="scheduler-loop")
+        self._background = [
             asyncio.create_task(self.leadership.run(), name="scheduler-leadership"),
-            asyncio.create_task(self._loop(), name="scheduler-loop"),
+            asyncio.create_task(self.sampler.run(), name="scheduler-sampler"),
+        ]
+        self._outbox_tasks = [
             asyncio.create_task(self.outbox.run(), name="scheduler-outbox"),
             asyncio.create_task(self.outbox.run_relay(), name="scheduler-relay"),
         ]
@@ -74,12 +81,14 @@ class SchedulerService:
         del grace  # a round of work is short: the loop finishes it
         self._stopping.set()
         self.leadership.changed.set()
-        await asyncio.gather(self._tasks[1], return_exceptions=True)
-        self._tasks[0].cancel()
-        await asyncio.gather(self._tasks[0], return_exceptions=True)
+        if self._loop_task is not None:
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.outbox.drain()
         self.outbox.stop()
-        await asyncio.gather(*self._tasks[2:], return_exceptions=True)
+        await asyncio.gather(*self._outbox_tasks, return_exceptions=True)
         await self.leadership.release()
         self.metrics.leader.set(0)
 
@@ -92,6 +101,10 @@ class SchedulerService:
                     busy = await self.tick()
                 except DatabaseUnavailable as exc:
                     log.warning("scheduler cannot reach the database: %s", exc)
+                except Exception:
+                    # Whatever went wrong in this round, the next one may go right: a scheduler
+                    # whose loop ended would stop every delayed job, retry and schedule.
+                    log.exception("scheduler round failed", extra={"action": "scheduler.failed"})
             if not busy:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._settings.scheduler_poll_seconds):
@@ -119,7 +132,7 @@ class SchedulerService:
         now = utcnow()
         due, rows = await dispatch_q.dispatch_due(conn, now=now, limit=DISPATCH_BATCH)
         for job in due:
-            self.metrics.dispatched.inc()
+            self.metrics.dispatched.labels(self.metrics.job_type(job.type)).inc()
             self.metrics.dispatch_lag.observe(max((now - job.run_at).total_seconds(), 0.0))
         return rows
 
@@ -132,7 +145,7 @@ class SchedulerService:
         now = utcnow()
         async with session.reading(self._db) as conn:
             running = await recovery.find_candidates(conn, self._settings, now)
-        lost = await recovery.lost_among(self._kv, running)
+        lost = await recovery.lost_among(self._kv, running, self._settings, now)
         hung = [job for job in running if recovery.is_hung(job, self._settings, now)]
         if not lost and not hung:
             return
