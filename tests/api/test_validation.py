@@ -30,7 +30,7 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
     ({"type": "echo", "delaySeconds": 5, "runAt": "2030-01-01T00:00:00Z"}, "delaySeconds"),
     ({"type": "echo", "maxAttempts": 0}, "maxAttempts"),
     ({"type": "echo", "maxAttempts": 21}, "maxAttempts"),
-    ({"type": "echo", "maxAttempts": 2.0}, "maxAttempts"),
+    ({"type": "echo", "maxAttempts": 2.5}, "maxAttempts"),
     ({"type": "echo", "timeoutSeconds": 0.5}, "timeoutSeconds"),
     ({"type": "echo", "timeoutSeconds": 3601}, "timeoutSeconds"),
     ({"type": "echo", "timeoutSeconds": "60"}, "timeoutSeconds"),
@@ -63,6 +63,8 @@ async def test_good_edge_values_are_accepted(client: Client) -> None:
         {"type": "sleep", "payload": {"seconds": 300}},
         {"type": "sleep", "payload": {"seconds": 0.01}},
         {"type": "echo", "payload": "x" * (256 * 1024 - 2)},
+        {"type": "echo", "priority": 7.0, "maxAttempts": 2.0},
+        {"type": "echo", "runAt": "2016-12-31T23:59:60Z"},
     ):
         response = await client.http.post("/jobs", json=body, headers=client.auth(token))
         assert response.status_code == 201, (body, response.text)
@@ -113,7 +115,8 @@ async def test_a_body_over_one_mebibyte_is_413(client: Client) -> None:
     ("params", "name"),
     [({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"limit": "ten"}, "limit"),
      ({"status": "DONE"}, "status"), ({"type": "Bad Type"}, "type"),
-     ({"cursor": "not-a-cursor"}, "cursor"), ({"cursor": "djE6YWJj"}, "cursor")],
+     ({"cursor": "not-a-cursor"}, "cursor"), ({"cursor": "v1.abc"}, "cursor"),
+     ({"cursor": "v1." + "9" * 19}, "cursor")],
 )  # fmt: skip
 async def test_a_bad_query_parameter_is_400_naming_it(
     client: Client, params: dict[str, Any], name: str

@@ -22,6 +22,15 @@ from cloudtask.errors import BrokerUnavailable, DatabaseUnavailable, KVUnavailab
 log = logging.getLogger(__name__)
 
 _LOCATIONS = {"body": "body", "query": "query", "path": "path", "header": "header"}
+_PATTERN_HINTS = {
+    "email": "must be a valid email address",
+    "to": "must be an email address",
+    "type": "must be 1-64 characters of a-z 0-9 _ . -",
+    "url": "must be an http:// or https:// URL",
+    "cursor": "is not a cursor this API issued (take it from the Link header)",
+    "cron": "must be a cron expression of five fields (minute hour day-of-month month "
+    "day-of-week) or a macro such as @hourly",
+}
 
 
 class ApiError(Exception):
@@ -102,6 +111,9 @@ def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, st
             if location == "header":
                 field = _header_name(field)
             message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+            if error.get("type") == "string_pattern_mismatch":
+                last = str(rest[-1]) if rest else field
+                message = _PATTERN_HINTS.get(last, "does not have the expected format")
         details.append({"field": field, "location": location, "message": message})
     return details
 
@@ -142,8 +154,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def _allowed_methods(request: Request) -> list[str]:
     # Starlette names only the first route that matches the path, and FastAPI has one route per
     # method; the OpenAPI document knows them all.
+    # A literal path (/jobs/batch) takes precedence over a template it also fits (/jobs/{job_id}).
+    paths = request.app.openapi().get("paths", {})
+    if request.url.path in paths:
+        return sorted(method.upper() for method in paths[request.url.path])
     methods: set[str] = set()
-    for template, operations in request.app.openapi().get("paths", {}).items():
+    for template, operations in paths.items():
         pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
         if re.fullmatch(pattern, request.url.path):
             methods |= {method.upper() for method in operations}

@@ -4,7 +4,6 @@ JSON types are strict (a number is not a string), unknown fields are ignored, an
 RFC 3339.
 """
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -22,20 +21,37 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from cloudtask.contracts import jsoncodec
-from cloudtask.contracts.job_types import TYPE_PATTERN
+from cloudtask.contracts.job_types import BUILTIN_PAYLOADS, TYPE_PATTERN
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.contracts.timefmt import parse_rfc3339
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+CRON_SHAPE = (
+    r"^(@(annually|yearly|monthly|weekly|daily|midnight|hourly)"
+    r"|[0-9*,/-]+ [0-9*,/-]+ [0-9*,/?LW-]+ [0-9A-Za-z*,/-]+ [0-9A-Za-z*,/?L#-]+)$"
+)
+"""The shape of a cron expression; whether it is valid (and ever fires) is checked beyond it."""
 MAX_DELAY_SECONDS = 10 * 366 * 24 * 3600
 MAX_BATCH = 1000
-_EMAIL = re.compile(
+EMAIL_PATTERN = (
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}"
-    r"@(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 )
 
 Rfc3339 = Annotated[datetime, BeforeValidator(parse_rfc3339)]
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 5.0 is the integer 5 (as JSON Schema says), 5.5 is not, and
+    # neither true nor "5" is a number at all.
+    if isinstance(value, float) and not isinstance(value, bool) and value.is_integer():
+        return int(value)
+    return value
+
+
+IntegralFloat = BeforeValidator(_integral)
+"""Put it after the ``Field`` constraints, or they are lost from the JSON schema."""
 
 
 def _small_payload(value: Any) -> Any:
@@ -59,15 +75,11 @@ class Credentials(Body):
 
 
 class Registration(Credentials):
-    email: Annotated[StrictStr, Field(max_length=254)]
+    email: Annotated[
+        StrictStr,
+        Field(max_length=254, pattern=EMAIL_PATTERN, examples=["ada@example.com"]),
+    ]
     password: Annotated[StrictStr, Field(min_length=8, max_length=128)]
-
-    @field_validator("email")
-    @classmethod
-    def _valid_email(cls, value: str) -> str:
-        if not _EMAIL.match(value):
-            raise ValueError("must be a valid email address")
-        return value
 
 
 class AuthResponse(Body):
@@ -77,15 +89,39 @@ class AuthResponse(Body):
     expires_in: int
 
 
+def _payload_rules(schema: dict[str, Any]) -> None:
+    """A built-in type's payload has that type's shape, in JSON Schema."""
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+            "then": {"properties": {"payload": model.model_json_schema()}, "required": ["payload"]},
+        }
+        for name, model in BUILTIN_PAYLOADS.items()
+        if model is not None
+    ]
+
+
+def _job_body_schema(schema: dict[str, Any]) -> None:
+    """The rules beyond single fields, in JSON Schema: built-in payloads, and runAt excludes
+    delaySeconds."""
+    _payload_rules(schema)
+    schema["not"] = {
+        "required": ["runAt", "delaySeconds"],
+        "properties": {"runAt": {"type": "string"}, "delaySeconds": {"type": "number"}},
+    }
+
+
 class JobCreate(Body):
+    model_config = ConfigDict(json_schema_extra=_job_body_schema)
+
     type: Annotated[StrictStr, Field(pattern=TYPE_PATTERN, examples=["echo"])]
     payload: Payload = None
-    priority: Annotated[int, Field(ge=0, le=9)] = 5
+    priority: Annotated[int, Field(ge=0, le=9), IntegralFloat] = 5
     run_at: Rfc3339 | None = None
     delay_seconds: (
         Annotated[float, Field(ge=0, le=MAX_DELAY_SECONDS, allow_inf_nan=False)] | None
     ) = None
-    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    max_attempts: Annotated[int, Field(ge=1, le=20), IntegralFloat] = 3
     timeout_seconds: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 300
 
     @field_validator("delay_seconds")
@@ -101,13 +137,25 @@ class JobBatchCreate(Body):
 
 
 class ScheduleCreate(Body):
+    model_config = ConfigDict(json_schema_extra=_payload_rules)
+
     name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
-    cron: Annotated[StrictStr, Field(min_length=1, max_length=200, examples=["*/5 * * * *"])]
+    cron: Annotated[
+        StrictStr,
+        Field(
+            min_length=1,
+            max_length=200,
+            examples=["*/5 * * * *"],
+            # Documented, not enforced here: the API checks the expression itself and names
+            # both a bad cron and a bad time zone in one answer.
+            json_schema_extra={"pattern": CRON_SHAPE},
+        ),
+    ]
     timezone: Annotated[StrictStr, Field(min_length=1, max_length=64)] = "UTC"
     type: Annotated[StrictStr, Field(pattern=TYPE_PATTERN)]
     payload: Payload = None
-    priority: Annotated[int, Field(ge=0, le=9)] = 5
-    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    priority: Annotated[int, Field(ge=0, le=9), IntegralFloat] = 5
+    max_attempts: Annotated[int, Field(ge=1, le=20), IntegralFloat] = 3
     timeout_seconds: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 300
 
 

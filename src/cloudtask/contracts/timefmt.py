@@ -1,7 +1,7 @@
 """RFC 3339 times: the only time format CloudTask reads or writes."""
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 _RFC3339 = re.compile(
     r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
@@ -24,11 +24,14 @@ def parse_rfc3339(value: object) -> datetime:
     date, clock, fraction, offset = match.groups()
     fraction = (fraction or "")[:7]  # Python keeps microseconds; finer digits are dropped
     offset = "+00:00" if offset in ("Z", "z") else offset
+    leap = clock.endswith(":60")  # RFC 3339 allows a leap second; Python does not
+    if leap:
+        clock = clock[:-2] + "59"
     try:
         parsed = datetime.fromisoformat(f"{date}T{clock}{fraction}{offset}")
     except ValueError:
         raise ValueError("is not a valid calendar time") from None
-    return parsed.astimezone(UTC)
+    return (parsed + timedelta(seconds=1) if leap else parsed).astimezone(UTC)
 
 
 def format_rfc3339(value: datetime | None) -> str | None:
