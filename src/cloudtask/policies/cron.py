@@ -12,22 +12,36 @@ A schedule that could not fire on time (its scheduler was down) fires once for t
 missed time, then carries on from now: missed firings are not replayed one by one.
 """
 
+import functools
+import re
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
 
 _MAX_STEPS = 10_000
+# croniter's "H" (hashed) and "R" (random) values pick a different time each time an expression is
+# read, so the scheduler and the API would disagree on when a schedule fires.
+_HASHED_OR_RANDOM = re.compile(r"(?:^|,)[HhRr]")
 
 
 class InvalidSchedule(ValueError):
     """The cron expression or time zone is not valid."""
 
 
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    # Only the zones themselves: not the folders and data files beside them in the zoneinfo
+    # folder, nor "localtime", which names whatever zone the host happens to be in.
+    return frozenset(available_timezones() - {"localtime"})
+
+
 def parse_zone(name: str) -> ZoneInfo:
     try:
+        if name not in _zone_names():
+            raise ZoneInfoNotFoundError(name)
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
         raise InvalidSchedule(
             f"unknown time zone {name!r}; use an IANA name such as Europe/Paris"
         ) from None
@@ -36,7 +50,11 @@ def parse_zone(name: str) -> ZoneInfo:
 def check_cron(expression: str) -> None:
     fields = expression.split()
     macro = len(fields) == 1 and expression.startswith("@")
-    if not (macro or len(fields) == 5) or not croniter.is_valid(expression):
+    if (
+        not (macro or len(fields) == 5)
+        or any(_HASHED_OR_RANDOM.search(field) for field in fields)
+        or not croniter.is_valid(expression)
+    ):
         raise InvalidSchedule(
             f"invalid cron expression {expression!r}: use five fields "
             "(minute hour day-of-month month day-of-week) or a macro such as @hourly"
@@ -74,7 +92,14 @@ def next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
 def latest_fire(expression: str, zone: ZoneInfo, due: datetime, now: datetime) -> datetime:
     """The most recent firing at or before ``now``, given that ``due`` (≤ ``now``) was the next
     one owed: the one firing a late scheduler makes up for."""
-    walls = croniter(expression, now.astimezone(zone).replace(tzinfo=None) + timedelta(seconds=1))
+    local = now.astimezone(zone)
+    # In the second pass of a repeated hour, the firings of that hour fired at their first pass,
+    # although their wall times are later than the clock's: walk back from where the clock stood
+    # before it went back.
+    offsets = (local.utcoffset(), local.replace(fold=0).utcoffset())
+    offset = max(offset or timedelta(0) for offset in offsets)
+    start = now.astimezone(UTC).replace(tzinfo=None) + offset + timedelta(seconds=1)
+    walls = croniter(expression, start)
     for _ in range(_MAX_STEPS):
         instant = _instant(walls.get_prev(datetime), zone)
         if instant <= due:

@@ -1,6 +1,7 @@
 """Turning due cron firings into jobs: one job per (schedule, firing time), however many
 schedulers try, enforced by the primary key of ``schedule_firings``."""
 
+import logging
 import uuid
 from datetime import datetime
 
@@ -11,6 +12,8 @@ from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.db.queries import schedules as schedules_q
 from cloudtask.policies import cron
+
+log = logging.getLogger(__name__)
 
 
 def _job(schedule: schedules_q.ScheduleRecord, fire_at: datetime, now: datetime) -> jobs_q.NewJob:
@@ -38,17 +41,29 @@ async def fire_due(
     """
     fired, rows = 0, []
     for schedule in await schedules_q.claim_due(conn, now=now, limit=limit):
-        zone = cron.parse_zone(schedule.timezone)
-        fire_at = cron.latest_fire(schedule.cron, zone, schedule.next_run_at, now)
+        try:
+            zone = cron.parse_zone(schedule.timezone)
+            fire_at = cron.latest_fire(schedule.cron, zone, schedule.next_run_at, now)
+            next_run_at = cron.next_fire(schedule.cron, zone, now)
+        except (cron.InvalidSchedule, ValueError, KeyError) as exc:
+            # Stored before a rule changed, or a zone left the time-zone database (croniter raises
+            # ValueError and KeyError on what it cannot parse): pausing it keeps it from blocking
+            # every schedule due after it, and shows its owner.
+            log.error(  # noqa: TRY400 (the reason is the message; a traceback adds nothing)
+                "schedule paused: it cannot be read",
+                extra={
+                    "action": "schedule.broken",
+                    "scheduleId": str(schedule.id),
+                    "reason": str(exc),
+                },
+            )
+            await schedules_q.suspend(conn, schedule.id, now=now)
+            continue
         job = _job(schedule, fire_at, now)
         if await schedules_q.record_firing(conn, schedule.id, fire_at, job.id, now=now):
             rows += await jobs_q.submit(conn, [job])
             fired += 1
         await schedules_q.advance(
-            conn,
-            schedule.id,
-            next_run_at=cron.next_fire(schedule.cron, zone, now),
-            last_run_at=fire_at,
-            now=now,
+            conn, schedule.id, next_run_at=next_run_at, last_run_at=fire_at, now=now
         )
     return fired, rows

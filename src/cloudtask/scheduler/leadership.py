@@ -60,9 +60,10 @@ class Leadership:
     async def _take(self) -> None:
         try:
             async with session.transaction(self._db) as conn:
-                self.token = await dispatch_q.take_leadership(conn, self.holder, now=utcnow())
+                token = await dispatch_q.take_leadership(conn, self.holder, now=utcnow())
         except DatabaseUnavailable:
             return
+        self.token = token  # only once committed: until then it fences nothing
         log.info(
             "scheduler leads",
             extra={"action": "scheduler.leader", "holder": self.holder, "token": self.token},
@@ -82,10 +83,18 @@ class Leadership:
 
     async def run(self) -> None:
         """Renew or contend for the lease until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
-            await self.refresh()
+            started = loop.time()
+            try:
+                await self.refresh()
+            except Exception:
+                # Contending goes on: a scheduler that stopped renewing would lose the lease
+                # while its loop still acted, and one that stopped contending would never lead.
+                log.exception("scheduler leadership check failed")
             interval = self.lease_seconds / 3 if self.token is not None else 1.0
-            await asyncio.sleep(min(interval, 1.0) if self.token is None else interval)
+            # A steady beat, however long the check took: a follower tries every second.
+            await asyncio.sleep(max(interval - (loop.time() - started), 0.0))
 
     async def release(self) -> None:
         if self.token is not None:

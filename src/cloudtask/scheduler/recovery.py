@@ -38,13 +38,19 @@ class Recovered:
 async def find_candidates(
     conn: AsyncConnection, settings: Settings, now: datetime
 ) -> list[dispatch_q.Attempt]:
-    return await dispatch_q.running_since(
-        conn, now - timedelta(seconds=settings.worker_lease_seconds + 1), BATCH
-    )
+    # The shortest timeout is 1 s: anything younger is neither hung nor (having taken its lease
+    # before it started) lost.
+    youngest = min(settings.worker_lease_seconds, 1 + settings.running_grace_seconds)
+    return await dispatch_q.running_since(conn, now - timedelta(seconds=youngest), BATCH)
 
 
-async def lost_among(kv: KV, running: list[dispatch_q.Attempt]) -> set[dispatch_q.Attempt]:
-    """The attempts with no lease. If the store cannot be asked, none is called lost."""
+async def lost_among(
+    kv: KV, running: list[dispatch_q.Attempt], settings: Settings, now: datetime
+) -> set[dispatch_q.Attempt]:
+    """The attempts whose lease is gone. A lease outlives a dead worker by up to its TTL, so only
+    attempts older than that are asked about; if the store cannot be asked, none is called lost."""
+    settled = now - timedelta(seconds=settings.worker_lease_seconds + 1)
+    running = [job for job in running if job.started_at is not None and job.started_at < settled]
     if not running:
         return set()
     try:

@@ -1,14 +1,16 @@
 """``/schedules``: recurring jobs on a cron expression in a time zone."""
 
 import uuid
+from datetime import datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Path, status
 from starlette.responses import Response
 
 from cloudtask.api import submission
 from cloudtask.api.deps import Context, CurrentUser
-from cloudtask.api.errors import bad_request, not_found
+from cloudtask.api.errors import ApiError, not_found
 from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.responses import JSONBytesResponse
@@ -43,6 +45,21 @@ def _schedule_id(raw: str) -> uuid.UUID:
         raise not_found("Schedule") from None
 
 
+def _checked_zone(body: ScheduleCreate) -> ZoneInfo:
+    """The schedule's zone, once its cron, zone and payload passed; else a 400 naming each."""
+    details = []
+    try:
+        cron.check_cron(body.cron)
+    except cron.InvalidSchedule as exc:
+        details.append({"field": "cron", "location": "body", "message": str(exc)})
+    try:
+        cron.parse_zone(body.timezone)
+    except cron.InvalidSchedule as exc:
+        details.append({"field": "timezone", "location": "body", "message": str(exc)})
+    submission.raise_if_invalid(details + submission.check_payload(body, ("payload",)))
+    return cron.parse_zone(body.timezone)
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -52,15 +69,7 @@ def _schedule_id(raw: str) -> uuid.UUID:
     description=TIME_RULES,
 )
 async def create_schedule(body: ScheduleCreate, user: CurrentUser, context: Context) -> Response:
-    try:
-        cron.check_cron(body.cron)
-    except cron.InvalidSchedule as exc:
-        raise bad_request("cron", "body", str(exc)) from None
-    try:
-        zone = cron.parse_zone(body.timezone)
-    except cron.InvalidSchedule as exc:
-        raise bad_request("timezone", "body", str(exc)) from None
-    submission.raise_if_invalid(submission.check_payload(body, ("payload",)))
+    zone = _checked_zone(body)
     now = utcnow()
     record = schedules_q.ScheduleRecord(
         id=uuid.uuid4(),
@@ -120,6 +129,15 @@ async def delete_schedule(schedule_id: ScheduleId, user: CurrentUser, context: C
     return Response(status_code=204)
 
 
+def _next_run(schedule: schedules_q.ScheduleRecord, now: datetime) -> datetime:
+    try:
+        return cron.next_fire(schedule.cron, cron.parse_zone(schedule.timezone), now)
+    except ValueError as exc:  # InvalidSchedule, or croniter's own on a stored expression
+        # Stored under older rules (or its zone left the time-zone database): the scheduler
+        # paused it, and it stays paused.
+        raise ApiError(409, f"Schedule cannot be resumed: {exc}") from None
+
+
 async def _set_paused(
     schedule_id: str, user: CurrentUser, context: Context, *, paused: bool
 ) -> Response:
@@ -132,8 +150,7 @@ async def _set_paused(
         # Resuming starts from now: the firings a paused schedule skipped are not made up.
         next_run_at = None
         if not paused and current.paused:
-            zone = cron.parse_zone(current.timezone)
-            next_run_at = cron.next_fire(current.cron, zone, now)
+            next_run_at = _next_run(current, now)
         record = await schedules_q.set_paused(
             conn, target, user.user_id, paused=paused, next_run_at=next_run_at, now=now
         )
@@ -155,8 +172,10 @@ async def pause_schedule(schedule_id: ScheduleId, user: CurrentUser, context: Co
 @router.post(
     "/{schedule_id}/resume",
     response_model=Schedule,
-    responses=error_responses(404),
+    responses=error_responses(404, 409),
     summary="Resume a paused schedule from now on",
+    description="409 for a schedule its cron expression or time zone no longer allows to run "
+    "(the scheduler paused it).",
 )
 async def resume_schedule(schedule_id: ScheduleId, user: CurrentUser, context: Context) -> Response:
     return await _set_paused(schedule_id, user, context, paused=False)

@@ -98,12 +98,16 @@ async def dispatch_due(
     ).all()
     if not rows:
         return [], []
-    due = [_attempt(row, row.attempts + 1) for row in rows]
-    await conn.execute(
+    moved = await conn.execute(
         update(jobs)
-        .where(jobs.c.id.in_([job.id for job in due]), jobs.c.status == JobStatus.SCHEDULED)
+        .where(jobs.c.id.in_([row.id for row in rows]), jobs.c.status == JobStatus.SCHEDULED)
         .values(status=JobStatus.PENDING, dispatch_attempt=jobs.c.attempts + 1, updated_at=now)
+        .returning(jobs.c.id)
     )
+    # Only what this transaction moved is announced: where the row locks are not exclusive
+    # (SQLite ignores FOR UPDATE), a job another scheduler took meanwhile is left to it.
+    taken = set(moved.scalars())
+    due = [_attempt(row, row.attempts + 1) for row in rows if row.id in taken]
     outbox_rows = await outbox_q.add(conn, [job.message(now) for job in due], now=now)
     return due, outbox_rows
 

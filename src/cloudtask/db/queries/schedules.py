@@ -127,3 +127,10 @@ async def advance(
         .where(schedules.c.id == schedule_id)
         .values(next_run_at=next_run_at, last_run_at=last_run_at, updated_at=now)
     )
+
+
+async def suspend(conn: AsyncConnection, schedule_id: UUID, *, now: datetime) -> None:
+    """Pause a schedule on the scheduler's behalf (one it cannot read)."""
+    await conn.execute(
+        update(schedules).where(schedules.c.id == schedule_id).values(paused=True, updated_at=now)
+    )

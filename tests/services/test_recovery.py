@@ -1,0 +1,179 @@
+"""The scheduler recovers RUNNING attempts that nobody will report on.
+
+No worker runs: a test puts a job in RUNNING itself, with a lease in the key-value store (a live
+worker) or without one (a dead worker), and watches ``jobs.created`` and the job's row.
+"""
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cloudtask.contracts.signals import lease_key
+from cloudtask.contracts.statuses import JobStatus
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.scheduler.service import SchedulerService
+from cloudtask.settings import Settings
+from tests.conftest import Backends
+from tests.helpers import eventually
+from tests.services import scheduling
+from tests.services.scheduling import CreatedCounter
+
+MAX_DELIVERIES = 3
+
+
+@pytest.fixture
+def recovery_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "scheduler_poll_seconds": 0.1,
+            "worker_lease_seconds": 3,
+            "running_grace_seconds": 0.5,
+            "max_deliveries": MAX_DELIVERIES,
+            # Long enough that a retried attempt stays SCHEDULED while the test looks.
+            "retry_backoff_base_seconds": 60,
+            "retry_backoff_cap_seconds": 60,
+        }
+    )
+
+
+@pytest.fixture
+async def scheduler(
+    backends: Backends, recovery_settings: Settings
+) -> AsyncIterator[SchedulerService]:
+    service = SchedulerService(
+        recovery_settings, db=backends.db, broker=backends.broker, kv=backends.kv, holder="rec"
+    )
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+@pytest.fixture
+async def created(backends: Backends) -> AsyncIterator[CreatedCounter]:
+    async with scheduling.counting_created(backends) as counter:
+        yield counter
+
+
+async def _running(
+    backends: Backends, count: int = 1, *, started: datetime | None = None, **values: Any
+) -> list[uuid.UUID]:
+    """Jobs a worker started (attempt 1) a minute ago, unless ``started`` says otherwise."""
+    user = await scheduling.add_user(backends)
+    ids = await scheduling.add_waiting_jobs(backends, user, count)
+    started = started or utcnow() - timedelta(minutes=1)
+    await scheduling.update_jobs(
+        backends,
+        ids,
+        status=JobStatus.RUNNING,
+        attempts=1,
+        dispatch_attempt=1,
+        run_at=started - timedelta(seconds=1),
+        started_at=started,
+        **values,
+    )
+    return ids
+
+
+async def _row(backends: Backends, job_id: uuid.UUID) -> Any:
+    return (await scheduling.job_rows(backends, [job_id]))[0]
+
+
+async def _wait_status(backends: Backends, job_id: uuid.UUID, status: JobStatus) -> Any:
+    async def reached() -> Any:
+        row = await _row(backends, job_id)
+        return row if row.status == status else None
+
+    return await eventually(reached)
+
+
+async def _redelivered(counter: CreatedCounter, job_id: uuid.UUID, times: int) -> None:
+    async def enough() -> bool:
+        return counter.seen[(str(job_id), 1)] >= times
+
+    await eventually(enough)
+
+
+@pytest.mark.usefixtures("scheduler")
+async def test_a_lost_attempt_is_handed_out_again_under_the_same_number(
+    backends: Backends, created: CreatedCounter
+) -> None:
+    [job_id] = await _running(backends)
+    await _redelivered(created, job_id, 1)
+    row = await _row(backends, job_id)
+    assert row.status == JobStatus.PENDING
+    assert (row.attempts, row.dispatch_attempt, row.redeliveries) == (1, 1, 1)
+    assert set(created.seen) == {(str(job_id), 1)}
+
+
+@pytest.mark.usefixtures("scheduler")
+async def test_an_attempt_lost_max_deliveries_times_fails(
+    backends: Backends, created: CreatedCounter
+) -> None:
+    [job_id] = await _running(backends)
+    for delivery in range(1, MAX_DELIVERIES):
+        await _redelivered(created, job_id, delivery)
+        assert (await _row(backends, job_id)).redeliveries == delivery
+        # Another worker takes it, and dies too.
+        await scheduling.update_jobs(
+            backends, [job_id], status=JobStatus.RUNNING, started_at=utcnow() - timedelta(minutes=1)
+        )
+    row = await _wait_status(backends, job_id, JobStatus.FAILED)
+    assert row.error == f"its worker was lost {MAX_DELIVERIES} times"
+    assert row.finished_at is not None and row.attempts == 1
+    assert created.seen == {(str(job_id), 1): MAX_DELIVERIES - 1}
+
+
+@pytest.mark.usefixtures("scheduler")
+async def test_a_lost_attempt_whose_cancellation_was_asked_ends_cancelled(
+    backends: Backends, created: CreatedCounter
+) -> None:
+    [job_id] = await _running(backends, cancel_requested=True)
+    row = await _wait_status(backends, job_id, JobStatus.CANCELLED)
+    assert row.finished_at is not None and row.redeliveries == 0
+    assert created.seen == {}
+
+
+async def test_a_hung_attempt_with_attempts_left_is_scheduled_for_a_retry(
+    backends: Backends, scheduler: SchedulerService, created: CreatedCounter
+) -> None:
+    [job_id] = await _running(backends)  # a 30 s timeout, started a minute ago
+    await backends.kv.set(lease_key(job_id, 1), b"hung-worker", ttl=60)
+    row = await _wait_status(backends, job_id, JobStatus.SCHEDULED)
+    assert "timeout" in row.error and row.attempts == 1 and row.finished_at is None
+    assert row.run_at > utcnow() + timedelta(seconds=5)
+    assert row.redeliveries == 0 and created.seen == {}
+    recovered = scheduler.metrics.registry.get_sample_value(
+        "cloudtask_scheduler_recovered_total", {"reason": "hung"}
+    )
+    assert recovered == 1
+
+
+@pytest.mark.usefixtures("scheduler")
+async def test_a_hung_attempt_with_no_attempts_left_fails(
+    backends: Backends, created: CreatedCounter
+) -> None:
+    [job_id] = await _running(backends, max_attempts=1)
+    await backends.kv.set(lease_key(job_id, 1), b"hung-worker", ttl=60)
+    row = await _wait_status(backends, job_id, JobStatus.FAILED)
+    assert "timeout" in row.error and row.finished_at is not None
+    assert created.seen == {}
+
+
+@pytest.mark.usefixtures("scheduler")
+async def test_attempts_with_a_live_lease_or_just_started_are_left_alone(
+    backends: Backends, created: CreatedCounter
+) -> None:
+    [healthy] = await _running(backends, timeout_seconds=300)
+    await backends.kv.set(lease_key(healthy, 1), b"live-worker", ttl=60)
+    [fresh] = await _running(backends, started=utcnow())  # its worker has no lease yet
+    [lost] = await _running(backends)
+    await _redelivered(created, lost, 1)  # a recovery round looked at all three
+    for job_id in (healthy, fresh):
+        row = await _row(backends, job_id)
+        assert (row.status, row.redeliveries, row.error) == (JobStatus.RUNNING, 0, None)
+    assert set(created.seen) == {(str(lost), 1)}
