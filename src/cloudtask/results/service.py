@@ -45,7 +45,9 @@ class ResultsService:
         self._db = db
         self._broker = broker
         self.metrics = metrics or ResultsMetrics()
-        self._batcher: Batcher[BaseModel] = Batcher(self._write)
+        self._batcher: Batcher[BaseModel] = Batcher(
+            self._write, shared_failures=(DatabaseUnavailable,)
+        )
         self._consumers: list[Consumer] = []
 
     async def start(self) -> None:

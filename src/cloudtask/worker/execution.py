@@ -35,7 +35,7 @@ class Outcome:
 
 
 def unknown_type(job_type: str) -> Outcome:
-    return Outcome("unknown_type", error=f"unknown job type: {job_type}")
+    return Outcome("unknown_type", error=sendable(f"unknown job type: {job_type}"))
 
 
 CANCELLED = Outcome("cancelled", error="cancelled")
@@ -50,23 +50,34 @@ def start(handler: Handler, payload: Any, executor: Executor) -> "asyncio.Future
 
 
 async def finish(run: "asyncio.Future[Any]", timeout: float) -> Outcome:
-    """Wait for ``run`` at most ``timeout`` seconds and describe the outcome."""
+    """Wait for ``run`` at most ``timeout`` seconds and describe the outcome.
+
+    A handler that blocks the event loop cannot be stopped at its timeout; if it ran past it,
+    the attempt counts as timed out all the same, whatever it returned.
+    """
+    begun = time.monotonic()
+    ended: list[float] = []
+    run.add_done_callback(lambda _: ended.append(time.monotonic()))
     done, _ = await asyncio.wait({run}, timeout=timeout)
     if not done:
         run.cancel()
-        return Outcome(
-            "timeout", error=f"timed out after {_seconds(timeout)} seconds", retryable=True
-        )
+        return _timed_out(timeout)
     if run.cancelled():
         return CANCELLED
     exc = run.exception()
+    if ended and ended[0] - begun > timeout:
+        return _timed_out(timeout)
     if exc is not None:
         return failure(exc)
     return _completed(run.result())
 
 
+def _timed_out(timeout: float) -> Outcome:
+    return Outcome("timeout", error=f"timed out after {_seconds(timeout)} seconds", retryable=True)
+
+
 def failure(exc: BaseException) -> Outcome:
-    message = str(exc) or type(exc).__name__
+    message = sendable(str(exc) or type(exc).__name__)
     if isinstance(exc, PermanentFailure):
         return Outcome("failed", error=message, retryable=False)
     return Outcome("failed", error=f"{type(exc).__name__}: {message}", retryable=True)
@@ -82,6 +93,12 @@ def _completed(result: Any) -> Outcome:
             "failed", error=f"the handler's result is larger than {MAX_RESULT_BYTES} bytes"
         )
     return Outcome("completed", result=result)
+
+
+def sendable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: an exception's message may hold lone surrogates (from
+    undecodable bytes), which no JSON encoder writes, and the attempt must still be reported."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _seconds(value: float) -> str:

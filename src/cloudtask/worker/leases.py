@@ -4,6 +4,9 @@ The worker acknowledges a delivery as soon as the attempt has started (see ``pip
 broker no longer watches it; instead the worker holds a lease per running attempt in the key-value
 store and renews them all in one round trip every third of their TTL. The scheduler treats a
 RUNNING job without a lease as abandoned by a dead worker and hands it out again.
+
+A cancel signal can arrive after the lease is taken but before the handler is started; it is kept
+and applied when the handler is tracked, so a job cancelled in that moment still never runs.
 """
 
 import asyncio
@@ -28,6 +31,7 @@ class RunningAttempts:
         self.lease_seconds = lease_seconds
         self._leases: dict[str, UUID] = {}
         self._runs: dict[UUID, tuple[int, asyncio.Future[Any]]] = {}
+        self._cancel_before_start: set[UUID] = set()
         self._subscription: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -52,6 +56,7 @@ class RunningAttempts:
         """Give the lease up, or leave ``marker`` in it (a requeued attempt)."""
         key = lease_key(job_id, attempt)
         self._leases.pop(key, None)
+        self._cancel_before_start.discard(job_id)
         with contextlib.suppress(KVUnavailable):
             if marker is None:
                 await self._kv.delete(key)
@@ -60,6 +65,8 @@ class RunningAttempts:
 
     def track(self, job_id: UUID, attempt: int, run: "asyncio.Future[Any]") -> None:
         self._runs[job_id] = (attempt, run)
+        if job_id in self._cancel_before_start:
+            run.cancel()
 
     def runs(self) -> list[tuple[UUID, int, "asyncio.Future[Any]"]]:
         return [(job_id, attempt, run) for job_id, (attempt, run) in self._runs.items()]
@@ -87,7 +94,9 @@ class RunningAttempts:
         except ValueError:
             return
         _, run = self._runs.get(job_id, (0, None))
-        if run is not None and not run.done():
+        if run is None and job_id in self._leases.values():
+            self._cancel_before_start.add(job_id)  # leased, its handler not started yet
+        elif run is not None and not run.done():
             log.info(
                 "cancelling a running job", extra={"action": "job.cancel", "jobId": str(job_id)}
             )

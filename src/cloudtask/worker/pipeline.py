@@ -2,11 +2,11 @@
 
 1. Decode. A message that cannot be parsed goes to ``jobs.dead`` with the reason; one redelivered
    more than ``max_deliveries`` times (it keeps killing its worker) is failed and dead-lettered.
-2. Run. A job cancelled while it waited is skipped. Otherwise the worker takes a lease on the
-   attempt, publishes ``jobs.started`` (confirmed) and only then acknowledges the delivery, so
-   the broker's delivery timeout (30 minutes by default) never cuts short a job allowed an hour;
-   from here the lease, renewed by heartbeats and watched by the scheduler, stands for the
-   delivery. The handler runs under the job's timeout.
+2. Run. The worker takes a lease on the attempt; a job cancelled while it waited is skipped.
+   Otherwise the worker publishes ``jobs.started`` (confirmed) and only then acknowledges the
+   delivery, so the broker's delivery timeout (30 minutes by default) never cuts short a job
+   allowed an hour; from here the lease, renewed by heartbeats and watched by the scheduler,
+   stands for the delivery. The handler runs under the job's timeout.
 3. Report. ``jobs.completed`` is published (confirmed, retried while the broker is away), then
    the lease is given up.
 """
@@ -100,13 +100,15 @@ class Pipeline:
 
     async def _process(self, delivery: Delivery, job: JobCreated) -> None:
         deps = self.deps
+        # The lease first: from then on a cancel signal is heard (and kept until the handler
+        # starts), and one sent earlier has left the flag read next.
+        await deps.running.take(job.job_id, job.attempt)
         if await deps.kv.get(cancel_key(job.job_id)) is not None:
-            now = utcnow()
-            await self._report(job, now, execution.CANCELLED)
+            await self._report(job, utcnow(), execution.CANCELLED)
+            await deps.running.drop(job.job_id, job.attempt)
             await _quietly(delivery.ack())
             return
         started_at = utcnow()
-        await deps.running.take(job.job_id, job.attempt)
         started = JobStarted(
             job_id=job.job_id, attempt=job.attempt, worker_id=deps.worker_id, started_at=started_at
         )

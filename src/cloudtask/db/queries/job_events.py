@@ -129,7 +129,15 @@ def _finished_values(item: FinishedEvent) -> dict[str, Any]:
             (retried, JobStatus.SCHEDULED),
             else_=JobStatus.FAILED,
         ),
-        "error": event.error,
+        "error": storable(event.error),
         "finished_at": case((retried, None), else_=event.finished_at),
         "run_at": case((retried, item.retry_at), else_=jobs.c.run_at),
     }
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` as every database stores it: PostgreSQL refuses NUL characters in text (and
+    anything UTF-8 cannot encode), and an error message may hold them."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")

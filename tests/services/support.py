@@ -1,0 +1,50 @@
+"""What several service tests need: a job's stored row, metric readings, the dead-letter queue."""
+
+import asyncio
+from typing import Any
+from uuid import UUID
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+
+from cloudtask.broker.base import Broker, Delivery
+from cloudtask.contracts.queues import JOBS_DEAD
+from cloudtask.db import session
+from cloudtask.db.tables import jobs
+from tests.conftest import Backends
+from tests.helpers import eventually
+
+
+async def job_row(backends: Backends, job_id: str) -> dict[str, Any]:
+    """Every column of the job as stored."""
+    async with session.reading(backends.db) as conn:
+        row = (await conn.execute(select(jobs).where(jobs.c.id == UUID(job_id)))).one()
+    return dict(row._mapping)
+
+
+def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """The current value of a sample, 0 if it was never set."""
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def wait_for_metric(
+    registry: CollectorRegistry, name: str, value: float, **labels: str
+) -> None:
+    """Wait until a sample reaches ``value`` (services count just after acting)."""
+
+    async def reached() -> bool:
+        return metric(registry, name, **labels) >= value
+
+    await eventually(reached)
+
+
+async def next_dead_letter(broker: Broker, timeout: float = 10) -> Delivery:
+    """Take the next message on ``jobs.dead`` (acknowledged), waiting for one to arrive."""
+    delivery = await eventually(lambda: broker.get(JOBS_DEAD), timeout=timeout)
+    await delivery.ack()
+    return delivery
+
+
+async def wait_until_set(event: asyncio.Event, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        await event.wait()

@@ -1,0 +1,144 @@
+"""Cancelling jobs: a running handler is stopped and the job ends CANCELLED; a job cancelled while
+it waits in the queue never runs. The worker runs one job at a time here, so a job can be held
+waiting behind another."""
+
+import asyncio
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from cloudtask.contracts.signals import CANCEL_CHANNEL
+from cloudtask.settings import Settings
+from cloudtask.worker.leases import RunningAttempts
+from cloudtask.worker.registry import HandlerRegistry
+from tests.conftest import Backends
+from tests.helpers import eventually, wait_for_status
+from tests.services.conftest import Stack
+from tests.services.support import wait_for_metric, wait_until_set
+
+
+class Handlers:
+    def __init__(self) -> None:
+        self.long_started = asyncio.Event()
+        self.long_cancelled = False
+        self.release_gate = asyncio.Event()
+        self.gate_started = asyncio.Event()
+        self.never_calls = 0
+
+    async def long(self, payload: Any) -> Any:
+        self.long_started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.long_cancelled = True
+            raise
+        return "ran to the end"
+
+    async def gate(self, payload: Any) -> Any:
+        self.gate_started.set()
+        await self.release_gate.wait()
+        return "gate opened"
+
+    async def never(self, payload: Any) -> Any:
+        self.never_calls += 1
+        return "ran"
+
+
+@pytest.fixture
+def handlers() -> Handlers:
+    return Handlers()
+
+
+@pytest.fixture
+def stack_handlers(handlers: Handlers) -> HandlerRegistry:
+    registry = HandlerRegistry()
+    for name in ("long", "gate", "never"):
+        registry.register(name, getattr(handlers, name))
+    return registry
+
+
+@pytest.fixture
+def stack_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"worker_concurrency": 1})
+
+
+async def _cancel(stack: Stack, token: str, job_id: str) -> dict[str, Any]:
+    response = await stack.client.http.post(
+        f"/jobs/{job_id}/cancel", headers=stack.client.auth(token)
+    )
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def test_cancelling_a_running_job_stops_its_handler_and_ends_it_cancelled(
+    stack: Stack, handlers: Handlers
+) -> None:
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="long", payload={}, maxAttempts=3)
+    await wait_until_set(handlers.long_started)
+    await wait_for_status(stack.client, token, job["id"], "RUNNING")
+
+    answer = await _cancel(stack, token, job["id"])
+    assert answer["status"] == "RUNNING"
+
+    done = await wait_for_status(
+        stack.client, token, job["id"], "CANCELLED", "FAILED", "SCHEDULED", timeout=5
+    )
+    assert done["status"] == "CANCELLED"
+    assert done["attempts"] == 1
+    assert done["finishedAt"] is not None
+    assert handlers.long_cancelled
+
+
+async def test_a_job_cancelled_while_it_waits_in_the_queue_never_runs(
+    stack: Stack, handlers: Handlers
+) -> None:
+    token = await stack.client.register()
+    try:
+        gate = await stack.client.create_job(token, type="gate", payload={})
+        await wait_until_set(handlers.gate_started)
+        waiting = await stack.client.create_job(token, type="never", payload={})
+        assert (await stack.client.get_job(token, waiting["id"]))["status"] == "PENDING"
+
+        answer = await _cancel(stack, token, waiting["id"])
+        assert answer["status"] == "CANCELLED"
+    finally:
+        handlers.release_gate.set()
+    await wait_for_status(stack.client, token, gate["id"], "COMPLETED")
+
+    await wait_for_metric(
+        stack.worker.metrics.registry,
+        "cloudtask_worker_jobs_processed_total",
+        1,
+        type="never",
+        outcome="cancelled",
+    )
+    assert handlers.never_calls == 0
+    done = await stack.client.get_job(token, waiting["id"])
+    assert done["status"] == "CANCELLED"
+    assert done["attempts"] == 0
+    assert done["startedAt"] is None
+
+
+async def test_a_cancel_heard_after_the_lease_is_taken_stops_the_handler_as_it_starts(
+    backends: Backends,
+) -> None:
+    running = RunningAttempts(backends.kv, "test-worker", lease_seconds=15)
+    await running.start()
+    job_id = uuid4()
+    try:
+        await running.take(job_id, 1)
+        await backends.kv.publish(CANCEL_CHANNEL, str(job_id).encode())
+
+        async def cancelled_when_tracked() -> bool:
+            run: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            running.track(job_id, 1, run)
+            running.untrack(job_id)
+            return run.cancelled()
+
+        await eventually(cancelled_when_tracked)
+    finally:
+        await running.drop(job_id, 1)
+        await running.stop()

@@ -1,0 +1,180 @@
+"""The ``email`` and ``http`` job types against real servers on loopback: an SMTP server
+(aiosmtpd) and a small HTTP server that records every connection it accepts."""
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from pydantic import SecretStr
+
+from cloudtask.settings import Settings
+from tests.helpers import wait_for_status
+from tests.services.conftest import Stack
+
+MAX_RESPONSE_BYTES = 2000
+
+
+class MailBox:
+    """An aiosmtpd handler keeping every message it accepts."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.envelopes.append(envelope)
+        return "250 Message accepted for delivery"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[MailBox, int]]:
+    box = MailBox()
+    port = _free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class WebServer:
+    """Answers ``/big`` with more than ``MAX_RESPONSE_BYTES``, anything else with JSON."""
+
+    port: int = 0
+    connections: int = 0
+    requests: list[Request] = field(default_factory=list)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, path, _ = head[0].split(" ", 2)
+            headers = dict(line.split(": ", 1) for line in head[1:] if line)
+            headers = {name.lower(): value for name, value in headers.items()}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            self.requests.append(Request(method, path, headers, body))
+            if path == "/big":
+                reply, kind = b"x" * (MAX_RESPONSE_BYTES + 1), b"text/plain"
+            else:
+                reply, kind = b'{"greeting": "hello"}', b"application/json"
+            writer.write(
+                b"HTTP/1.1 201 Created\r\nContent-Type: " + kind + b"\r\n"
+                b"Content-Length: " + str(len(reply)).encode() + b"\r\n"
+                b"Connection: close\r\n\r\n" + reply
+            )
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def web() -> AsyncIterator[WebServer]:
+    server = WebServer()
+    listener = await asyncio.start_server(server.serve, "127.0.0.1", 0)
+    server.port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        yield server
+
+
+@pytest.fixture
+def stack_settings(settings: Settings, mailbox: tuple[MailBox, int]) -> Settings:
+    return settings.model_copy(
+        update={
+            "smtp_url": SecretStr(f"smtp://127.0.0.1:{mailbox[1]}"),
+            "http_allowed_hosts": ["127.0.0.1"],
+            "http_max_response_bytes": MAX_RESPONSE_BYTES,
+        }
+    )
+
+
+async def test_an_email_job_delivers_one_message_to_the_smtp_server(
+    stack: Stack, mailbox: tuple[MailBox, int]
+) -> None:
+    box, _ = mailbox
+    token = await stack.client.register()
+    payload = {"to": "alice@example.com", "subject": "Quarterly report", "body": "Numbers inside."}
+    job = await stack.client.create_job(token, type="email", payload=payload)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+
+    assert done["status"] == "COMPLETED", done["error"]
+    assert done["result"]["to"] == "alice@example.com"
+    assert len(box.envelopes) == 1
+    envelope = box.envelopes[0]
+    assert envelope.rcpt_tos == ["alice@example.com"]
+    message = message_from_bytes(envelope.content, _class=EmailMessage, policy=policy.default)
+    assert message["To"] == "alice@example.com"
+    assert message["Subject"] == "Quarterly report"
+    assert message.get_content().strip() == "Numbers inside."
+
+
+async def test_an_http_job_completes_with_the_status_code_and_body(
+    stack: Stack, web: WebServer
+) -> None:
+    token = await stack.client.register()
+    payload = {
+        "url": f"http://127.0.0.1:{web.port}/hook?x=1",
+        "method": "POST",
+        "headers": {"X-Trace": "abc"},
+        "body": {"order": 42},
+    }
+    job = await stack.client.create_job(token, type="http", payload=payload)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+
+    assert done["status"] == "COMPLETED", done["error"]
+    assert done["result"]["statusCode"] == 201
+    assert done["result"]["body"] == '{"greeting": "hello"}'
+    assert len(web.requests) == 1
+    request = web.requests[0]
+    assert (request.method, request.path) == ("POST", "/hook?x=1")
+    assert request.headers["x-trace"] == "abc"
+    assert request.body == b'{"order":42}'
+
+
+async def test_an_http_job_to_a_host_not_allowed_fails_without_connecting(
+    stack: Stack, web: WebServer
+) -> None:
+    token = await stack.client.register()
+    payload = {"url": f"http://localhost:{web.port}/hook"}
+    job = await stack.client.create_job(token, type="http", payload=payload, maxAttempts=3)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED", "SCHEDULED")
+
+    assert done["status"] == "FAILED"
+    assert "'localhost'" in done["error"]
+    assert done["attempts"] == 1
+    assert web.connections == 0
+
+
+async def test_an_http_response_larger_than_the_limit_fails_the_job(
+    stack: Stack, web: WebServer
+) -> None:
+    token = await stack.client.register()
+    payload = {"url": f"http://127.0.0.1:{web.port}/big"}
+    job = await stack.client.create_job(token, type="http", payload=payload)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED", "SCHEDULED")
+
+    assert done["status"] == "FAILED"
+    assert str(MAX_RESPONSE_BYTES) in done["error"]
+    assert done["result"] is None
+    assert web.connections == 1

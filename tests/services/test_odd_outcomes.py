@@ -1,0 +1,107 @@
+"""Outcomes and events that are awkward to store or send: error messages no database or JSON
+encoder takes as they are, and an event the database refuses sharing a batch with good ones."""
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from cloudtask.broker.base import OutgoingMessage
+from cloudtask.contracts.messages import JobFinished
+from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_DEAD
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.worker.registry import HandlerRegistry
+from tests.helpers import wait_for_status
+from tests.services.conftest import Stack
+from tests.services.support import next_dead_letter, wait_until_set
+
+
+class Handlers:
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def nul(self, payload: Any) -> Any:
+        raise ValueError("before\x00after")
+
+    async def surrogate(self, payload: Any) -> Any:
+        raise ValueError("half a pair: \ud800")
+
+    async def wait(self, payload: Any) -> Any:
+        self.waiting.set()
+        await self.release.wait()
+        return "from the worker"
+
+
+@pytest.fixture
+def handlers() -> Handlers:
+    return Handlers()
+
+
+@pytest.fixture
+def stack_handlers(handlers: Handlers) -> HandlerRegistry:
+    registry = HandlerRegistry()
+    for name in ("nul", "surrogate", "wait"):
+        registry.register(name, getattr(handlers, name))
+    return registry
+
+
+async def test_an_error_message_holding_a_nul_character_still_fails_the_job(
+    stack: Stack,
+) -> None:
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="nul", payload={}, maxAttempts=1)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert done["status"] == "FAILED"
+    assert done["error"].startswith("ValueError: before")
+    assert done["error"].endswith("after")
+
+
+async def test_an_error_message_that_is_not_valid_unicode_still_fails_the_job(
+    stack: Stack,
+) -> None:
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="surrogate", payload={}, maxAttempts=1)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert done["status"] == "FAILED"
+    assert done["error"].startswith("ValueError: half a pair: ")
+    assert len(stack.worker.pipeline.deps.running) == 0
+
+
+async def test_an_event_the_database_refuses_does_not_take_the_events_beside_it_down(
+    stack: Stack, handlers: Handlers
+) -> None:
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="wait", payload={})
+    try:
+        await wait_until_set(handlers.waiting)
+        await wait_for_status(stack.client, token, job["id"], "RUNNING")
+        now = utcnow()
+        good = JobFinished(
+            job_id=UUID(job["id"]),
+            attempt=1,
+            status="COMPLETED",
+            result="from the test",
+            worker_id="another-worker",
+            started_at=now,
+            finished_at=now,
+        )
+        # Valid JSON and a valid event, but a time no database column can hold.
+        ancient = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+        poison = good.model_copy(update={"started_at": ancient, "finished_at": ancient})
+        await stack.backends.broker.publish_many(
+            [
+                OutgoingMessage(JOBS_COMPLETED, poison.encode()),
+                OutgoingMessage(JOBS_COMPLETED, good.encode()),
+            ]
+        )
+        dead = await next_dead_letter(stack.backends.broker)
+        assert dead.body == poison.encode()
+        assert "could not be written" in str(dead.headers["x-death-reason"])
+        done = await stack.client.get_job(token, job["id"])
+        assert (done["status"], done["result"]) == ("COMPLETED", "from the test")
+        assert await stack.backends.broker.get(JOBS_DEAD) is None
+    finally:
+        handlers.release.set()

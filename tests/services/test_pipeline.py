@@ -1,0 +1,165 @@
+"""The worker's pipeline end to end on each back end: built-in types, unknown types, messages that
+cannot be parsed, and putting a running job back on the queue when the worker stops."""
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED
+from cloudtask.worker.handlers import builtin_handlers
+from cloudtask.worker.registry import HandlerRegistry
+from cloudtask.worker.service import WorkerService
+from tests.helpers import eventually, wait_for_status
+from tests.services.conftest import Stack
+from tests.services.support import metric, next_dead_letter, wait_for_metric, wait_until_set
+
+
+class Interruptible:
+    """Waits a long time on its first call (until cancelled); returns at once on later calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_started = asyncio.Event()
+        self.first_cancelled = False
+
+    async def __call__(self, payload: Any) -> Any:
+        self.calls += 1
+        if self.calls > 1:
+            return {"finished": payload}
+        self.first_started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.first_cancelled = True
+            raise
+        return "not cancelled"
+
+
+@pytest.fixture
+def interruptible() -> Interruptible:
+    return Interruptible()
+
+
+@pytest.fixture
+def stack_handlers(interruptible: Interruptible) -> HandlerRegistry:
+    registry = HandlerRegistry()
+    registry.register("interruptible", interruptible)
+    return registry
+
+
+async def test_an_echo_job_completes_with_its_payload(stack: Stack) -> None:
+    token = await stack.client.register()
+    payload = {"text": "héllo", "items": [1, 2.5, None, True], "nested": {"a": []}}
+    job = await stack.client.create_job(token, type="echo", payload=payload)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert done["status"] == "COMPLETED"
+    assert done["result"] == payload
+    assert done["error"] is None
+    assert done["attempts"] == 1
+
+
+async def test_a_sleep_job_reports_how_long_it_slept(stack: Stack) -> None:
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="sleep", payload={"seconds": 0.2})
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert done["status"] == "COMPLETED"
+    assert done["result"] == "Slept for 0.2 seconds"
+
+
+async def test_a_job_of_an_unknown_type_fails_after_one_attempt_without_retry(
+    stack: Stack,
+) -> None:
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="no-such-type", payload={}, maxAttempts=3)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED", "SCHEDULED")
+    assert done["status"] == "FAILED"
+    assert done["error"] == "unknown job type: no-such-type"
+    assert done["attempts"] == 1
+    assert done["finishedAt"] is not None
+
+
+async def test_an_unparseable_job_message_is_dead_lettered_and_the_worker_keeps_working(
+    stack: Stack,
+) -> None:
+    await stack.backends.broker.publish(JOBS_CREATED, b'{"jobId": "not a uuid", "type": 7')
+    dead = await next_dead_letter(stack.backends.broker)
+    assert dead.body == b'{"jobId": "not a uuid", "type": 7'
+    assert str(dead.headers["x-death-reason"]).startswith("unparseable message")
+    assert dead.headers["x-original-queue"] == JOBS_CREATED
+    await wait_for_metric(
+        stack.worker.metrics.registry,
+        "cloudtask_worker_dead_lettered_total",
+        1,
+        reason="unparseable",
+    )
+
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="echo", payload="still alive")
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert done["result"] == "still alive"
+
+
+async def test_a_job_message_of_the_wrong_shape_is_dead_lettered_naming_the_bad_field(
+    stack: Stack,
+) -> None:
+    body = b'{"jobId": "8d1c1f3e-5a8f-4c89-9d25-bb3f1f0b8d4e", "type": "echo"}'
+    await stack.backends.broker.publish(JOBS_CREATED, body)
+    dead = await next_dead_letter(stack.backends.broker)
+    assert dead.body == body
+    assert "userId" in str(dead.headers["x-death-reason"])
+
+
+async def test_an_unparseable_completion_is_dead_lettered_and_results_keep_being_written(
+    stack: Stack,
+) -> None:
+    await stack.backends.broker.publish(JOBS_COMPLETED, b"garbage, not JSON")
+    dead = await next_dead_letter(stack.backends.broker)
+    assert dead.body == b"garbage, not JSON"
+    assert str(dead.headers["x-death-reason"]).startswith("unparseable message")
+    assert dead.headers["x-original-queue"] == JOBS_COMPLETED
+    await wait_for_metric(
+        stack.results.metrics.registry, "cloudtask_results_dead_lettered_total", 1
+    )
+
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="echo", payload=[1])
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert done["result"] == [1]
+
+
+async def test_stopping_the_worker_puts_a_running_job_back_for_another_worker(
+    stack: Stack, stack_handlers: HandlerRegistry, interruptible: Interruptible
+) -> None:
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="interruptible", payload={"n": 1})
+    await wait_until_set(interruptible.first_started)
+    await wait_for_status(stack.client, token, job["id"], "RUNNING")
+
+    await stack.worker.stop(grace=0.2)
+    assert interruptible.first_cancelled
+    assert metric(stack.worker.metrics.registry, "cloudtask_worker_jobs_requeued_total") == 1
+
+    async def back_in_queue() -> bool:
+        return (await stack.backends.broker.stats(JOBS_CREATED)).messages == 1
+
+    await eventually(back_in_queue)
+    assert (await stack.client.get_job(token, job["id"]))["status"] == "RUNNING"
+
+    handlers = builtin_handlers(stack.settings).merged(stack_handlers)
+    second = WorkerService(
+        stack.settings,
+        broker=stack.backends.broker,
+        kv=stack.backends.kv,
+        handlers=handlers,
+        worker_id="second-worker",
+    )
+    await second.start()
+    try:
+        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    finally:
+        await second.stop(grace=1)
+    assert done["status"] == "COMPLETED"
+    assert done["result"] == {"finished": {"n": 1}}
+    assert done["attempts"] == 1
+    assert interruptible.calls == 2
