@@ -90,5 +90,9 @@ def configure(
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")
-    for noisy in ("aiormq", "aio_pika", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # The drivers log every failed reconnection attempt as an error, once a second while a server
+    # is down; CloudTask logs the outage itself (and health reports it), so they only speak when
+    # something unusual happens.
+    for noisy in ("aiormq", "aio_pika"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(max(logging.getLevelName(level), logging.WARNING))

@@ -15,13 +15,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudtask.broker.base import Broker, OutgoingMessage
 from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db import session
 from cloudtask.db.queries import outbox as outbox_q
-from cloudtask.errors import BrokerUnavailable
+from cloudtask.errors import BrokerUnavailable, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -80,27 +80,32 @@ class OutboxPublisher:
                 await self._idle.wait()
 
     async def _publish(self, rows: Sequence[outbox_q.OutboxRow]) -> None:
+        # The rows stay locked while they are published, so a relay (which skips locked rows)
+        # never sends them a second time; rows a relay already holds are left to it.
+        published = 0
         try:
-            await self._broker.publish_many([_outgoing(row) for row in rows])
+            async with session.transaction(self._engine) as conn:
+                mine = await outbox_q.lock(conn, [row.id for row in rows])
+                batch = [row for row in rows if row.id in mine]
+                await self._broker.publish_many([_outgoing(row) for row in batch])
+                await outbox_q.remove(conn, [row.id for row in batch])
+                published = len(batch)
         except BrokerUnavailable as exc:
             log.warning(
                 "outbox messages left for the relay",
                 extra={"action": "outbox.deferred", "count": len(rows), "reason": str(exc)},
             )
-            return
-        self._on_published(len(rows))
-        try:
-            async with self._engine.begin() as conn:
-                await outbox_q.remove(conn, [row.id for row in rows])
-        except (OperationalError, DBAPIError, OSError) as exc:
-            # Published but not removed: the relay publishes them again, and consumers are
-            # idempotent, so this costs a duplicate and loses nothing.
-            log.warning("could not remove published outbox rows: %r", exc)
+        except DatabaseUnavailable as exc:
+            # Perhaps published but not removed: the relay publishes them again, and consumers
+            # are idempotent, so this costs a duplicate and loses nothing.
+            log.warning("could not settle published outbox rows: %s", exc)
+        if published:
+            self._on_published(published)
 
     async def relay(self) -> int:
         """Publish rows that were not confirmed within ``relay_after`` seconds. Returns how many."""
         older_than = utcnow() - timedelta(seconds=self._relay_after)
-        async with self._engine.begin() as conn:
+        async with session.transaction(self._engine) as conn:
             rows = await outbox_q.claim_stale(conn, older_than=older_than, limit=BATCH)
             if not rows:
                 return 0
@@ -118,7 +123,7 @@ class OutboxPublisher:
                     pass
             except BrokerUnavailable:
                 pass
-            except (OperationalError, DBAPIError, OSError) as exc:
-                log.warning("outbox relay could not reach the database: %r", exc)
+            except DatabaseUnavailable as exc:
+                log.warning("outbox relay could not reach the database: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)

@@ -67,9 +67,22 @@ async def run_until_signalled(
         loop.add_signal_handler(signum, stop.set)
     http = server(status, host, port, handle_signals=False)
     http_task = asyncio.create_task(http.serve(), name="status-server")
-    await service.start()
     stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    # Starting may wait for a broker that is down; a signal meanwhile still stops the process.
+    starting = asyncio.create_task(service.start(), name="service-start")
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    failed = None if starting.cancelled() else starting.exception()
+    if failed is not None:
+        await service.stop(0)
+        http.should_exit = True
+        await asyncio.gather(http_task, return_exceptions=True)
+        raise failed
+    if not stopped.done():
+        await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
     await service.stop(grace)
     http.should_exit = True
     await asyncio.gather(http_task, return_exceptions=True)

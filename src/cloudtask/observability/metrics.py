@@ -3,7 +3,11 @@ dev``, tests) can live in one process. Names follow Prometheus conventions with 
 prefix; labels are bounded (no job or user ids; job types through :class:`BoundedLabel`).
 """
 
+from collections.abc import Iterable, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from cloudtask.observability.labels import BoundedLabel
 
@@ -28,6 +32,30 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Merged(Collector):
+    def __init__(self, services: Sequence[ServiceMetrics]) -> None:
+        self._services = services
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[str, Metric] = {}
+        for service in self._services:
+            for family in service.registry.collect():
+                if family.name not in merged:
+                    merged[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                merged[family.name].samples.extend(family.samples)
+        return merged.values()
+
+
+def render_all(services: Sequence[ServiceMetrics]) -> bytes:
+    """One valid exposition of several services' metrics (``cloudtask dev`` hosts all four):
+    families of the same name are merged, their samples told apart by their labels."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(services))
+    return generate_latest(registry)
 
 
 class WorkerMetrics(ServiceMetrics):
@@ -147,9 +175,10 @@ class SchedulerMetrics(ServiceMetrics):
         )
         self.outbox_published = Counter(
             "cloudtask_outbox_published_total",
-            "Outbox messages published and confirmed by the broker.",
+            "Outbox messages published and confirmed by the broker, by the service that did.",
+            ["service"],
             registry=self.registry,
-        )
+        ).labels(self.service)
 
 
 class ApiMetrics(ServiceMetrics):
@@ -176,9 +205,10 @@ class ApiMetrics(ServiceMetrics):
         )
         self.outbox_published = Counter(
             "cloudtask_outbox_published_total",
-            "Outbox messages published and confirmed by the broker.",
+            "Outbox messages published and confirmed by the broker, by the service that did.",
+            ["service"],
             registry=self.registry,
-        )
+        ).labels(self.service)
         self.logins = Counter(
             "cloudtask_logins_total",
             "Login attempts, by outcome (ok, invalid, throttled).",

@@ -10,12 +10,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cloudtask.observability.health import Check, health
-from cloudtask.observability.metrics import ServiceMetrics
+from cloudtask.observability.metrics import ServiceMetrics, render_all
 
 
 def status_app(metrics: Sequence[ServiceMetrics], checks: Mapping[str, Check]) -> Starlette:
     async def metrics_page(_request: Request) -> Response:
-        return Response(b"".join(m.render() for m in metrics), media_type=CONTENT_TYPE_LATEST)
+        return Response(render_all(metrics), media_type=CONTENT_TYPE_LATEST)
 
     async def health_page(_request: Request) -> Response:
         healthy, body = await health(checks)

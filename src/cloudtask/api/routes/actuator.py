@@ -8,6 +8,7 @@ from cloudtask.api.deps import Context
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.contracts.api import Health
 from cloudtask.observability.health import health, standard_checks
+from cloudtask.observability.metrics import render_all
 
 router = APIRouter(prefix="/actuator", tags=["operations"])
 
@@ -30,6 +31,5 @@ async def actuator_health(context: Context) -> Response:
     summary="Metrics in the Prometheus text format",
 )
 async def actuator_prometheus(request: Request, context: Context) -> Response:
-    pages = [context.metrics.render()]
-    pages += [extra.render() for extra in request.app.state.extra_metrics]
-    return Response(b"".join(pages), media_type=CONTENT_TYPE_LATEST)
+    services = [context.metrics, *request.app.state.extra_metrics]
+    return Response(render_all(services), media_type=CONTENT_TYPE_LATEST)

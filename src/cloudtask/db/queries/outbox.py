@@ -55,6 +55,16 @@ async def claim_stale(
     return [OutboxRow(r.id, r.queue, r.body, r.priority) for r in rows]
 
 
+async def lock(conn: AsyncConnection, ids: Sequence[int]) -> set[int]:
+    """Lock the rows ``ids`` that still exist and that no relay holds; returns their ids."""
+    if not ids:
+        return set()
+    rows = await conn.execute(
+        select(outbox.c.id).where(outbox.c.id.in_(ids)).with_for_update(skip_locked=True)
+    )
+    return set(rows.scalars().all())
+
+
 async def remove(conn: AsyncConnection, ids: Sequence[int]) -> None:
     if ids:
         await conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
