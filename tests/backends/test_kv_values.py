@@ -70,6 +70,18 @@ async def test_set_many_values_expire(kv: KV) -> None:
     await expired(kv, "q")
 
 
+async def test_set_and_get_stores_one_key_and_reads_another(kv: KV) -> None:
+    await kv.set("flag", b"up")
+    assert await kv.set_and_get("lease", b"me", ttl=0.3, get_key="flag") == b"up"
+    assert await kv.set_and_get("lease", b"me", ttl=0.3, get_key="absent") is None
+    assert await kv.get("lease") == b"me"
+
+    async def expired() -> bool:
+        return await kv.get("lease") is None
+
+    await eventually(expired, timeout=5)
+
+
 async def test_delete_counts_the_keys_it_removed(kv: KV) -> None:
     await kv.set("one", b"1")
     await kv.set("two", b"2")

@@ -41,6 +41,12 @@ class KV(ABC):
     async def set_many(self, items: dict[str, bytes], *, ttl: float) -> None: ...
 
     @abstractmethod
+    async def set_and_get(
+        self, set_key: str, value: bytes, *, ttl: float, get_key: str
+    ) -> bytes | None:
+        """Store ``value`` at ``set_key`` and read ``get_key``, in one round trip."""
+
+    @abstractmethod
     async def delete(self, *keys: str) -> int: ...
 
     @abstractmethod

@@ -80,6 +80,12 @@ class MemoryKV(KV):
         for key, value in items.items():
             self._values[key] = (value, self._expiry(ttl))
 
+    async def set_and_get(
+        self, set_key: str, value: bytes, *, ttl: float, get_key: str
+    ) -> bytes | None:
+        self._values[set_key] = (value, self._expiry(ttl))
+        return self._live(get_key)
+
     async def delete(self, *keys: str) -> int:
         removed = 0
         for key in keys:

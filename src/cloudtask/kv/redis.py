@@ -141,6 +141,15 @@ class RedisKV(KV):
             pipe.set(key, value, px=_ms(ttl))
         await self._call(pipe.execute())
 
+    async def set_and_get(
+        self, set_key: str, value: bytes, *, ttl: float, get_key: str
+    ) -> bytes | None:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(set_key, value, px=_ms(ttl))
+        pipe.get(get_key)
+        _, got = await self._call(pipe.execute())
+        return got  # type: ignore[no-any-return]
+
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0

@@ -13,6 +13,7 @@ unique key per firing), so scheduling goes on rather than stopping.
 import asyncio
 import contextlib
 import logging
+import time
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,10 +36,18 @@ class Leadership:
         self.token: int | None = None
         self.degraded = False
         self.changed = asyncio.Event()
+        # Steady "since forever" until an outage is seen; then since the store came back.
+        self._store_up_since: float | None = float("-inf")
 
     @property
     def acting(self) -> bool:
         return self.token is not None or self.degraded
+
+    def store_steady_for(self, seconds: float) -> bool:
+        """Whether the key-value store has answered for ``seconds``: after an outage, workers
+        need a heartbeat to write the leases they could not take meanwhile."""
+        since = self._store_up_since
+        return since is not None and time.monotonic() - since >= seconds
 
     async def refresh(self) -> None:
         was = self.acting
@@ -48,8 +57,11 @@ class Leadership:
             if not self.degraded:
                 log.warning("key-value store unreachable: every scheduler acts until it is back")
             self.degraded, self.token = True, None
+            self._store_up_since = None
         else:
             self.degraded = False
+            if self._store_up_since is None:
+                self._store_up_since = time.monotonic()
             if held is None:
                 self.token = None
             elif self.token is None:

@@ -145,7 +145,9 @@ class SchedulerService:
         now = utcnow()
         async with session.reading(self._db) as conn:
             running = await recovery.find_candidates(conn, self._settings, now)
-        lost = await recovery.lost_among(self._kv, running, self._settings, now)
+        lost = set()
+        if self.leadership.store_steady_for(self._settings.worker_lease_seconds):
+            lost = await recovery.lost_among(self._kv, running, self._settings, now)
         hung = [job for job in running if recovery.is_hung(job, self._settings, now)]
         if not lost and not hung:
             return

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from cloudtask.contracts.signals import CANCEL_CHANNEL, lease_key
+from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key
 from cloudtask.errors import KVUnavailable
 from cloudtask.kv.base import KV, Subscription
 
@@ -47,20 +47,31 @@ class RunningAttempts:
         if self._subscription is not None:
             await self._subscription.close()
 
-    async def take(self, job_id: UUID, attempt: int) -> None:
+    async def take(self, job_id: UUID, attempt: int) -> bool:
+        """Lease the attempt; returns whether the job's cancellation was requested. One round
+        trip. If the store is unreachable the job runs anyway: the heartbeat writes the lease
+        once the store is back (and the scheduler does not judge leases until then)."""
         key = lease_key(job_id, attempt)
-        await self._kv.set(key, self._worker_id, ttl=self.lease_seconds)
         self._leases[key] = job_id
+        try:
+            flag = await self._kv.set_and_get(
+                key, self._worker_id, ttl=self.lease_seconds, get_key=cancel_key(job_id)
+            )
+        except KVUnavailable as exc:
+            log.warning(
+                "running without a lease: %s", exc, extra={"jobId": str(job_id), "attempt": attempt}
+            )
+            return False
+        return flag is not None
 
     async def drop(self, job_id: UUID, attempt: int, *, marker: bytes | None = None) -> None:
-        """Give the lease up, or leave ``marker`` in it (a requeued attempt)."""
+        """Stop renewing the lease (it expires by itself: a finished job needs none), or leave
+        ``marker`` in it (a requeued attempt)."""
         key = lease_key(job_id, attempt)
         self._leases.pop(key, None)
         self._cancel_before_start.discard(job_id)
-        with contextlib.suppress(KVUnavailable):
-            if marker is None:
-                await self._kv.delete(key)
-            else:
+        if marker is not None:
+            with contextlib.suppress(KVUnavailable):
                 await self._kv.set(key, marker, ttl=24 * 3600)
 
     def track(self, job_id: UUID, attempt: int, run: "asyncio.Future[Any]") -> None:
@@ -97,7 +108,9 @@ class RunningAttempts:
         if run is None and job_id in self._leases.values():
             self._cancel_before_start.add(job_id)  # leased, its handler not started yet
         elif run is not None and not run.done():
+            attempt, _ = self._runs[job_id]
             log.info(
-                "cancelling a running job", extra={"action": "job.cancel", "jobId": str(job_id)}
+                "cancelling a running job",
+                extra={"action": "job.cancel", "jobId": str(job_id), "attempt": attempt},
             )
             run.cancel()

@@ -24,7 +24,6 @@ from pydantic import ValidationError
 from cloudtask.broker.base import Broker, Delivery
 from cloudtask.contracts.messages import JobCreated, JobFinished, JobStarted
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_DEAD, JOBS_STARTED
-from cloudtask.contracts.signals import cancel_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.errors import BrokerUnavailable, KVUnavailable
 from cloudtask.kv.base import KV
@@ -102,8 +101,7 @@ class Pipeline:
         deps = self.deps
         # The lease first: from then on a cancel signal is heard (and kept until the handler
         # starts), and one sent earlier has left the flag read next.
-        await deps.running.take(job.job_id, job.attempt)
-        if await deps.kv.get(cancel_key(job.job_id)) is not None:
+        if await deps.running.take(job.job_id, job.attempt):
             await self._report(job, utcnow(), execution.CANCELLED)
             await deps.running.drop(job.job_id, job.attempt)
             await _quietly(delivery.ack())
