@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.messages import JobFinished, JobStarted
 from cloudtask.contracts.statuses import JobStatus
+from cloudtask.db.queries import job_events_pg
 from cloudtask.db.tables import jobs
 
 
@@ -46,6 +47,10 @@ async def apply_started(
     conn: AsyncConnection, events: Sequence[JobStarted], *, now: datetime
 ) -> list[UUID]:
     """Mark jobs RUNNING; returns the ids that changed."""
+    if not events:
+        return []
+    if conn.dialect.name == "postgresql":
+        return await job_events_pg.apply_started(conn, events, now=now)
     changed = []
     for event in events:
         result = await conn.execute(
@@ -75,6 +80,14 @@ async def apply_finished(
 ) -> list[Transition]:
     """Record each attempt's end: COMPLETED, CANCELLED (if a cancel was asked), SCHEDULED for a
     retry (retryable, attempts left) or FAILED."""
+    if not events:
+        return []
+    if conn.dialect.name == "postgresql":
+        rows = await job_events_pg.apply_finished(conn, [_row(i) for i in events], now=now)
+        return [
+            Transition(r.id, r.type, JobStatus(r.status), r.attempts, r.created_at, r.finished_at)
+            for r in rows
+        ]
     moved = []
     for item in events:
         event = item.event
@@ -132,6 +145,22 @@ def _finished_values(item: FinishedEvent) -> dict[str, Any]:
         "error": storable(event.error),
         "finished_at": case((retried, None), else_=event.finished_at),
         "run_at": case((retried, item.retry_at), else_=jobs.c.run_at),
+    }
+
+
+def _row(item: FinishedEvent) -> dict[str, Any]:
+    event = item.event
+    completed = event.status == JobStatus.COMPLETED
+    return {
+        "id": event.job_id,
+        "attempt": event.attempt,
+        "completed": completed,
+        "result": jsoncodec.dumps_str(event.result) if completed else None,
+        "error": None if completed else storable(event.error),
+        "retryable": event.retryable,
+        "started_at": event.started_at,
+        "finished_at": event.finished_at,
+        "retry_at": item.retry_at,
     }
 
 
