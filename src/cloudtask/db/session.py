@@ -1,45 +1,51 @@
 """Opening connections and transactions, with driver errors translated into CloudTask's own."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloudtask.errors import DatabaseUnavailable
 
-UNAVAILABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
 
-
-def _is_disconnect(exc: BaseException) -> bool:
-    return isinstance(exc, UNAVAILABLE) or (
-        isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-    )
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Connection failures become :class:`DatabaseUnavailable`; other errors pass through."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+            raise DatabaseUnavailable(f"database: {type(exc.orig).__name__}") from None
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
 
 
 @asynccontextmanager
 async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection in a transaction that commits when the block ends without an exception."""
-    try:
+    with _translated():
         async with engine.begin() as conn:
             yield conn
-    except DBAPIError as exc:
-        if _is_disconnect(exc):
-            raise DatabaseUnavailable(f"database: {type(exc.orig).__name__}") from None
-        raise
-    except (OSError, TimeoutError) as exc:
-        raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
 
 
 @asynccontextmanager
 async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection for reads only."""
-    try:
+    with _translated():
         async with engine.connect() as conn:
             yield conn
-    except DBAPIError as exc:
-        if _is_disconnect(exc):
-            raise DatabaseUnavailable(f"database: {type(exc.orig).__name__}") from None
-        raise
-    except (OSError, TimeoutError) as exc:
-        raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
+
+
+@asynccontextmanager
+async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for work that is one statement, atomic by itself: on PostgreSQL it runs in
+    autocommit (no BEGIN and COMMIT round trips); elsewhere in a transaction."""
+    if engine.dialect.name != "postgresql":
+        async with transaction(engine) as conn:
+            yield conn
+        return
+    with _translated():
+        async with engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -17,7 +17,7 @@ from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.db.queries import outbox as outbox_q
-from cloudtask.db.tables import jobs
+from cloudtask.db.tables import jobs, outbox
 
 JOB_COLUMNS = (
     jobs.c.seq,
@@ -128,37 +128,58 @@ class NewJob:
         return outbox_q.NewOutboxMessage(JOBS_CREATED, body.decode(), self.priority)
 
 
+def _row(job: NewJob) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "user_id": job.user_id,
+        "type": job.type,
+        "payload": job.payload,
+        "status": JobStatus.PENDING if job.is_due() else JobStatus.SCHEDULED,
+        "priority": job.priority,
+        "attempts": 0,
+        "dispatch_attempt": 1,
+        "max_attempts": job.max_attempts,
+        "timeout_seconds": job.timeout_seconds,
+        "run_at": job.run_at,
+        "schedule_id": job.schedule_id,
+        "cancel_requested": False,
+        "redeliveries": 0,
+        "created_at": job.created_at,
+        "updated_at": job.created_at,
+    }
+
+
 async def submit(conn: AsyncConnection, new_jobs: Sequence[NewJob]) -> list[outbox_q.OutboxRow]:
-    """Insert the jobs and, for those already due, their outbox messages.
+    """Insert the jobs and, for those already due, their outbox messages, atomically.
 
     Returns the outbox rows, to be published once the caller's transaction commits.
     """
-    await conn.execute(
-        insert(jobs),
-        [
-            {
-                "id": job.id,
-                "user_id": job.user_id,
-                "type": job.type,
-                "payload": job.payload,
-                "status": JobStatus.PENDING if job.is_due() else JobStatus.SCHEDULED,
-                "priority": job.priority,
-                "attempts": 0,
-                "dispatch_attempt": 1,
-                "max_attempts": job.max_attempts,
-                "timeout_seconds": job.timeout_seconds,
-                "run_at": job.run_at,
-                "schedule_id": job.schedule_id,
-                "cancel_requested": False,
-                "redeliveries": 0,
-                "created_at": job.created_at,
-                "updated_at": job.created_at,
-            }
-            for job in new_jobs
-        ],
-    )
     due = [job.message() for job in new_jobs if job.is_due()]
+    if conn.dialect.name == "postgresql" and len(new_jobs) == 1 and due:
+        return await _submit_one_statement(conn, new_jobs[0], due[0])
+    await conn.execute(insert(jobs), [_row(job) for job in new_jobs])
     return await outbox_q.add(conn, due, now=new_jobs[0].created_at) if due else []
+
+
+async def _submit_one_statement(
+    conn: AsyncConnection, job: NewJob, message: outbox_q.NewOutboxMessage
+) -> list[outbox_q.OutboxRow]:
+    # One statement is atomic by itself: with the job in a data-modifying CTE, a submission is
+    # one round trip, and needs no transaction around it (see session.single_statement).
+    new_job = insert(jobs).values(_row(job)).cte("new_job")
+    statement = (
+        insert(outbox)
+        .values(
+            queue=message.queue,
+            body=message.body,
+            priority=message.priority,
+            created_at=job.created_at,
+        )
+        .returning(outbox.c.id)
+        .add_cte(new_job)
+    )
+    outbox_id = (await conn.execute(statement)).scalar_one()
+    return [outbox_q.OutboxRow(outbox_id, message.queue, message.body, message.priority)]
 
 
 async def get(conn: AsyncConnection, job_id: UUID, user_id: UUID) -> JobRecord | None:
