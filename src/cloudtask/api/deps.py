@@ -12,7 +12,9 @@ from cloudtask.api.security import InvalidToken, Principal
 _bearer = HTTPBearer(auto_error=False, description="The JWT from /auth/register or /auth/login.")
 
 
-def _context(request: Request) -> ApiContext:
+async def _context(request: Request) -> ApiContext:
+    # async on purpose, as every dependency here: FastAPI runs a plain `def` dependency in its
+    # thread pool, a thread hop on every request.
     context: ApiContext = request.app.state.context
     return context
 
@@ -24,7 +26,6 @@ async def _principal(
     context: Context,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    # async on purpose: a plain `def` dependency would run in the thread pool on every request.
     if credentials is None:
         raise unauthorized("A Bearer token is required")
     try:

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, case, insert, select, update
+from sqlalchemy import Row, bindparam, case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloudtask.contracts.messages import JobCreated
@@ -161,24 +161,38 @@ async def submit(conn: AsyncConnection, new_jobs: Sequence[NewJob]) -> list[outb
     return await outbox_q.add(conn, due, now=new_jobs[0].created_at) if due else []
 
 
+_JOB_COLUMNS_SET = [
+    "id", "user_id", "type", "payload", "status", "priority", "attempts", "dispatch_attempt",
+    "max_attempts", "timeout_seconds", "run_at", "schedule_id", "cancel_requested",
+    "redeliveries", "created_at", "updated_at",
+]  # fmt: skip
+# Built once: executing a prepared construct skips building and hashing a statement per request.
+_SUBMIT_ONE = (
+    insert(outbox)
+    .values(
+        queue=bindparam("o_queue"),
+        body=bindparam("o_body"),
+        priority=bindparam("o_priority"),
+        created_at=bindparam("created_at"),
+    )
+    .returning(outbox.c.id)
+    .add_cte(
+        insert(jobs).values({name: bindparam(name) for name in _JOB_COLUMNS_SET}).cte("new_job")
+    )
+)
+
+
 async def _submit_one_statement(
     conn: AsyncConnection, job: NewJob, message: outbox_q.NewOutboxMessage
 ) -> list[outbox_q.OutboxRow]:
     # One statement is atomic by itself: with the job in a data-modifying CTE, a submission is
     # one round trip, and needs no transaction around it (see session.single_statement).
-    new_job = insert(jobs).values(_row(job)).cte("new_job")
-    statement = (
-        insert(outbox)
-        .values(
-            queue=message.queue,
-            body=message.body,
-            priority=message.priority,
-            created_at=job.created_at,
-        )
-        .returning(outbox.c.id)
-        .add_cte(new_job)
-    )
-    outbox_id = (await conn.execute(statement)).scalar_one()
+    params = _row(job) | {
+        "o_queue": message.queue,
+        "o_body": message.body,
+        "o_priority": message.priority,
+    }
+    outbox_id = (await conn.execute(_SUBMIT_ONE, params)).scalar_one()
     return [outbox_q.OutboxRow(outbox_id, message.queue, message.body, message.priority)]
 
 
