@@ -173,11 +173,13 @@ _SUBMIT_ONE = (
         queue=bindparam("o_queue"),
         body=bindparam("o_body"),
         priority=bindparam("o_priority"),
-        created_at=bindparam("created_at"),
+        created_at=bindparam("j_created_at"),
     )
     .returning(outbox.c.id)
     .add_cte(
-        insert(jobs).values({name: bindparam(name) for name in _JOB_COLUMNS_SET}).cte("new_job")
+        insert(jobs)
+        .values({name: bindparam(f"j_{name}") for name in _JOB_COLUMNS_SET})
+        .cte("new_job")
     )
 )
 
@@ -187,7 +189,7 @@ async def _submit_one_statement(
 ) -> list[outbox_q.OutboxRow]:
     # One statement is atomic by itself: with the job in a data-modifying CTE, a submission is
     # one round trip, and needs no transaction around it (see session.single_statement).
-    params = _row(job) | {
+    params = {f"j_{name}": value for name, value in _row(job).items()} | {
         "o_queue": message.queue,
         "o_body": message.body,
         "o_priority": message.priority,
