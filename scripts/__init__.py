@@ -1,0 +1,1 @@
+"""Developer scripts: benchmarks and load tests (not part of the cloudtask package)."""
