@@ -70,7 +70,10 @@ class OutboxPublisher:
             self._wake.clear()
             while self._pending:
                 batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
-                await self._publish(batch)
+                try:
+                    await self._publish(batch)
+                except Exception:  # the relay has the rows; this loop must go on
+                    log.exception("outbox publishing failed; the relay will send these rows")
             self._idle.set()
 
     async def drain(self, timeout: float = 5.0) -> None:
@@ -125,5 +128,7 @@ class OutboxPublisher:
                 pass
             except DatabaseUnavailable as exc:
                 log.warning("outbox relay could not reach the database: %s", exc)
+            except Exception:  # relaying must go on whatever one round met
+                log.exception("outbox relay failed; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)

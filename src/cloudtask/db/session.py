@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloudtask.errors import DatabaseUnavailable
@@ -20,6 +21,9 @@ def _translated() -> Iterator[None]:
         raise
     except (OSError, TimeoutError) as exc:
         raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
+    except PoolTimeout:
+        # Every pooled connection stayed busy past the pool's timeout: overloaded, for now.
+        raise DatabaseUnavailable("database: no connection free in the pool") from None
 
 
 @asynccontextmanager
