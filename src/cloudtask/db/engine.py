@@ -32,10 +32,13 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     full_url = async_url(url)
     if full_url.startswith("sqlite"):
         return _sqlite_engine(full_url)
+    # No overflow: an overflow connection is closed as soon as it is returned, so under load
+    # every request would open (and TLS-negotiate) a new one; waiting for a pooled connection
+    # is far cheaper.
     return create_async_engine(
         full_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"timeout": 5, "command_timeout": 60},
