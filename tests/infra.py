@@ -20,7 +20,9 @@ from cloudtask.db.migrate import upgrade
 PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RABBIT_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1:5672")
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
+# One Redis database per test process: tests flush it, and pytest-xdist runs several at once.
+_XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", str(15 - _XDIST_INDEX)))
 
 
 def pg_url(database: str) -> str:
