@@ -65,11 +65,8 @@ def new_job(body: JobCreate, user_id: uuid.UUID, now: datetime) -> jobs_q.NewJob
 async def store(context: ApiContext, new_jobs: Sequence[jobs_q.NewJob]) -> None:
     """Commit the jobs and their outbox messages, then hand the messages to the publisher."""
     # One job is one statement on PostgreSQL (no transaction needed); a batch is several.
-    scope = (
-        session.single_statement
-        if len(new_jobs) == 1 and new_jobs[0].is_due()
-        else (session.transaction)
-    )
+    one = len(new_jobs) == 1 and new_jobs[0].is_due()
+    scope = session.autocommit if one else session.transaction
     async with scope(context.db) as conn:
         rows = await jobs_q.submit(conn, new_jobs)
     context.outbox.submit(rows)

@@ -43,9 +43,10 @@ async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 
 @asynccontextmanager
-async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for work that is one statement, atomic by itself: on PostgreSQL it runs in
-    autocommit (no BEGIN and COMMIT round trips); elsewhere in a transaction."""
+async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection where each statement commits on its own, for work whose statements are each
+    atomic and idempotent: on PostgreSQL no BEGIN and COMMIT round trips. On SQLite, whose
+    queries do the same work in several statements, it is one transaction."""
     if engine.dialect.name != "postgresql":
         async with transaction(engine) as conn:
             yield conn

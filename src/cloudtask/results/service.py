@@ -97,7 +97,9 @@ class ResultsService:
         started = [e for e in events if isinstance(e, JobStarted)]
         finished = [self._finished(e) for e in events if isinstance(e, JobFinished)]
         now = utcnow()
-        async with session.transaction(self._db) as conn:
+        # Each statement is conditional and idempotent, and deliveries are acknowledged only after
+        # both: no transaction is needed around them (a crash between them redelivers the batch).
+        async with session.autocommit(self._db) as conn:
             # Started first: a batch holding both events of one attempt ends in the final state.
             running = await job_events.apply_started(conn, started, now=now)
             moved = await job_events.apply_finished(conn, finished, now=now)

@@ -188,7 +188,7 @@ async def _submit_one_statement(
     conn: AsyncConnection, job: NewJob, message: outbox_q.NewOutboxMessage
 ) -> list[outbox_q.OutboxRow]:
     # One statement is atomic by itself: with the job in a data-modifying CTE, a submission is
-    # one round trip, and needs no transaction around it (see session.single_statement).
+    # one round trip, and needs no transaction around it (see session.autocommit).
     params = {f"j_{name}": value for name, value in _row(job).items()} | {
         "o_queue": message.queue,
         "o_body": message.body,
