@@ -3,6 +3,7 @@ the back ends and hands them to each service."""
 
 import argparse
 import importlib
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = commands.add_parser("api", help="run the job-service (REST API)")
     _add_http(api, 8080)
+    api.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, to use more than one core (default 1)",
+    )
 
     worker = commands.add_parser("worker", help="run a worker (serves /metrics and /health)")
     _add_http(worker, 9091)
@@ -123,15 +130,21 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         return
     settings.require_jwt_secret()
     log.configure(args.command, settings.log_level, settings.log_format)
+    if args.command == "api" and args.workers > 1:
+        sock = serving.listening_socket(args.host, args.port)
+        serving.run_processes(
+            args.workers, lambda: serving.run(lambda: _api(settings, args.host, args.port, sock))
+        )
+        return
     commands = {"api": _api, "worker": _worker, "results": _results, "scheduler": _scheduler}
     serving.run(lambda: commands[args.command](settings, args.host, args.port))
 
 
-async def _api(settings: Settings, host: str, port: int) -> None:
+async def _api(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> None:
     backends = await open_backends(settings)
     try:
         app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
-        await serving.serve(app, host, port)
+        await serving.serve(app, host, port, sock=sock)
     finally:
         await backends.close()
 

@@ -2,11 +2,18 @@
 
 import asyncio
 import contextlib
+import logging
+import multiprocessing
+import os
 import signal
+import socket
+import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 import uvicorn
+
+log = logging.getLogger(__name__)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -19,14 +26,61 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         uvloop.run(main())
 
 
-async def serve(app: Any, host: str, port: int) -> None:
+async def serve(app: Any, host: str, port: int, *, sock: socket.socket | None = None) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then shut down gracefully and return (exit code 0,
-    where uvicorn alone would re-raise the signal)."""
+    where uvicorn alone would re-raise the signal). ``sock``: an already listening socket."""
     instance = server(app, host, port, handle_signals=False)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: setattr(instance, "should_exit", True))
-    await instance.serve()
+    await instance.serve(sockets=[sock] if sock is not None else None)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_processes(count: int, child: Callable[[], None]) -> None:
+    """Run ``child`` in ``count`` forked processes (which share sockets opened before), restart
+    one that dies, and stop them all on SIGTERM or SIGINT. Fork happens before any event loop
+    or connection exists in this process."""
+    context = multiprocessing.get_context("fork")
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    def start_child() -> None:
+        # Not the parent's handlers: the child stops itself (see serve) on the signals.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        child()
+
+    processes = [context.Process(target=start_child) for _ in range(count)]
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for process in processes:
+        process.start()
+    while True:
+        for index, process in enumerate(processes):
+            process.join(timeout=0.5)
+            if not process.is_alive() and not stopping:
+                log.warning("a server process exited (%s); starting another", process.exitcode)
+                time.sleep(1)
+                processes[index] = context.Process(target=start_child)
+                processes[index].start()
+        if stopping and not any(process.is_alive() for process in processes):
+            return
 
 
 def server(app: Any, host: str, port: int, *, handle_signals: bool = True) -> uvicorn.Server:

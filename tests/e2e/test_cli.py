@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.processes import CLOUDTASK, clean_env, processes
+from tests.e2e.processes import CLOUDTASK, Processes, clean_env, processes
 
 
 @pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler"])
@@ -57,3 +57,35 @@ def test_cloudtask_dev_runs_jobs_of_every_outcome(tmp_path: Path) -> None:
         assert saved.parent == tmp_path / "cloudtask-mail"
         assert "Subject: Hi" in saved.read_text()
         assert dev.stop() == 0
+
+
+def test_the_api_can_serve_one_port_from_several_processes(procs: Processes) -> None:
+    api = procs.start("api", "--workers", "2")
+    client = procs.client(api)
+    jobs = [client.submit(type="echo", payload=i) for i in range(20)]
+    assert len({job["id"] for job in jobs}) == 20
+    children = _children(api.proc.pid)
+    assert len(children) == 2
+    assert api.stop(timeout=30) == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
