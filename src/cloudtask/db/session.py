@@ -3,6 +3,7 @@
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -20,6 +21,9 @@ def _translated() -> Iterator[None]:
             raise DatabaseUnavailable(f"database: {type(exc.orig).__name__}") from None
         raise
     except (OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        # From the statements run on the asyncpg connection itself (the submission's hot path).
         raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
     except PoolTimeout:
         # Every pooled connection stayed busy past the pool's timeout: overloaded, for now.

@@ -10,8 +10,7 @@ from uuid import UUID
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloudtask.contracts import jsoncodec
-from cloudtask.contracts.messages import JobCreated
+from cloudtask.contracts.messages import job_created_body
 from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.db.queries import outbox as outbox_q
@@ -37,16 +36,16 @@ class Attempt:
     redeliveries: int = 0
 
     def message(self, now: datetime) -> outbox_q.NewOutboxMessage:
-        body = JobCreated(
+        body = job_created_body(
             job_id=self.id,
             user_id=self.user_id,
             type=self.type,
-            payload=jsoncodec.loads(self.payload),
+            payload_json=self.payload,
             priority=self.priority,
             attempt=self.attempt,
             timeout_seconds=self.timeout_seconds,
             enqueued_at=now,
-        ).encode()
+        )
         return outbox_q.NewOutboxMessage(JOBS_CREATED, body.decode(), self.priority)
 
 
