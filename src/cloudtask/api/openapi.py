@@ -58,7 +58,20 @@ def _rewrite(document: dict[str, Any]) -> dict[str, Any]:
             if "requestBody" in operation:
                 responses.setdefault("413", {**error, "description": _DESCRIPTIONS[413]})
             responses.setdefault("500", {**error, "description": _DESCRIPTIONS[500]})
-    schemas = document.get("components", {}).get("schemas", {})
+    components = document.setdefault("components", {})
+    components["securitySchemes"] = {
+        "HTTPBearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "The JWT from /auth/register or /auth/login.",
+        }
+    }
+    for path, path_item in document.get("paths", {}).items():
+        if path.startswith(("/jobs", "/schedules")):
+            for operation in path_item.values():
+                operation["security"] = [{"HTTPBearer": []}]
+    schemas = components.get("schemas", {})
     for name, schema in schemas.items():
         if name.startswith(("JobCreate", "Registration", "Credentials", "JobBatchCreate")):
             schema.setdefault("additionalProperties", True)
