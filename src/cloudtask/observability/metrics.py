@@ -33,6 +33,15 @@ class ServiceMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def outbox_counter(self) -> "Counter":
+        """For the services that publish outbox messages (the API and the scheduler)."""
+        return Counter(
+            "cloudtask_outbox_published_total",
+            "Outbox messages published and confirmed by the broker, by the service that did.",
+            ["service"],
+            registry=self.registry,
+        ).labels(self.service)
+
 
 class _Merged(Collector):
     def __init__(self, services: Sequence[ServiceMetrics]) -> None:
@@ -173,12 +182,7 @@ class SchedulerMetrics(ServiceMetrics):
             ["reason"],
             registry=self.registry,
         )
-        self.outbox_published = Counter(
-            "cloudtask_outbox_published_total",
-            "Outbox messages published and confirmed by the broker, by the service that did.",
-            ["service"],
-            registry=self.registry,
-        ).labels(self.service)
+        self.outbox_published = self.outbox_counter()
 
 
 class ApiMetrics(ServiceMetrics):
@@ -203,12 +207,7 @@ class ApiMetrics(ServiceMetrics):
             ["type"],
             registry=self.registry,
         )
-        self.outbox_published = Counter(
-            "cloudtask_outbox_published_total",
-            "Outbox messages published and confirmed by the broker, by the service that did.",
-            ["service"],
-            registry=self.registry,
-        ).labels(self.service)
+        self.outbox_published = self.outbox_counter()
         self.logins = Counter(
             "cloudtask_logins_total",
             "Login attempts, by outcome (ok, invalid, throttled).",
