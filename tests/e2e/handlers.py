@@ -12,6 +12,19 @@ def double(payload: Any) -> Any:
     return {"doubled": payload["n"] * 2}
 
 
+_calls: dict[str, int] = {}
+
+
+@job_handler("e2e.flaky")
+def flaky(payload: Any) -> Any:
+    """Fails the first time it sees a key (in this worker process), then succeeds."""
+    key = str(payload["key"])
+    _calls[key] = _calls.get(key, 0) + 1
+    if _calls[key] == 1:
+        raise RuntimeError("first attempt fails")
+    return {"calls": _calls[key]}
+
+
 @job_handler("e2e.block")
 async def block(payload: Any) -> str:
     await asyncio.sleep(float(payload.get("seconds", 600)))
