@@ -9,6 +9,7 @@ from uuid import UUID
 import pytest
 
 from cloudtask.broker.base import OutgoingMessage
+from cloudtask.contracts.jsoncodec import MAX_DEPTH
 from cloudtask.contracts.messages import JobFinished
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_DEAD
 from cloudtask.contracts.timefmt import utcnow
@@ -29,6 +30,12 @@ class Handlers:
     async def surrogate(self, payload: Any) -> Any:
         raise ValueError("half a pair: \ud800")
 
+    async def deep(self, payload: Any) -> Any:
+        result: list[Any] = []
+        for _ in range(300):  # past what the results-processor can parse
+            result = [result]
+        return result
+
     async def wait(self, payload: Any) -> Any:
         self.waiting.set()
         await self.release.wait()
@@ -43,9 +50,21 @@ def handlers() -> Handlers:
 @pytest.fixture
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
     registry = HandlerRegistry()
-    for name in ("nul", "surrogate", "wait"):
+    for name in ("nul", "surrogate", "deep", "wait"):
         registry.register(name, getattr(handlers, name))
     return registry
+
+
+async def test_a_result_nested_deeper_than_json_may_be_fails_the_job_instead_of_losing_it(
+    stack: Stack,
+) -> None:
+    # Reported as it is, the results-processor could not parse the event and the job would
+    # stay RUNNING until its lease ran out, attempt after attempt.
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="deep", payload={}, maxAttempts=1)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert done["status"] == "FAILED"
+    assert done["error"] == f"the handler's result is nested more than {MAX_DEPTH} levels deep"
 
 
 async def test_an_error_message_holding_a_nul_character_still_fails_the_job(

@@ -1,6 +1,7 @@
 """Everything a request may use, built once by the app factory from the injected back ends."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -12,6 +13,22 @@ from cloudtask.observability.metrics import ApiMetrics
 from cloudtask.outbox import OutboxPublisher
 from cloudtask.policies.login_throttle import LoginThrottle
 from cloudtask.settings import Settings
+
+
+class KnownUsers:
+    """User ids this process has seen in the database, at most ``limit`` (then it starts over)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._ids: set[UUID] = set()
+        self._limit = limit
+
+    def __contains__(self, user_id: UUID) -> bool:
+        return user_id in self._ids
+
+    def add(self, user_id: UUID) -> None:
+        if len(self._ids) >= self._limit:
+            self._ids.clear()
+        self._ids.add(user_id)
 
 
 @dataclass
@@ -26,3 +43,4 @@ class ApiContext:
     idempotency: IdempotencyStore
     throttle: LoginThrottle
     metrics: ApiMetrics
+    known_users: KnownUsers = field(default_factory=KnownUsers)

@@ -7,6 +7,8 @@ from fastapi import Depends, Request
 from cloudtask.api.context import ApiContext
 from cloudtask.api.errors import unauthorized
 from cloudtask.api.security import InvalidToken, Principal
+from cloudtask.db import session
+from cloudtask.db.queries import users as users_q
 
 
 async def _context(request: Request) -> ApiContext:
@@ -28,9 +30,17 @@ async def _principal(request: Request) -> Principal:
         raise unauthorized("A Bearer token is required")
     context: ApiContext = request.app.state.context
     try:
-        return context.tokens.verify(token.strip())
+        principal = context.tokens.verify(token.strip())
     except InvalidToken:
         raise unauthorized("The token is invalid or expired") from None
+    # A well-signed token may name a user that no longer exists (removed by an operator). Each
+    # process asks the database once per user; after that the check is a set lookup.
+    if principal.user_id not in context.known_users:
+        async with session.reading(context.db) as conn:
+            if not await users_q.exists(conn, principal.user_id):
+                raise unauthorized("The token's user does not exist")
+        context.known_users.add(principal.user_id)
+    return principal
 
 
 CurrentUser = Annotated[Principal, Depends(_principal)]

@@ -7,15 +7,18 @@ import time
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloudtask.api.errors import error_response
 from cloudtask.observability.metrics import ApiMetrics
 
 MAX_BODY_BYTES = 1024 * 1024
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``limit`` bytes with a 413, by ``Content-Length`` or while reading."""
+    """Refuses bodies over ``limit`` bytes with a 413: at once when ``Content-Length`` says so
+    (on every route, whether it reads a body or not), else while the body is read."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -32,14 +35,15 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.limit:
-                    scope["cloudtask.body_too_large"] = True
+                    too_large = _too_large(self.limit)
+                    response = error_response(Request(scope), 413, str(too_large.detail))
+                    await response(scope, receive, send)
+                    return
                 break
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
-            if scope.get("cloudtask.body_too_large"):
-                raise _too_large(self.limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

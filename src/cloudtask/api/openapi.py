@@ -55,9 +55,10 @@ def _rewrite(document: dict[str, Any]) -> dict[str, Any]:
                 responses.setdefault("400", {**error, "description": _DESCRIPTIONS[400]})
             if "requestBody" in operation:
                 responses.setdefault("400", {**error, "description": _DESCRIPTIONS[400]})
-            if "requestBody" in operation:
-                responses.setdefault("413", {**error, "description": _DESCRIPTIONS[413]})
-            responses.setdefault("500", {**error, "description": _DESCRIPTIONS[500]})
+            # Any route: a declared body over the limit is refused before routing, and any route
+            # that reaches PostgreSQL, RabbitMQ or Redis answers 503 while one is down.
+            for code in (413, 500, 503):
+                responses.setdefault(str(code), {**error, "description": _DESCRIPTIONS[code]})
     components = document.setdefault("components", {})
     components["securitySchemes"] = {
         "HTTPBearer": {

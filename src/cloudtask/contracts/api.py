@@ -42,6 +42,17 @@ EMAIL_PATTERN = (
 Rfc3339 = Annotated[datetime, BeforeValidator(parse_rfc3339)]
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000; refused here on every back end alike.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_no_nul)]
+"""A string stored in a text column (payloads are JSON text, where U+0000 is escaped)."""
+
+
 def _integral(value: Any) -> Any:
     # JSON has one number type: 5.0 is the integer 5 (as JSON Schema says), 5.5 is not, and
     # neither true nor "5" is a number at all.
@@ -70,7 +81,7 @@ class Body(BaseModel):
 
 
 class Credentials(Body):
-    email: StrictStr
+    email: Text
     password: StrictStr
 
 
@@ -139,9 +150,9 @@ class JobBatchCreate(Body):
 class ScheduleCreate(Body):
     model_config = ConfigDict(json_schema_extra=_payload_rules)
 
-    name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
     cron: Annotated[
-        StrictStr,
+        Text,
         Field(
             min_length=1,
             max_length=200,
@@ -151,7 +162,7 @@ class ScheduleCreate(Body):
             json_schema_extra={"pattern": CRON_SHAPE},
         ),
     ]
-    timezone: Annotated[StrictStr, Field(min_length=1, max_length=64)] = "UTC"
+    timezone: Annotated[Text, Field(min_length=1, max_length=64)] = "UTC"
     type: Annotated[StrictStr, Field(pattern=TYPE_PATTERN)]
     payload: Payload = None
     priority: Annotated[int, Field(ge=0, le=9), IntegralFloat] = 5

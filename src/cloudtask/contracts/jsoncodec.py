@@ -4,10 +4,17 @@ Python's parser accepts ``NaN`` and ``Infinity`` and turns ``1e400`` into infini
 JSON, so they are refused here. Integers keep their exact value (orjson would turn big ones into
 floats), so a payload is stored as submitted. Writing uses orjson for speed and falls back to the
 standard library for the integers orjson cannot hold.
+
+Two more limits keep every accepted document one that the rest of the system can carry: no string
+may hold an unpaired UTF-16 surrogate (``"\\ud800"`` is valid JSON text but not Unicode, and no
+UTF-8 encoder writes it), and nesting is at most :data:`MAX_DEPTH` levels (the message parsers of
+the worker and the results-processor stop at about 250, so a deeper payload would be accepted but
+never run).
 """
 
 import json
 import math
+import re
 from typing import Any
 
 import orjson
@@ -39,6 +46,11 @@ def _exact_int(text: str) -> int:
         raise InvalidJSON(f"integer of {len(text)} digits is too long") from None
 
 
+MAX_DEPTH = 128
+"""The deepest nesting of arrays and objects a document may have."""
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
 _decoder = json.JSONDecoder(
     parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_exact_int
 )
@@ -55,9 +67,49 @@ def loads(data: bytes | str) -> Any:
         raise InvalidJSON(exc.msg, exc.doc, exc.pos) from None
     except UnicodeDecodeError:
         raise InvalidJSON("the body is not UTF-8") from None
+    except RecursionError:
+        raise InvalidJSON(f"nested more than {MAX_DEPTH} levels deep") from None
     if _skip_space(text, end) != len(text):
         raise InvalidJSON(f"extra data after the JSON value at position {end}")
+    # Both checks walk the value only when the text could break them: rare, and cheap otherwise.
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise InvalidJSON("a string holds an unpaired UTF-16 surrogate, which is not Unicode")
+    if text.count("[") + text.count("{") > MAX_DEPTH and too_deep(value):
+        raise InvalidJSON(f"nested more than {MAX_DEPTH} levels deep")
     return value
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels deep in ``value``."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            if isinstance(item, (list, dict))
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, (list, dict))
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _skip_space(text: str, pos: int) -> int:

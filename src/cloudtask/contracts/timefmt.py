@@ -31,7 +31,10 @@ def parse_rfc3339(value: object) -> datetime:
         parsed = datetime.fromisoformat(f"{date}T{clock}{fraction}{offset}")
     except ValueError:
         raise ValueError("is not a valid calendar time") from None
-    return (parsed + timedelta(seconds=1) if leap else parsed).astimezone(UTC)
+    try:
+        return (parsed + timedelta(seconds=1) if leap else parsed).astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        raise ValueError("is out of range: in UTC it must fall within years 1 to 9999") from None
 
 
 def format_rfc3339(value: datetime | None) -> str | None:

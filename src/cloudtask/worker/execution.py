@@ -85,12 +85,18 @@ def failure(exc: BaseException) -> Outcome:
 
 def _completed(result: Any) -> Outcome:
     try:
-        size = len(jsoncodec.dumps(result))
+        text = jsoncodec.dumps(result)
     except (TypeError, ValueError):
         return Outcome("failed", error="the handler's result is not JSON-serializable")
-    if size > MAX_RESULT_BYTES:
+    if len(text) > MAX_RESULT_BYTES:
         return Outcome(
             "failed", error=f"the handler's result is larger than {MAX_RESULT_BYTES} bytes"
+        )
+    # Deeper than this, the results-processor could not parse the report (see jsoncodec).
+    if text.count(b"[") + text.count(b"{") > jsoncodec.MAX_DEPTH and jsoncodec.too_deep(result):
+        return Outcome(
+            "failed",
+            error=f"the handler's result is nested more than {jsoncodec.MAX_DEPTH} levels deep",
         )
     return Outcome("completed", result=result)
 

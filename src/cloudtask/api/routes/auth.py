@@ -25,6 +25,7 @@ def _auth_response(
     context: Context, user_id: uuid.UUID, email: str, code: int
 ) -> JSONBytesResponse:
     token = context.tokens.issue(user_id, email)
+    context.known_users.add(user_id)  # the user exists: no need to ask on their first request
     body = {
         "token": token,
         "accessToken": token,

@@ -51,3 +51,8 @@ async def find_by_email(conn: AsyncConnection, email: str) -> UserRecord | None:
         )
     ).first()
     return None if row is None else UserRecord(row.id, row.email, row.password_hash)
+
+
+async def exists(conn: AsyncConnection, user_id: UUID) -> bool:
+    row = (await conn.execute(select(users.c.id).where(users.c.id == user_id))).first()
+    return row is not None

@@ -1,0 +1,173 @@
+"""Inputs that are valid JSON or a valid token, yet nothing the system could store or carry:
+each is a clear 4xx in the error body, never a 500."""
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from cloudtask.api.app import create_app
+from cloudtask.api.security import TokenService
+from cloudtask.contracts.jsoncodec import MAX_DEPTH
+from cloudtask.settings import Settings
+from tests.conftest import JWT_SECRET, Backends
+from tests.helpers import Client, assert_error, unique_email
+
+SCHEDULE = {"name": "nightly", "cron": "0 3 * * *", "type": "echo"}
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("run_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_a_run_at_outside_the_years_utc_can_hold_is_400(client: Client, run_at: str) -> None:
+    token = await client.register()
+    single = await client.http.post(
+        "/jobs", json={"type": "echo", "runAt": run_at}, headers=client.auth(token)
+    )
+    assert [d["field"] for d in assert_error(single, 400, "/jobs")["details"]] == ["runAt"]
+    batch = await client.http.post(
+        "/jobs/batch",
+        json={"jobs": [{"type": "echo"}, {"type": "echo", "runAt": run_at}]},
+        headers=client.auth(token),
+    )
+    assert [d["field"] for d in assert_error(batch, 400)["details"]] == ["jobs[1].runAt"]
+    assert (await client.http.get("/jobs", headers=client.auth(token))).json() == []
+
+
+async def test_the_extreme_times_utc_can_hold_are_accepted(client: Client) -> None:
+    token = await client.register()
+    job = await client.create_job(token, runAt="9999-12-31T23:59:59Z")
+    assert (job["status"], job["runAt"]) == ("SCHEDULED", "9999-12-31T23:59:59Z")
+    job = await client.create_job(token, runAt="0001-01-01T00:00:00Z")
+    assert job["status"] == "PENDING"
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ("/auth/login", '{"email": "\\ud800@example.com", "password": "long-enough"}'),
+        ("/auth/register", '{"email": "a@example.com", "password": "long-enough\\udc00"}'),
+        ("/jobs", '{"type": "echo", "payload": {"text": "half a pair: \\ud83d"}}'),
+        ("/jobs", '{"type": "echo", "payload": {"\\udfff": 1}}'),
+    ],
+)
+async def test_an_unpaired_surrogate_anywhere_is_a_400_malformed_body(
+    client: Client, path: str, text: str
+) -> None:
+    token = await client.register()
+    headers = {**client.auth(token), "Content-Type": "application/json"}
+    response = await client.http.post(path, content=text.encode(), headers=headers)
+    error = assert_error(response, 400, path)
+    assert error["details"][0]["field"] == "body"
+    assert "surrogate" in error["details"][0]["message"]
+
+
+async def test_a_surrogate_pair_and_an_escaped_backslash_u_are_ordinary_text(
+    client: Client,
+) -> None:
+    token = await client.register()
+    text = '{"type": "echo", "payload": ["\\ud83d\\ude00", "\\\\ud800"]}'
+    headers = {**client.auth(token), "Content-Type": "application/json"}
+    response = await client.http.post("/jobs", content=text.encode(), headers=headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["payload"] == ["\U0001f600", "\\ud800"]
+
+
+async def test_nul_in_a_stored_text_field_is_400_and_in_a_payload_is_data(client: Client) -> None:
+    token = await client.register()
+    login = await client.http.post(
+        "/auth/login", json={"email": "a\x00b@example.com", "password": "long-enough"}
+    )
+    assert [d["field"] for d in assert_error(login, 400)["details"]] == ["email"]
+    for field in ("name", "cron", "timezone"):
+        body = {**SCHEDULE, field: f"{SCHEDULE.get(field, 'UTC')}\x00"}
+        response = await client.http.post("/schedules", json=body, headers=client.auth(token))
+        assert field in [d["field"] for d in assert_error(response, 400)["details"]]
+    job = await client.create_job(token, payload={"nul": "a\x00b"})
+    assert job["payload"] == {"nul": "a\x00b"}
+    assert (await client.get_job(token, job["id"]))["payload"] == {"nul": "a\x00b"}
+
+
+async def test_nesting_up_to_the_limit_is_accepted_and_deeper_is_a_400(client: Client) -> None:
+    token = await client.register()
+    headers = {**client.auth(token), "Content-Type": "application/json"}
+    # The body object is one level, so the payload may nest one level less than the limit.
+    fits = f'{{"type": "echo", "payload": {_nested(MAX_DEPTH - 1)}}}'
+    response = await client.http.post("/jobs", content=fits.encode(), headers=headers)
+    assert response.status_code == 201, response.text
+    for depth in (MAX_DEPTH, 5000):
+        deep = f'{{"type": "echo", "payload": {_nested(depth)}}}'
+        for path in ("/jobs", "/auth/register"):
+            response = await client.http.post(path, content=deep.encode(), headers=headers)
+            error = assert_error(response, 400, path)
+            assert error["details"][0]["field"] == "body"
+            assert "nested" in error["details"][0]["message"]
+    listed = (await client.http.get("/jobs", headers=client.auth(token))).json()
+    assert len(listed) == 1
+
+
+async def test_a_well_signed_token_of_a_user_that_does_not_exist_is_401(client: Client) -> None:
+    ghost = TokenService(JWT_SECRET, 3600).issue(uuid.uuid4(), "ghost@example.com")
+    headers = client.auth(ghost)
+    calls: list[tuple[str, str, Any]] = [
+        ("GET", "/jobs", None),
+        ("POST", "/jobs", {"type": "echo"}),
+        ("POST", "/jobs/batch", {"jobs": [{"type": "echo"}]}),
+        ("GET", "/schedules", None),
+        ("POST", "/schedules", SCHEDULE),
+    ]
+    for method, path, body in calls:
+        response = await client.http.request(method, path, json=body, headers=headers)
+        assert_error(response, 401, path)
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/jobs"), ("POST", "/jobs/{id}/cancel"), ("GET", "/no/such/route")],
+)
+async def test_a_body_over_1_mib_is_413_on_every_route(
+    client: Client, method: str, path: str
+) -> None:
+    token = await client.register()
+    job = await client.create_job(token)
+    path = path.format(id=job["id"])
+    response = await client.http.request(
+        method, path, content=b"x" * (1024 * 1024 + 1), headers=client.auth(token)
+    )
+    assert_error(response, 413, path)
+    assert (await client.get_job(token, job["id"]))["status"] != "CANCELLED"
+
+
+async def test_every_operation_documents_413_and_503_in_the_error_body(client: Client) -> None:
+    document = (await client.http.get("/openapi.json")).json()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for code in ("413", "500", "503"):
+                assert code in operation["responses"], (method, path, code)
+
+
+async def test_an_unexpected_error_is_a_500_in_the_error_body_and_ends_there(
+    backends: Backends, settings: Settings
+) -> None:
+    # The exception does not reach the server (which would drop the keep-alive connection).
+    app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    FastAPI.add_api_route(app, "/broken", broken)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.get("/broken")
+        body = assert_error(response, 500, "/broken")
+        assert "boom" not in response.text and body["message"]
+        email = unique_email()
+        registered = await http.post(
+            "/auth/register", json={"email": email, "password": "long-enough"}
+        )
+        assert registered.status_code == 201
