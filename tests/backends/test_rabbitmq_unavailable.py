@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from cloudtask.broker.rabbitmq import RabbitMQBroker
-from cloudtask.contracts.queues import JOBS_CREATED
+from cloudtask.contracts.queues import JOBS_CREATED, JOBS_DEAD
 from cloudtask.errors import BrokerUnavailable
 
 CLOSED_PORT_URL = "amqp://guest:guest@127.0.0.1:1/"
@@ -42,5 +42,21 @@ async def test_a_broker_that_cannot_connect_starts_and_refuses_to_publish() -> N
         assert await broker.ping() is False
         with pytest.raises(BrokerUnavailable):
             await broker.get(JOBS_CREATED)
+    finally:
+        await broker.close()
+
+
+async def test_a_publish_no_queue_takes_raises_instead_of_vanishing(rabbit_url: str) -> None:
+    # Mandatory publishes: if an operator deleted a queue, the message comes back and the
+    # publisher hears of it (the outbox keeps the row), rather than RabbitMQ dropping it.
+    broker = RabbitMQBroker(rabbit_url)
+    await broker.start()
+    try:
+        await broker.wait_connected(10)
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish("cloudtask.test.no-such-queue", b"{}")
+        before = await broker.stats(JOBS_DEAD)
+        await broker.publish(JOBS_DEAD, b"{}")  # the channel is still usable
+        assert (await broker.stats(JOBS_DEAD)).messages == before.messages + 1
     finally:
         await broker.close()

@@ -10,10 +10,11 @@ messages.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -36,6 +37,7 @@ from cloudtask.errors import BrokerUnavailable
 log = logging.getLogger(__name__)
 
 BROKER_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError)
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
 def queue_arguments(name: str) -> dict[str, Any]:
@@ -162,11 +164,24 @@ class RabbitMQBroker(Broker):
         if not messages:
             return
         channel = self._publishing_channel()
-        exchange = channel.default_exchange
         try:
             async with asyncio.timeout(self._publish_timeout):
+                # Straight to aiormq's channel, as aio-pika's Exchange.publish does in the end,
+                # without building an aio_pika.Message per publish: that object (validated,
+                # lock-checked attributes) cost about a tenth of the api's and the worker's CPU.
+                # Mandatory, and the channel raises on a returned message: an unroutable
+                # publish is an error, not a silent loss.
+                underlay = await channel.get_underlay_channel()
                 await asyncio.gather(
-                    *(exchange.publish(_amqp_message(m), routing_key=m.queue) for m in messages)
+                    *(
+                        underlay.basic_publish(
+                            m.body,
+                            routing_key=m.queue,
+                            properties=_properties(m),
+                            mandatory=True,
+                        )
+                        for m in messages
+                    )
                 )
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from None
@@ -239,12 +254,11 @@ class RabbitMQBroker(Broker):
         return True
 
 
-def _amqp_message(message: OutgoingMessage) -> aio_pika.Message:
-    headers: Mapping[str, Any] = message.headers
-    return aio_pika.Message(
-        message.body,
+def _properties(message: OutgoingMessage) -> aiormq.spec.Basic.Properties:
+    # A new object each time: aiormq writes a message id into it.
+    return aiormq.spec.Basic.Properties(
         content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        delivery_mode=PERSISTENT,
         priority=message.priority,
-        headers=dict(headers) or None,
+        headers=dict(message.headers) or None,
     )
