@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"cloudtask: {exc}", file=sys.stderr)  # noqa: T201 - the one-line start-up error
         sys.exit(2)
+    except serving.PortUnavailable as exc:
+        print(f"cloudtask: {exc}", file=sys.stderr)  # noqa: T201 - the one-line start-up error
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
 

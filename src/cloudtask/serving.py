@@ -16,6 +16,22 @@ import uvicorn
 log = logging.getLogger(__name__)
 
 
+class PortUnavailable(Exception):
+    """The HTTP server could not listen on its address (the port is taken, say)."""
+
+
+async def _serve_http(
+    instance: uvicorn.Server, host: str, port: int, sockets: list[socket.socket] | None = None
+) -> None:
+    # uvicorn calls sys.exit() when it cannot listen. Out of a task, that SystemExit ends the
+    # event loop with every other task still running, and the process then hangs forever
+    # waiting for them to cancel; as an ordinary exception its caller stops what it started.
+    try:
+        await instance.serve(sockets=sockets)
+    except SystemExit:
+        raise PortUnavailable(f"cannot serve HTTP on {host}:{port} (see the error above)") from None
+
+
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``main`` on uvloop where it is installed, else on asyncio's loop."""
     try:
@@ -33,7 +49,7 @@ async def serve(app: Any, host: str, port: int, *, sock: socket.socket | None = 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: setattr(instance, "should_exit", True))
-    await instance.serve(sockets=[sock] if sock is not None else None)
+    await _serve_http(instance, host, port, [sock] if sock is not None else None)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -120,7 +136,7 @@ async def run_until_signalled(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     http = server(status, host, port, handle_signals=False)
-    http_task = asyncio.create_task(http.serve(), name="status-server")
+    http_task = asyncio.create_task(_serve_http(http, host, port), name="status-server")
     stopped = asyncio.create_task(stop.wait())
     # Starting may wait for a broker that is down; a signal meanwhile still stops the process.
     starting = asyncio.create_task(service.start(), name="service-start")
@@ -137,6 +153,9 @@ async def run_until_signalled(
     if not stopped.done():
         await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
-    await service.stop(grace)
+    unservable = http_task.done() and not http_task.cancelled() and http_task.exception()
+    await service.stop(0 if unservable else grace)
     http.should_exit = True
     await asyncio.gather(http_task, return_exceptions=True)
+    if unservable:
+        raise unservable

@@ -1,5 +1,6 @@
 """Starting services: settings refused at start, and `cloudtask dev` running jobs end to end."""
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -38,6 +39,33 @@ def test_a_misspelled_setting_is_refused_in_one_line() -> None:
     assert done.stderr.strip().count("\n") == 0
     assert "CLOUDTASK_WORKER_CONCURENCY" in done.stderr
     assert "CLOUDTASK_WORKER_CONCURRENCY" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler", "dev"])
+def test_a_service_whose_port_is_taken_exits_at_once_saying_so(
+    command: str, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    # uvicorn exits the process when it cannot listen; a worker once kept running without its
+    # /health, deaf to SIGTERM. Now every service stops what it started and exits 1.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        extra = ["--db", str(tmp_path / "dev.db")] if command == "dev" else []
+        done = subprocess.run(
+            [CLOUDTASK, command, "--host", "127.0.0.1", "--port", port, *extra],
+            env=service_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"cloudtask: cannot serve HTTP on 127.0.0.1:{port} (see the error above)"
+    assert "address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_cloudtask_dev_runs_jobs_of_every_outcome(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloudtask.broker.base import Broker
+from cloudtask.cancellation import cancel_and_wait
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.queries import dispatch as dispatch_q
@@ -83,9 +84,7 @@ class SchedulerService:
         self.leadership.changed.set()
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await cancel_and_wait(self._background)
         await self.outbox.drain()
         self.outbox.stop()
         await asyncio.gather(*self._outbox_tasks, return_exceptions=True)
