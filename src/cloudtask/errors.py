@@ -31,6 +31,10 @@ class NotFound(CloudTaskError):
     """It was not found."""
 
 
+class UnknownUser(CloudTaskError):
+    """The user does not exist (any more)."""
+
+
 class InvalidState(CloudTaskError):
     """The operation is not allowed in the current state."""
 

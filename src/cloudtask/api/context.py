@@ -1,5 +1,6 @@
 """Everything a request may use, built once by the app factory from the injected back ends."""
 
+import time
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -16,19 +17,22 @@ from cloudtask.settings import Settings
 
 
 class KnownUsers:
-    """User ids this process has seen in the database, at most ``limit`` (then it starts over)."""
+    """User ids this process found in the database within the last ``ttl`` seconds (at most
+    ``limit`` of them), so that a token's user is looked up once a minute, not per request."""
 
-    def __init__(self, limit: int = 100_000) -> None:
-        self._ids: set[UUID] = set()
+    def __init__(self, ttl: float = 60.0, limit: int = 100_000) -> None:
+        self._seen: dict[UUID, float] = {}
+        self._ttl = ttl
         self._limit = limit
 
     def __contains__(self, user_id: UUID) -> bool:
-        return user_id in self._ids
+        seen = self._seen.get(user_id)
+        return seen is not None and time.monotonic() - seen < self._ttl
 
     def add(self, user_id: UUID) -> None:
-        if len(self._ids) >= self._limit:
-            self._ids.clear()
-        self._ids.add(user_id)
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen[user_id] = time.monotonic()
 
 
 @dataclass

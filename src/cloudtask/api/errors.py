@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.contracts.timefmt import format_rfc3339, utcnow
-from cloudtask.errors import BrokerUnavailable, DatabaseUnavailable, KVUnavailable
+from cloudtask.errors import BrokerUnavailable, DatabaseUnavailable, KVUnavailable, UnknownUser
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,12 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     return error_response(request, 503, "A dependency is unavailable; try again shortly")
 
 
+async def _unknown_user(request: Request, exc: Exception) -> Response:
+    del exc  # a well-signed token of a user removed since: as good as no token
+    error = unauthorized("The token's user does not exist")
+    return error_response(request, error.status, error.message, headers=error.headers)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(request, 500, "An unexpected error occurred")
@@ -180,6 +186,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(UnknownUser, _unknown_user)
     for unavailable in (BrokerUnavailable, DatabaseUnavailable, KVUnavailable):
         app.add_exception_handler(unavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -24,8 +24,13 @@ class SleepPayload(_Payload):
     seconds: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)]
 
 
+EMAIL_ADDRESS = r"^[^@\t\n\v\f\r ]+@[^@\t\n\v\f\r ]+$"
+
+
 class EmailPayload(_Payload):
-    to: Annotated[StrictStr, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    # The ASCII spaces listed, not \s: which characters \s means differs between the server's
+    # regex engine and a client's ECMA-262 one (U+0085), and the OpenAPI document must agree.
+    to: Annotated[StrictStr, Field(min_length=3, max_length=320, pattern=EMAIL_ADDRESS)]
     subject: Annotated[StrictStr, Field(max_length=998)]
     body: StrictStr = ""
 

@@ -10,7 +10,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import Row, case, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloudtask.contracts.messages import job_created_body
@@ -18,6 +20,7 @@ from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.db.tables import jobs
+from cloudtask.errors import UnknownUser
 
 JOB_COLUMNS = (
     jobs.c.seq,
@@ -155,9 +158,14 @@ async def submit(conn: AsyncConnection, new_jobs: Sequence[NewJob]) -> list[outb
     Returns the outbox rows, to be published once the caller's transaction commits.
     """
     due = [job.message() for job in new_jobs if job.is_due()]
-    if conn.dialect.name == "postgresql" and len(new_jobs) == 1 and due:
-        return await _submit_one_statement(conn, new_jobs[0], due[0])
-    await conn.execute(insert(jobs), [_row(job) for job in new_jobs])
+    # The only constraint a new job can break is the foreign key to its user (ids are random):
+    # a token that outlived its user.
+    try:
+        if conn.dialect.name == "postgresql" and len(new_jobs) == 1 and due:
+            return await _submit_one_statement(conn, new_jobs[0], due[0])
+        await conn.execute(insert(jobs), [_row(job) for job in new_jobs])
+    except (IntegrityError, asyncpg.ForeignKeyViolationError):
+        raise UnknownUser from None
     return await outbox_q.add(conn, due, now=new_jobs[0].created_at) if due else []
 
 

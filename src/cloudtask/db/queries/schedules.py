@@ -7,9 +7,11 @@ from uuid import UUID
 
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloudtask.db.tables import schedule_firings, schedules
+from cloudtask.errors import UnknownUser
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,10 @@ class ScheduleRecord:
 
 async def create(conn: AsyncConnection, record: ScheduleRecord) -> None:
     values = {name: getattr(record, name) for name in ScheduleRecord.__slots__}
-    await conn.execute(insert(schedules).values(**values))
+    try:
+        await conn.execute(insert(schedules).values(**values))
+    except IntegrityError:  # the foreign key to the user: a token that outlived its user
+        raise UnknownUser from None
 
 
 async def get(conn: AsyncConnection, schedule_id: UUID, user_id: UUID) -> ScheduleRecord | None:
