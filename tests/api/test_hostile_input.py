@@ -3,6 +3,7 @@ each is a clear 4xx in the error body, never a 500."""
 
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import delete
 
+from cloudtask.api import context as api_context
 from cloudtask.api.app import create_app
 from cloudtask.api.security import TokenService
 from cloudtask.contracts.jsoncodec import MAX_DEPTH
@@ -144,7 +146,7 @@ async def test_a_token_that_outlived_its_user_is_401_for_writes_at_once_and_read
         assert response.headers["WWW-Authenticate"] == "Bearer"
     # Reads trust a user found in the last minute; after that the lookup is made again.
     later = time.monotonic() + 61
-    monkeypatch.setattr(time, "monotonic", lambda: later)
+    monkeypatch.setattr(api_context, "time", SimpleNamespace(monotonic=lambda: later))
     response = await client.http.get("/jobs", headers=client.auth(token))
     assert_error(response, 401, "/jobs")
 
