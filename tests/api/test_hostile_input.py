@@ -3,6 +3,7 @@ each is a clear 4xx in the error body, never a 500."""
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -166,6 +167,36 @@ async def test_a_body_over_1_mib_is_413_on_every_route(
     )
     assert_error(response, 413, path)
     assert (await client.get_job(token, job["id"]))["status"] != "CANCELLED"
+
+
+async def _chunks(total: int, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    sent = 0
+    while sent < total:
+        chunk = b" " * min(size, total - sent)
+        sent += len(chunk)
+        yield chunk
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/jobs"), ("POST", "/jobs")])
+async def test_a_chunked_body_over_1_mib_is_413_and_under_it_is_read_as_usual(
+    client: Client, method: str, path: str
+) -> None:
+    token = await client.register()
+    headers = client.auth(token)
+    response = await client.http.request(
+        method, path, content=_chunks(1024 * 1024 + 1), headers=headers
+    )
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert_error(response, 413, path)
+    body = b'{"type": "echo", "payload": "chunked"}'
+
+    async def small() -> AsyncIterator[bytes]:
+        yield body[:10]
+        yield body[10:]
+
+    created = await client.http.post("/jobs", content=small(), headers=headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["payload"] == "chunked"
 
 
 async def test_every_operation_documents_413_and_503_in_the_error_body(client: Client) -> None:

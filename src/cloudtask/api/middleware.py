@@ -17,8 +17,9 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``limit`` bytes with a 413: at once when ``Content-Length`` says so
-    (on every route, whether it reads a body or not), else while the body is read."""
+    """Refuses bodies over ``limit`` bytes with a 413 on every route, whether it reads a body or
+    not: at once when ``Content-Length`` says so, and a body without one (chunked) is read here
+    first, up to the limit, then handed on."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -28,18 +29,25 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared: int | None = None
+        chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.limit:
-                    too_large = _too_large(self.limit)
-                    response = error_response(Request(scope), 413, str(too_large.detail))
-                    await response(scope, receive, send)
-                    return
-                break
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        if declared is not None and declared > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        if declared is None and chunked:
+            body = await self._read_up_to_limit(receive)
+            if body is None:
+                await self._refuse(scope, receive, send)
+                return
+            receive = _replaying(body, receive)
         received = 0
 
         async def limited_receive() -> Message:
@@ -52,6 +60,40 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+    async def _read_up_to_limit(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it passed the limit (or the client went away)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)  # disconnected: the app will see an empty body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = str(_too_large(self.limit).detail)
+        await error_response(Request(scope), 413, message)(scope, receive, send)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` first, then whatever the server sends next."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _too_large(limit: int) -> HTTPException:
