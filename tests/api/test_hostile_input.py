@@ -1,6 +1,7 @@
 """Inputs that are valid JSON or a valid token, yet nothing the system could store or carry:
 each is a clear 4xx in the error body, never a 500."""
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -93,6 +94,15 @@ async def test_nul_in_a_stored_text_field_is_400_and_in_a_payload_is_data(client
         body = {**SCHEDULE, field: f"{SCHEDULE.get(field, 'UTC')}\x00"}
         response = await client.http.post("/schedules", json=body, headers=client.auth(token))
         assert field in [d["field"] for d in assert_error(response, 400)["details"]]
+    # The published schema says so too, so a client validating against it agrees.
+    schemas = (await client.http.get("/openapi.json")).json()["components"]["schemas"]
+    for schema, field in (
+        ("Credentials", "email"),
+        ("ScheduleCreate", "name"),
+        ("ScheduleCreate", "timezone"),
+    ):
+        pattern = schemas[schema]["properties"][field]["pattern"]
+        assert re.search(pattern, "a\x00b") is None and re.search(pattern, "ab"), (schema, field)
     job = await client.create_job(token, payload={"nul": "a\x00b"})
     assert job["payload"] == {"nul": "a\x00b"}
     assert (await client.get_job(token, job["id"]))["payload"] == {"nul": "a\x00b"}

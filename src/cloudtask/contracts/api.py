@@ -49,7 +49,11 @@ def _no_nul(value: str) -> str:
     return value
 
 
-Text = Annotated[StrictStr, AfterValidator(_no_nul)]
+Text = Annotated[
+    StrictStr,
+    AfterValidator(_no_nul),
+    Field(json_schema_extra={"pattern": r"^[^\x00]*$"}),  # documented; enforced by _no_nul
+]
 """A string stored in a text column (payloads are JSON text, where U+0000 is escaped)."""
 
 
