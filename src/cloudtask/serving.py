@@ -137,6 +137,12 @@ async def run_until_signalled(
         loop.add_signal_handler(signum, stop.set)
     http = server(status, host, port, handle_signals=False)
     http_task = asyncio.create_task(_serve_http(http, host, port), name="status-server")
+    # Listening first: a service whose port is taken exits before it takes any work.
+    while not http.started and not http_task.done():  # noqa: ASYNC110 - uvicorn has no event for it
+        await asyncio.sleep(0.01)
+    if http_task.done():
+        await http_task  # raises PortUnavailable (or whatever ended it)
+        return
     stopped = asyncio.create_task(stop.wait())
     # Starting may wait for a broker that is down; a signal meanwhile still stops the process.
     starting = asyncio.create_task(service.start(), name="service-start")

@@ -66,6 +66,9 @@ def test_a_service_whose_port_is_taken_exits_at_once_saying_so(
     assert last == f"cloudtask: cannot serve HTTP on 127.0.0.1:{port} (see the error above)"
     assert "address already in use" in done.stderr
     assert "Traceback" not in done.stderr
+    if command in ("worker", "results", "scheduler"):  # it took no work before giving up
+        assert f'"action": "{command}.started"' not in done.stderr
+        assert f'"action":"{command}.started"' not in done.stderr
 
 
 def test_cloudtask_dev_runs_jobs_of_every_outcome(tmp_path: Path) -> None:
