@@ -45,7 +45,6 @@ async def add_waiting_jobs(
             user_id=user_id,
             type="echo",
             payload=jsoncodec.dumps_str({"n": n}),
-            payload_value={"n": n},
             priority=priority,
             max_attempts=3,
             timeout_seconds=30,

@@ -9,6 +9,7 @@ from cloudtask.api.errors import unauthorized
 from cloudtask.api.security import InvalidToken, Principal
 from cloudtask.db import session
 from cloudtask.db.queries import users as users_q
+from cloudtask.errors import UnknownUser
 
 
 async def _context(request: Request) -> ApiContext:
@@ -34,11 +35,12 @@ async def _principal(request: Request) -> Principal:
     except InvalidToken:
         raise unauthorized("The token is invalid or expired") from None
     # A well-signed token may name a user that no longer exists (removed by an operator). Each
-    # process asks the database once per user; after that the check is a set lookup.
+    # process asks the database about a user at most once a minute (see KnownUsers); in between
+    # the check is a dictionary lookup.
     if principal.user_id not in context.known_users:
         async with session.reading(context.db) as conn:
             if not await users_q.exists(conn, principal.user_id):
-                raise unauthorized("The token's user does not exist")
+                raise UnknownUser
         context.known_users.add(principal.user_id)
     return principal
 

@@ -173,8 +173,7 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 async def _unknown_user(request: Request, exc: Exception) -> Response:
     del exc  # a well-signed token of a user removed since: as good as no token
-    error = unauthorized("The token's user does not exist")
-    return error_response(request, error.status, error.message, headers=error.headers)
+    return await _api_error(request, unauthorized("The token's user does not exist"))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

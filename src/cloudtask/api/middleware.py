@@ -78,8 +78,9 @@ class BodyLimitMiddleware:
                 return b"".join(chunks)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = str(_too_large(self.limit).detail)
-        await error_response(Request(scope), 413, message)(scope, receive, send)
+        await error_response(Request(scope), 413, _too_large_message(self.limit))(
+            scope, receive, send
+        )
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
@@ -96,8 +97,12 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _too_large_message(limit: int) -> str:
+    return f"Request body is larger than {limit // 1024} KiB"
+
+
 def _too_large(limit: int) -> HTTPException:
-    return HTTPException(413, f"Request body is larger than {limit // 1024} KiB")
+    return HTTPException(413, _too_large_message(limit))
 
 
 class MetricsMiddleware:

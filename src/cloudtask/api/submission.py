@@ -53,7 +53,6 @@ def new_job(body: JobCreate, user_id: uuid.UUID, now: datetime) -> jobs_q.NewJob
         user_id=user_id,
         type=body.type,
         payload=jsoncodec.dumps_str(body.payload),
-        payload_value=body.payload,
         priority=body.priority,
         max_attempts=body.max_attempts,
         timeout_seconds=float(body.timeout_seconds),

@@ -1,12 +1,14 @@
 """The JSON bodies that travel on RabbitMQ, as the original system named their fields."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from cloudtask.contracts.timefmt import format_rfc3339
 
 
 def _aware(value: datetime) -> datetime:
@@ -53,7 +55,8 @@ def job_created_body(
 ) -> bytes:
     """The body of :class:`JobCreated`, with a payload that is already JSON text.
 
-    The same bytes as ``JobCreated(...).encode()``, without parsing and re-serializing the payload
+    The same bytes as ``JobCreated(...).encode()`` for a UTC ``enqueued_at`` (another offset is
+    written in UTC here, as the contract wants), without parsing and re-serializing the payload
     or building a model: this is on the path of every submitted job.
     """
     return orjson.dumps(
@@ -65,7 +68,7 @@ def job_created_body(
             "priority": priority,
             "attempt": attempt,
             "timeoutSeconds": float(timeout_seconds),
-            "enqueuedAt": enqueued_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "enqueuedAt": format_rfc3339(enqueued_at),
         }
     )
 

@@ -7,7 +7,6 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloudtask.contracts import jsoncodec
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.db.queries import schedules as schedules_q
@@ -22,7 +21,6 @@ def _job(schedule: schedules_q.ScheduleRecord, fire_at: datetime, now: datetime)
         user_id=schedule.user_id,
         type=schedule.type,
         payload=schedule.payload,
-        payload_value=jsoncodec.loads(schedule.payload),
         priority=schedule.priority,
         max_attempts=schedule.max_attempts,
         timeout_seconds=schedule.timeout_seconds,

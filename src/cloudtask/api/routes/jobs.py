@@ -14,7 +14,6 @@ from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.api.serialize import job_json
-from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.api import Job, JobBatchCreate, JobCreate
 from cloudtask.contracts.job_types import TYPE_PATTERN
 from cloudtask.contracts.signals import CANCEL_CHANNEL, CANCEL_TTL, cancel_key
@@ -227,7 +226,6 @@ async def retry_job(job_id: str, user: CurrentUser, context: Context) -> Respons
         user_id=user.user_id,
         type=job.type,
         payload=job.payload,
-        payload_value=jsoncodec.loads(job.payload),
         priority=job.priority,
         max_attempts=job.max_attempts,
         timeout_seconds=job.timeout_seconds,

@@ -82,7 +82,6 @@ class NewJob:
     user_id: UUID
     type: str
     payload: str
-    payload_value: Any
     priority: int
     max_attempts: int
     timeout_seconds: float

@@ -1,0 +1,37 @@
+"""The fast ``jobs.created`` body is the model's body, byte for byte (times are UTC, as every
+caller passes them)."""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.messages import JobCreated, job_created_body
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [None, {"to": "a@example.com", "n": 1.5}, [1, "é", {"x": None}], 2**70, "\x00", True],
+)
+@pytest.mark.parametrize(
+    "enqueued_at",
+    [
+        datetime(2026, 11, 28, 10, 0, tzinfo=UTC),
+        datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC),
+    ],
+)
+def test_job_created_body_matches_the_model(payload: Any, enqueued_at: datetime) -> None:
+    fields: dict[str, Any] = {
+        "job_id": uuid.uuid4(),
+        "user_id": uuid.uuid4(),
+        "type": "echo",
+        "priority": 7,
+        "attempt": 2,
+        "timeout_seconds": 30,
+        "enqueued_at": enqueued_at,
+    }
+    fast = job_created_body(payload_json=jsoncodec.dumps_str(payload), **fields)
+    assert fast == JobCreated(payload=payload, **fields).encode()
+    assert JobCreated.model_validate_json(fast).payload == payload
