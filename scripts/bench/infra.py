@@ -19,8 +19,9 @@ import redis
 PG_ADMIN = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RABBIT_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1:5672")
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-# Database 15 belongs to the test suite; the bench takes the highest empty one below it.
-REDIS_CANDIDATES = range(14, 0, -1)
+# Databases 15 and 14 belong to the test suite (one per test process, two at once); the bench
+# takes the highest empty one below them.
+REDIS_CANDIDATES = range(13, 0, -1)
 
 
 def pg_url(database: str) -> str:
@@ -84,7 +85,7 @@ def redis_database() -> Iterator[str]:
         finally:
             client.close()
     else:
-        raise RuntimeError("no empty Redis database number in 1-14")
+        raise RuntimeError("no empty Redis database number in 1-13")
     try:
         yield url
     finally:

@@ -13,7 +13,7 @@ from cloudtask.contracts.api import ErrorBody
 
 _DESCRIPTIONS = {
     400: "Malformed JSON, or a field, parameter or header that fails its rule (see `details`).",
-    401: "Missing, malformed, forged or expired token.",
+    401: "Missing, malformed, forged or expired token, or one whose user no longer exists.",
     404: "Unknown, malformed or another user's id (the same answer for all three).",
     409: "The request conflicts with the resource's current state.",
     413: "The body is larger than 1 MiB.",
