@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from cloudtask.api import errors, openapi
 from cloudtask.api.context import ApiContext
+from cloudtask.api.group_commit import GroupCommit
 from cloudtask.api.idempotency import IdempotencyStore
 from cloudtask.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from cloudtask.api.routes import actuator, auth, jobs, schedules
@@ -67,6 +68,7 @@ def create_app(
         broker=broker,
         kv=kv,
         outbox=publisher,
+        group_commit=GroupCommit(db, publisher),
         tokens=TokenService(secret, settings.jwt_ttl_seconds),
         passwords=PasswordHasher(settings.bcrypt_rounds),
         idempotency=IdempotencyStore(kv),
@@ -83,6 +85,7 @@ def create_app(
         try:
             yield
         finally:
+            await context.group_commit.close()
             await publisher.drain()
             publisher.stop()
             _, stuck = await asyncio.wait(tasks, timeout=5)

@@ -6,6 +6,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloudtask.api.group_commit import GroupCommit
 from cloudtask.api.idempotency import IdempotencyStore
 from cloudtask.api.security import PasswordHasher, TokenService
 from cloudtask.broker.base import Broker
@@ -42,6 +43,7 @@ class ApiContext:
     broker: Broker
     kv: KV
     outbox: OutboxPublisher
+    group_commit: GroupCommit
     tokens: TokenService
     passwords: PasswordHasher
     idempotency: IdempotencyStore

@@ -63,12 +63,13 @@ def new_job(body: JobCreate, user_id: uuid.UUID, now: datetime) -> jobs_q.NewJob
 
 async def store(context: ApiContext, new_jobs: Sequence[jobs_q.NewJob]) -> None:
     """Commit the jobs and their outbox messages, then hand the messages to the publisher."""
-    # One job is one statement on PostgreSQL (no transaction needed); a batch is several.
-    one = len(new_jobs) == 1 and new_jobs[0].is_due()
-    scope = session.autocommit if one else session.transaction
-    async with scope(context.db) as conn:
-        rows = await jobs_q.submit(conn, new_jobs)
-    context.outbox.submit(rows)
+    if len(new_jobs) == 1:
+        await context.group_commit.store(new_jobs[0])
+    else:
+        # On PostgreSQL one statement, so no transaction around it (a transaction on SQLite).
+        async with session.autocommit(context.db) as conn:
+            rows = await jobs_q.submit(conn, new_jobs)
+        context.outbox.submit(rows)
     for job in new_jobs:
         context.metrics.jobs_created.labels(context.metrics.job_type(job.type)).inc()
     for job in new_jobs:

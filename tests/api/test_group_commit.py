@@ -1,0 +1,134 @@
+"""Single-job submissions that arrive together are written together, each answered only once its
+own write committed, and one request's failure is not another's."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from cloudtask.api.group_commit import GroupCommit
+from cloudtask.contracts.messages import JobCreated
+from cloudtask.contracts.queues import JOBS_CREATED
+from cloudtask.db.queries import jobs as jobs_q
+from cloudtask.db.queries import users as users_q
+from cloudtask.db.tables import jobs, outbox, users
+from cloudtask.errors import UnknownUser
+from cloudtask.outbox import OutboxPublisher
+from tests.conftest import Backends
+from tests.helpers import Client, eventually
+
+
+async def test_concurrent_submissions_are_each_stored_published_and_answered(
+    client: Client,
+) -> None:
+    tokens = [await client.register() for _ in range(3)]
+
+    async def submit(n: int) -> tuple[str, dict[str, object]]:
+        token = tokens[n % len(tokens)]
+        body = {"type": "echo", "payload": {"n": n}, "priority": n % 10}
+        if n % 7 == 0:
+            body["delaySeconds"] = 3600
+        response = await client.http.post("/jobs", json=body, headers=client.auth(token))
+        assert response.status_code == 201, response.text
+        return token, response.json()
+
+    created = await asyncio.gather(*(submit(n) for n in range(60)))
+    assert len({job["id"] for _, job in created}) == 60
+    for n, (token, job) in enumerate(created):
+        assert job["payload"] == {"n": n}
+        assert job["status"] == ("SCHEDULED" if n % 7 == 0 else "PENDING")
+        stored = await client.get_job(token, str(job["id"]))
+        assert stored["payload"] == {"n": n} and stored["priority"] == n % 10
+    due = {str(job["id"]) for n, (_, job) in enumerate(created) if n % 7 != 0}
+    published: set[str] = set()
+
+    async def drained() -> bool:
+        while (delivery := await client.backends.broker.get(JOBS_CREATED)) is not None:
+            published.add(str(JobCreated.model_validate_json(delivery.body).job_id))
+            await delivery.ack()
+        return published == due
+
+    await eventually(drained)
+
+
+async def _user(backends: Backends) -> uuid.UUID:
+    user_id = uuid.uuid4()
+    async with backends.db.begin() as conn:
+        await users_q.create_user(
+            conn,
+            user_id=user_id,
+            email=f"{user_id}@example.com",
+            password_hash="x",
+            now=datetime.now(UTC),
+        )
+    return user_id
+
+
+def _job(user_id: uuid.UUID) -> jobs_q.NewJob:
+    now = datetime.now(UTC)
+    return jobs_q.NewJob(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        type="echo",
+        payload="{}",
+        priority=5,
+        max_attempts=3,
+        timeout_seconds=300.0,
+        run_at=now,
+        created_at=now,
+    )
+
+
+@pytest.fixture
+async def group_commit(backends: Backends) -> GroupCommit:
+    return GroupCommit(backends.db, OutboxPublisher(backends.db, backends.broker))
+
+
+async def _count(backends: Backends, table: object, ids: list[uuid.UUID]) -> int:
+    async with backends.db.connect() as conn:
+        if table is jobs:
+            query = select(func.count()).select_from(jobs).where(jobs.c.id.in_(ids))
+        else:
+            query = select(func.count()).select_from(outbox)
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def test_jobs_arriving_together_share_a_write(
+    backends: Backends, group_commit: GroupCommit
+) -> None:
+    user_id = await _user(backends)
+    new_jobs = [_job(user_id) for _ in range(50)]
+    await asyncio.gather(*(group_commit.store(job) for job in new_jobs))
+    assert await _count(backends, jobs, [job.id for job in new_jobs]) == 50
+    assert await _count(backends, outbox, []) == 50
+    # The first job is written alone; the 49 that arrived meanwhile in at most two more writes.
+    assert group_commit.writes <= 3
+
+
+async def test_a_vanished_user_fails_only_their_own_submissions(
+    backends: Backends, group_commit: GroupCommit
+) -> None:
+    alive, gone = await _user(backends), await _user(backends)
+    async with backends.db.begin() as conn:
+        await conn.execute(delete(users).where(users.c.id == gone))
+    new_jobs = [_job(alive if n % 3 else gone) for n in range(12)]
+    outcomes = await asyncio.gather(
+        *(group_commit.store(job) for job in new_jobs), return_exceptions=True
+    )
+    for n, outcome in enumerate(outcomes):
+        if n % 3:
+            assert outcome is None
+        else:
+            assert isinstance(outcome, UnknownUser)
+    stored = await _count(backends, jobs, [job.id for job in new_jobs])
+    assert stored == 8
+
+
+async def test_a_lone_job_is_written_at_once(backends: Backends, group_commit: GroupCommit) -> None:
+    user_id = await _user(backends)
+    for _ in range(3):
+        await group_commit.store(_job(user_id))
+    assert group_commit.writes == 3
+    assert await _count(backends, outbox, []) == 3
