@@ -83,15 +83,15 @@ class OutboxPublisher:
                 await self._idle.wait()
 
     async def _publish(self, rows: Sequence[outbox_q.OutboxRow]) -> None:
-        # The rows stay locked while they are published, so a relay (which skips locked rows)
-        # never sends them a second time; rows a relay already holds are left to it.
+        # The rows are deleted, uncommitted, before they are published: they stay locked, so a
+        # relay (which skips locked rows) never sends them a second time, and a failed publish
+        # rolls the delete back. Rows a relay already holds or sent are left to it.
         published = 0
         try:
             async with session.transaction(self._engine) as conn:
-                mine = await outbox_q.lock(conn, [row.id for row in rows])
+                mine = await outbox_q.take(conn, [row.id for row in rows])
                 batch = [row for row in rows if row.id in mine]
                 await self._broker.publish_many([_outgoing(row) for row in batch])
-                await outbox_q.remove(conn, [row.id for row in batch])
                 published = len(batch)
         except BrokerUnavailable as exc:
             log.warning(

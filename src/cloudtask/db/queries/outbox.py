@@ -55,13 +55,16 @@ async def claim_stale(
     return [OutboxRow(r.id, r.queue, r.body, r.priority) for r in rows]
 
 
-async def lock(conn: AsyncConnection, ids: Sequence[int]) -> set[int]:
-    """Lock the rows ``ids`` that still exist and that no relay holds; returns their ids."""
+async def take(conn: AsyncConnection, ids: Sequence[int]) -> set[int]:
+    """Delete the rows ``ids`` that still exist and that no relay holds; returns their ids.
+
+    The caller publishes them before its transaction commits, so a failed publish rolls the
+    delete back; one statement where a lock and a delete took two (the publisher's hot path).
+    """
     if not ids:
         return set()
-    rows = await conn.execute(
-        select(outbox.c.id).where(outbox.c.id.in_(ids)).with_for_update(skip_locked=True)
-    )
+    free = select(outbox.c.id).where(outbox.c.id.in_(ids)).with_for_update(skip_locked=True)
+    rows = await conn.execute(delete(outbox).where(outbox.c.id.in_(free)).returning(outbox.c.id))
     return set(rows.scalars().all())
 
 
