@@ -4,6 +4,7 @@ No worker runs: a test puts a job in RUNNING itself, with a lease in the key-val
 worker) or without one (a dead worker), and watches ``jobs.created`` and the job's row.
 """
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cloudtask.contracts.queues import JOBS_COMPLETED
 from cloudtask.contracts.signals import lease_key
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.contracts.timefmt import utcnow
@@ -177,3 +179,27 @@ async def test_attempts_with_a_live_lease_or_just_started_are_left_alone(
         row = await _row(backends, job_id)
         assert (row.status, row.redeliveries, row.error) == (JobStatus.RUNNING, 0, None)
     assert set(created.seen) == {(str(lost), 1)}
+
+
+async def test_nothing_is_judged_while_reports_wait_in_jobs_completed(
+    backends: Backends, scheduler: SchedulerService, created: CreatedCounter
+) -> None:
+    # A backlog of reports: the lost-looking attempt's own report may well be among them.
+    await backends.broker.publish(JOBS_COMPLETED, b'{"queued": "report"}')
+    [lost] = await _running(backends)
+    [hung] = await _running(backends, max_attempts=1)
+    await backends.kv.set(lease_key(hung, 1), b"hung-worker", ttl=60)
+
+    async def judging() -> bool:  # a leader that would call an attempt lost by now
+        return scheduler.leadership.store_steady_for(3)
+
+    await eventually(judging)
+    await asyncio.sleep(2.5)  # a recovery round (every 2 s) or two
+    for job_id in (lost, hung):
+        assert (await _row(backends, job_id)).status == JobStatus.RUNNING
+    assert created.seen == {}
+    # The results-processor catches up: both are judged as before.
+    delivery = await eventually(lambda: backends.broker.get(JOBS_COMPLETED))
+    await delivery.ack()
+    await _redelivered(created, lost, 1)
+    await _wait_status(backends, hung, JobStatus.FAILED)

@@ -5,6 +5,9 @@
   cancellation was requested just ends CANCELLED.
 - Hung: a RUNNING attempt older than its timeout plus ``running_grace_seconds`` counts as a failed,
   retryable attempt: retried after a backoff if attempts remain, else FAILED.
+
+Neither is judged while ``jobs.completed`` has reports waiting: behind a backlog of reports the
+missing one is most likely among them.
 """
 
 from dataclasses import dataclass, field
@@ -12,13 +15,15 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloudtask.broker.base import Broker
 from cloudtask.contracts.messages import JobFinished
+from cloudtask.contracts.queues import JOBS_COMPLETED
 from cloudtask.contracts.signals import lease_key
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.queries import job_events
 from cloudtask.db.queries import outbox as outbox_q
-from cloudtask.errors import KVUnavailable
+from cloudtask.errors import BrokerUnavailable, KVUnavailable
 from cloudtask.kv.base import KV
 from cloudtask.policies.backoff import compute_backoff
 from cloudtask.settings import Settings
@@ -58,6 +63,14 @@ async def lost_among(
     except KVUnavailable:
         return set()
     return {job for job, lease in zip(running, leases, strict=True) if lease is None}
+
+
+async def reports_waiting(broker: Broker) -> bool:
+    """Whether ``jobs.completed`` holds reports no results-processor has taken yet."""
+    try:
+        return (await broker.stats(JOBS_COMPLETED)).messages > 0
+    except BrokerUnavailable:
+        return False  # reports cannot be behind a broker that is away; judge as before
 
 
 def is_hung(job: dispatch_q.Attempt, settings: Settings, now: datetime) -> bool:

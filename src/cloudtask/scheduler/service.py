@@ -49,6 +49,7 @@ class SchedulerService:
     ) -> None:
         self._settings = settings
         self._db = db
+        self._broker = broker
         self._kv = kv
         self.metrics = metrics or SchedulerMetrics()
         holder = holder or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -149,6 +150,15 @@ class SchedulerService:
             lost = await recovery.lost_among(self._kv, running, self._settings, now)
         hung = [job for job in running if recovery.is_hung(job, self._settings, now)]
         if not lost and not hung:
+            return
+        if await recovery.reports_waiting(self._broker):
+            # Behind a backlog of reports, a RUNNING job whose lease ran out has most likely
+            # finished, its report still queued: handing it out again would run it twice, and
+            # add to the load that made the backlog. Judged again once the backlog is gone.
+            log.info(
+                "recovery waits for queued reports",
+                extra={"action": "scheduler.recovery_deferred", "lost": len(lost)},
+            )
             return
 
         async def step(conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
