@@ -78,6 +78,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        context.group_commit.start()
         tasks = [
             asyncio.create_task(publisher.run(), name="outbox-publisher"),
             asyncio.create_task(publisher.run_relay(), name="outbox-relay"),
@@ -85,7 +86,7 @@ def create_app(
         try:
             yield
         finally:
-            await context.group_commit.close()
+            await context.group_commit.stop()
             await publisher.drain()
             publisher.stop()
             _, stuck = await asyncio.wait(tasks, timeout=5)

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloudtask.batching import Batcher
 from cloudtask.broker.base import Broker, Consumer, Delivery
 from cloudtask.contracts.messages import JobFinished, JobStarted
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_DEAD, JOBS_STARTED
@@ -25,7 +26,6 @@ from cloudtask.db.queries import job_events
 from cloudtask.errors import BrokerUnavailable, DatabaseUnavailable
 from cloudtask.observability.metrics import ResultsMetrics
 from cloudtask.policies.backoff import compute_backoff
-from cloudtask.results.batcher import Batcher
 from cloudtask.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class ResultsService:
         self._broker = broker
         self.metrics = metrics or ResultsMetrics()
         self._batcher: Batcher[BaseModel] = Batcher(
-            self._write, shared_failures=(DatabaseUnavailable,)
+            self._write, shared_failures=(DatabaseUnavailable,), name="results-batcher"
         )
         self._consumers: list[Consumer] = []
 

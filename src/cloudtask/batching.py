@@ -1,10 +1,11 @@
-"""Collecting deliveries into batches: one database transaction for many events.
+"""Collecting concurrent work into batches: one database write for many items.
 
-Each consumer callback adds its delivery and waits for the batch it joined to be written; a single
-flusher writes whatever has gathered, so batches grow with the load and a lone event is written at
-once (no lingering). A batch that fails for a reason that is not the whole batch's (an exception
-not in ``shared_failures``: one event the database refuses) is written again one item at a time,
-so one bad event does not fail the good ones beside it.
+Each caller (a consumer callback with its event, a request with its job) adds its item and waits
+for the batch it joined to be written; a single flusher writes whatever has gathered, so batches
+grow with the load and a lone item is written at once (no lingering). A batch that fails for a
+reason that is not the whole batch's (an exception not in ``shared_failures``: one item the
+database refuses) is written again one item at a time, so one bad item does not fail the good
+ones beside it.
 """
 
 import asyncio
@@ -21,16 +22,20 @@ class Batcher(Generic[T]):
         *,
         max_size: int = 500,
         shared_failures: tuple[type[Exception], ...] = (),
+        name: str = "batcher",
     ) -> None:
+        self._name = name
         self._flush = flush
         self._max_size = max_size
         self._shared_failures = shared_failures
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.writes = 0
+        """Flushes so far, retries of single items included."""
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="results-batcher")
+        self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -58,6 +63,7 @@ class Batcher(Generic[T]):
                 await self._write(batch)
 
     async def _write(self, batch: Sequence[tuple[T, "asyncio.Future[None]"]]) -> None:
+        self.writes += 1
         try:
             await self._flush([item for item, _ in batch])
         except self._shared_failures as exc:
