@@ -1,5 +1,7 @@
 """How messages travel from publish to consumer, on every broker."""
 
+import asyncio
+
 from cloudtask.broker.base import Broker, Delivery, OutgoingMessage, QueueStats
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_STARTED
 from tests.backends.recorder import Recorder, wait_for_stats
@@ -125,3 +127,36 @@ async def test_publish_many_delivers_every_message(broker: Broker) -> None:
 async def test_publish_many_of_nothing_publishes_nothing(broker: Broker) -> None:
     await broker.publish_many([])
     assert await broker.stats(JOBS_CREATED) == QueueStats(messages=0, consumers=0)
+
+
+async def test_acks_given_together_settle_exactly_those_deliveries(broker: Broker) -> None:
+    # RabbitMQ coalesces acks given in one turn of the loop (``multiple``): it must never settle
+    # a delivery that is still held (0), nor one rejected beside them (3).
+    await broker.publish_many([OutgoingMessage(JOBS_COMPLETED, b"%d" % n) for n in range(10)])
+    received = Recorder(ack=False)
+    consumer = await broker.consume(JOBS_COMPLETED, received, prefetch=20)
+    deliveries = await received.wait_for(10)
+    assert received.bodies == [b"%d" % n for n in range(10)]
+    await asyncio.gather(
+        deliveries[3].reject(requeue=True),
+        *(delivery.ack() for n, delivery in enumerate(deliveries) if n not in (0, 3)),
+    )
+    again = await received.wait_for(11)
+    assert again[10].body == b"3" and again[10].redelivered
+    await asyncio.gather(deliveries[0].ack(), again[10].ack())
+    await consumer.cancel()
+    await wait_for_stats(broker, JOBS_COMPLETED, QueueStats(messages=0, consumers=0))
+
+
+async def test_a_held_delivery_below_acked_ones_goes_back_on_cancel(broker: Broker) -> None:
+    await broker.publish_many([OutgoingMessage(JOBS_COMPLETED, b"%d" % n) for n in range(6)])
+    received = Recorder(ack=False)
+    consumer = await broker.consume(JOBS_COMPLETED, received, prefetch=20)
+    deliveries = await received.wait_for(6)
+    await asyncio.gather(*(delivery.ack() for delivery in deliveries[2:]))
+    await asyncio.gather(deliveries[0].ack())
+    await consumer.cancel()  # delivery 1 was never settled: it returns to the queue
+    await wait_for_stats(broker, JOBS_COMPLETED, QueueStats(messages=1, consumers=0))
+    back = await eventually(lambda: broker.get(JOBS_COMPLETED))
+    assert back.body == b"1"
+    await back.ack()
