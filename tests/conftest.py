@@ -64,6 +64,7 @@ class Backends:
     broker: Broker
     kv: KV
     database_url: str
+    rabbitmq_url: str | None = None
 
 
 async def _purge(broker: Broker) -> None:
@@ -110,7 +111,7 @@ async def backends(backend_urls: BackendURLs) -> AsyncIterator[Backends]:
         await broker.wait_connected(10)
         await _purge(broker)
     try:
-        yield Backends(backend_urls.kind, engine, broker, kv, url)
+        yield Backends(backend_urls.kind, engine, broker, kv, url, backend_urls.rabbitmq or None)
     finally:
         await broker.close()
         await kv.close()

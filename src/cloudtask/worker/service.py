@@ -76,14 +76,14 @@ class WorkerService:
         )
 
     async def _handle(self, delivery: Delivery) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._active.add(task)
-        try:
-            await self.pipeline(delivery)
-        finally:
-            if task is not None:
-                self._active.discard(task)
+        # A task of its own: the AMQP client cancels a consumer's tasks when their channel
+        # closes (a lost connection), and a job that has started must still run to its end and
+        # report (publishing waits for the broker to come back). One not yet started finds its
+        # delivery gone when it acknowledges, and leaves it to the copy RabbitMQ requeued.
+        task = asyncio.create_task(self.pipeline(delivery))
+        self._active.add(task)
+        task.add_done_callback(self._active.discard)
+        await asyncio.shield(task)
 
     @property
     def busy(self) -> int:
