@@ -1,5 +1,6 @@
 """RFC 3339 times: the only time format CloudTask reads or writes."""
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -41,6 +42,14 @@ def format_rfc3339(value: datetime | None) -> str | None:
     """Format an aware datetime as RFC 3339 UTC with a ``Z`` suffix."""
     if value is None:
         return None
+    return _format_utc(value)
+
+
+# A job's times are mostly one instant (created, updated, run at, enqueued), and a batch's jobs
+# share it: formatting was a fifth of the api's CPU in POST /jobs/batch (py-spy). Equal aware
+# datetimes are the same instant, so they share one text whatever their offsets.
+@functools.lru_cache(maxsize=1024)
+def _format_utc(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
