@@ -71,6 +71,29 @@ def test_a_service_whose_port_is_taken_exits_at_once_saying_so(
         assert f'"action":"{command}.started"' not in done.stderr
 
 
+def test_api_workers_whose_port_is_taken_exit_at_once_saying_so(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    # With --workers N the parent opens the socket the N processes share, before any fork.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [CLOUDTASK, "api", "--workers", "2", "--host", "127.0.0.1", "--port", port],
+            env=service_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"cloudtask: cannot serve HTTP on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
 def test_cloudtask_dev_runs_jobs_of_every_outcome(tmp_path: Path) -> None:
     with processes(clean_env(bcrypt_rounds="4"), tmp_path) as group:
         dev = group.start("dev", "--db", str(tmp_path / "dev.db"))
