@@ -41,26 +41,34 @@ def test_a_misspelled_setting_is_refused_in_one_line() -> None:
     assert "CLOUDTASK_WORKER_CONCURRENCY" in done.stderr
 
 
+def _on_a_taken_port(
+    args: list[str], env: dict[str, str], cwd: Path
+) -> tuple[str, "subprocess.CompletedProcess[str]"]:
+    """Run ``cloudtask *args`` on a port another socket listens on; the port and how it ended."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [CLOUDTASK, *args, "--host", "127.0.0.1", "--port", port],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    return port, done
+
+
 @pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler", "dev"])
 def test_a_service_whose_port_is_taken_exits_at_once_saying_so(
     command: str, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     # uvicorn exits the process when it cannot listen; a worker once kept running without its
     # /health, deaf to SIGTERM. Now every service stops what it started and exits 1.
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        extra = ["--db", str(tmp_path / "dev.db")] if command == "dev" else []
-        done = subprocess.run(
-            [CLOUDTASK, command, "--host", "127.0.0.1", "--port", port, *extra],
-            env=service_env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+    extra = ["--db", str(tmp_path / "dev.db")] if command == "dev" else []
+    port, done = _on_a_taken_port([command, *extra], service_env, tmp_path)
     assert done.returncode == 1, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"cloudtask: cannot serve HTTP on 127.0.0.1:{port} (see the error above)"
@@ -75,19 +83,7 @@ def test_api_workers_whose_port_is_taken_exit_at_once_saying_so(
     service_env: dict[str, str], tmp_path: Path
 ) -> None:
     # With --workers N the parent opens the socket the N processes share, before any fork.
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        done = subprocess.run(
-            [CLOUDTASK, "api", "--workers", "2", "--host", "127.0.0.1", "--port", port],
-            env=service_env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+    port, done = _on_a_taken_port(["api", "--workers", "2"], service_env, tmp_path)
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [
         f"cloudtask: cannot serve HTTP on 127.0.0.1:{port}: Address already in use"
