@@ -66,6 +66,11 @@ class Batcher(Generic[T]):
         self.writes += 1
         try:
             await self._flush([item for item, _ in batch])
+        except asyncio.CancelledError:
+            # Stopped mid-write: its waiters must not wait for an answer that will never come.
+            for _, waiter in batch:
+                waiter.cancel()
+            raise
         except self._shared_failures as exc:
             _settle(batch, exc)
         except Exception as exc:  # handed to the waiters, which decide what to do

@@ -138,3 +138,16 @@ async def test_a_lone_job_is_written_at_once(backends: Backends, group_commit: G
         await group_commit.store(_job(user_id))
     assert group_commit.writes == 3
     assert await _count(backends, outbox, []) == 3
+
+
+async def test_stopping_mid_write_leaves_no_request_waiting(backends: Backends) -> None:
+    group_commit = GroupCommit(backends.db, OutboxPublisher(backends.db, backends.broker))
+    group_commit.start()
+    user_id = await _user(backends)
+    waiting = [asyncio.create_task(group_commit.store(_job(user_id))) for _ in range(5)]
+    while group_commit.writes == 0:  # until the first write is under way
+        await asyncio.sleep(0)
+    await group_commit.stop()
+    async with asyncio.timeout(5):
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(o is None or isinstance(o, asyncio.CancelledError) for o in outcomes)
