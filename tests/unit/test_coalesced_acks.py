@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from cloudtask.broker.rabbitmq import Acks
+from cloudtask.broker.acks import Acks
 
 
 @dataclass
