@@ -27,7 +27,7 @@ class GroupCommit:
         # A group that fails for one job's sake (a user that no longer exists: UnknownUser) is
         # written again job by job, so only that user's requests fail.
         self._batcher: Batcher[jobs_q.NewJob] = Batcher(
-            self._write,
+            self.write,
             max_size=MAX_GROUP,
             shared_failures=(DatabaseUnavailable,),
             name="group-commit",
@@ -49,7 +49,9 @@ class GroupCommit:
         the publisher); raise what its write raised."""
         await self._batcher.add(job)
 
-    async def _write(self, new_jobs: Sequence[jobs_q.NewJob]) -> None:
+    async def write(self, new_jobs: Sequence[jobs_q.NewJob]) -> None:
+        """Commit ``new_jobs`` and their outbox messages now, in one statement on PostgreSQL (a
+        transaction on SQLite), then queue the messages for the publisher."""
         async with session.autocommit(self._engine) as conn:
             rows = await jobs_q.submit(conn, new_jobs)
         self._outbox.submit(rows)

@@ -18,7 +18,6 @@ from cloudtask.api.security import Principal
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.api import JobCreate, ScheduleCreate
 from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
-from cloudtask.db import session
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.errors import KVUnavailable
 
@@ -64,12 +63,9 @@ def new_job(body: JobCreate, user_id: uuid.UUID, now: datetime) -> jobs_q.NewJob
 async def store(context: ApiContext, new_jobs: Sequence[jobs_q.NewJob]) -> None:
     """Commit the jobs and their outbox messages, then hand the messages to the publisher."""
     if len(new_jobs) == 1:
-        await context.group_commit.store(new_jobs[0])
+        await context.group_commit.store(new_jobs[0])  # grouped with its neighbours' jobs
     else:
-        # On PostgreSQL one statement, so no transaction around it (a transaction on SQLite).
-        async with session.autocommit(context.db) as conn:
-            rows = await jobs_q.submit(conn, new_jobs)
-        context.outbox.submit(rows)
+        await context.group_commit.write(new_jobs)  # a batch is a group of its own
     for job in new_jobs:
         context.metrics.jobs_created.labels(context.metrics.job_type(job.type)).inc()
     for job in new_jobs:

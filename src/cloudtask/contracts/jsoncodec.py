@@ -74,15 +74,22 @@ def loads(data: bytes | str) -> Any:
     # Both checks walk the value only when the text could break them: rare, and cheap otherwise.
     if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
         raise InvalidJSON("a string holds an unpaired UTF-16 surrogate, which is not Unicode")
-    if text.count("[") + text.count("{") > MAX_DEPTH and too_deep(value):
+    if too_deep(value, text):
         raise InvalidJSON(f"nested more than {MAX_DEPTH} levels deep")
     return value
 
 
-def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether arrays and objects nest more than ``limit`` levels deep in ``value``."""
+def too_deep(value: Any, text: str | bytes) -> bool:
+    """Whether arrays and objects nest more than :data:`MAX_DEPTH` levels deep in ``value``,
+    whose JSON is ``text``: walked only when ``text`` holds enough brackets to be (rare)."""
+    if isinstance(text, str):
+        brackets = text.count("[") + text.count("{")
+    else:
+        brackets = text.count(b"[") + text.count(b"{")
+    if brackets <= MAX_DEPTH:
+        return False
     level: list[Any] = [value]
-    for _ in range(limit):
+    for _ in range(MAX_DEPTH):
         level = [
             child
             for item in level

@@ -93,7 +93,7 @@ def _completed(result: Any) -> Outcome:
             "failed", error=f"the handler's result is larger than {MAX_RESULT_BYTES} bytes"
         )
     # Deeper than this, the results-processor could not parse the report (see jsoncodec).
-    if text.count(b"[") + text.count(b"{") > jsoncodec.MAX_DEPTH and jsoncodec.too_deep(result):
+    if jsoncodec.too_deep(result, text):
         return Outcome(
             "failed",
             error=f"the handler's result is nested more than {jsoncodec.MAX_DEPTH} levels deep",

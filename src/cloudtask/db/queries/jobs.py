@@ -92,6 +92,11 @@ class NewJob:
     def is_due(self) -> bool:
         return self.run_at <= self.created_at
 
+    @property
+    def status(self) -> JobStatus:
+        """The status it is stored with: PENDING when due, else SCHEDULED."""
+        return JobStatus.PENDING if self.is_due() else JobStatus.SCHEDULED
+
     def record(self, seq: int = 0) -> JobRecord:
         """The job as this submission stores it."""
         return JobRecord(
@@ -100,7 +105,7 @@ class NewJob:
             user_id=self.user_id,
             type=self.type,
             payload=self.payload,
-            status=JobStatus.PENDING if self.is_due() else JobStatus.SCHEDULED,
+            status=self.status,
             priority=self.priority,
             attempts=0,
             max_attempts=self.max_attempts,
@@ -136,7 +141,7 @@ def _row(job: NewJob) -> dict[str, Any]:
         "user_id": job.user_id,
         "type": job.type,
         "payload": job.payload,
-        "status": JobStatus.PENDING if job.is_due() else JobStatus.SCHEDULED,
+        "status": job.status,
         "priority": job.priority,
         "attempts": 0,
         "dispatch_attempt": 1,
@@ -156,14 +161,15 @@ async def submit(conn: AsyncConnection, new_jobs: Sequence[NewJob]) -> list[outb
 
     Returns the outbox rows, to be published once the caller's transaction commits.
     """
-    due = [job.message() for job in new_jobs if job.is_due()]
+    messages = [job.message() if job.is_due() else None for job in new_jobs]
+    due = [message for message in messages if message is not None]
     # The only constraint a new job can break is the foreign key to its user (ids are random):
     # a token that outlived its user.
     try:
         if conn.dialect.name == "postgresql":
             if len(new_jobs) == 1 and due:
                 return await _submit_one_statement(conn, new_jobs[0], due[0])
-            return await _submit_many_statement(conn, new_jobs)
+            return await _submit_many_statement(conn, new_jobs, messages)
         await conn.execute(insert(jobs), [_row(job) for job in new_jobs])
     except (IntegrityError, asyncpg.ForeignKeyViolationError):
         raise UnknownUser from None
@@ -229,18 +235,20 @@ _SUBMIT_MANY = (
 
 
 async def _submit_many_statement(
-    conn: AsyncConnection, new_jobs: Sequence[NewJob]
+    conn: AsyncConnection,
+    new_jobs: Sequence[NewJob],
+    messages: Sequence[outbox_q.NewOutboxMessage | None],
 ) -> list[outbox_q.OutboxRow]:
+    """``messages``: each job's outbox message, None for a job not yet due."""
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None  # noqa: S101 - a checked-out connection has its driver's
-    messages = [job.message() if job.is_due() else None for job in new_jobs]
     ids = await driver.fetch(
         _SUBMIT_MANY,
         [job.id for job in new_jobs],
         [job.user_id for job in new_jobs],
         [job.type for job in new_jobs],
         [job.payload for job in new_jobs],
-        [(JobStatus.PENDING if job.is_due() else JobStatus.SCHEDULED).value for job in new_jobs],
+        [job.status.value for job in new_jobs],
         [job.priority for job in new_jobs],
         [job.max_attempts for job in new_jobs],
         [job.timeout_seconds for job in new_jobs],
