@@ -2,23 +2,21 @@
 own write committed, and one request's failure is not another's."""
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete
 
 from cloudtask.api.group_commit import GroupCommit
 from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.db.queries import jobs as jobs_q
-from cloudtask.db.queries import users as users_q
-from cloudtask.db.tables import jobs, outbox, users
+from cloudtask.db.tables import users
 from cloudtask.errors import UnknownUser
 from cloudtask.outbox import OutboxPublisher
 from tests.conftest import Backends
 from tests.helpers import Client, eventually
+from tests.services import scheduling
 
 
 async def test_concurrent_submissions_are_each_stored_published_and_answered(
@@ -54,34 +52,6 @@ async def test_concurrent_submissions_are_each_stored_published_and_answered(
     await eventually(drained)
 
 
-async def _user(backends: Backends) -> uuid.UUID:
-    user_id = uuid.uuid4()
-    async with backends.db.begin() as conn:
-        await users_q.create_user(
-            conn,
-            user_id=user_id,
-            email=f"{user_id}@example.com",
-            password_hash="x",
-            now=datetime.now(UTC),
-        )
-    return user_id
-
-
-def _job(user_id: uuid.UUID) -> jobs_q.NewJob:
-    now = datetime.now(UTC)
-    return jobs_q.NewJob(
-        id=uuid.uuid4(),
-        user_id=user_id,
-        type="echo",
-        payload="{}",
-        priority=5,
-        max_attempts=3,
-        timeout_seconds=300.0,
-        run_at=now,
-        created_at=now,
-    )
-
-
 @pytest.fixture
 async def group_commit(backends: Backends) -> AsyncIterator[GroupCommit]:
     group_commit = GroupCommit(backends.db, OutboxPublisher(backends.db, backends.broker))
@@ -92,23 +62,18 @@ async def group_commit(backends: Backends) -> AsyncIterator[GroupCommit]:
         await group_commit.stop()
 
 
-async def _count(backends: Backends, table: object, ids: list[uuid.UUID]) -> int:
-    async with backends.db.connect() as conn:
-        if table is jobs:
-            query = select(func.count()).select_from(jobs).where(jobs.c.id.in_(ids))
-        else:
-            query = select(func.count()).select_from(outbox)
-        return int((await conn.execute(query)).scalar_one())
+async def _stored(backends: Backends, new_jobs: list[jobs_q.NewJob]) -> int:
+    return len(await scheduling.job_rows(backends, [job.id for job in new_jobs]))
 
 
 async def test_jobs_arriving_together_share_a_write(
     backends: Backends, group_commit: GroupCommit
 ) -> None:
-    user_id = await _user(backends)
-    new_jobs = [_job(user_id) for _ in range(50)]
+    user_id = await scheduling.add_user(backends)
+    new_jobs = [scheduling.due_job(user_id) for _ in range(50)]
     await asyncio.gather(*(group_commit.store(job) for job in new_jobs))
-    assert await _count(backends, jobs, [job.id for job in new_jobs]) == 50
-    assert await _count(backends, outbox, []) == 50
+    assert await _stored(backends, new_jobs) == 50
+    assert await scheduling.outbox_rows(backends) == 50
     # The first job is written alone, the 49 that arrived meanwhile in the next write.
     assert group_commit.writes <= 2
 
@@ -116,10 +81,10 @@ async def test_jobs_arriving_together_share_a_write(
 async def test_a_vanished_user_fails_only_their_own_submissions(
     backends: Backends, group_commit: GroupCommit
 ) -> None:
-    alive, gone = await _user(backends), await _user(backends)
+    alive, gone = await scheduling.add_user(backends), await scheduling.add_user(backends)
     async with backends.db.begin() as conn:
         await conn.execute(delete(users).where(users.c.id == gone))
-    new_jobs = [_job(alive if n % 3 else gone) for n in range(12)]
+    new_jobs = [scheduling.due_job(alive if n % 3 else gone) for n in range(12)]
     outcomes = await asyncio.gather(
         *(group_commit.store(job) for job in new_jobs), return_exceptions=True
     )
@@ -128,23 +93,25 @@ async def test_a_vanished_user_fails_only_their_own_submissions(
             assert outcome is None
         else:
             assert isinstance(outcome, UnknownUser)
-    stored = await _count(backends, jobs, [job.id for job in new_jobs])
+    stored = await _stored(backends, new_jobs)
     assert stored == 8
 
 
 async def test_a_lone_job_is_written_at_once(backends: Backends, group_commit: GroupCommit) -> None:
-    user_id = await _user(backends)
+    user_id = await scheduling.add_user(backends)
     for _ in range(3):
-        await group_commit.store(_job(user_id))
+        await group_commit.store(scheduling.due_job(user_id))
     assert group_commit.writes == 3
-    assert await _count(backends, outbox, []) == 3
+    assert await scheduling.outbox_rows(backends) == 3
 
 
 async def test_stopping_mid_write_leaves_no_request_waiting(backends: Backends) -> None:
     group_commit = GroupCommit(backends.db, OutboxPublisher(backends.db, backends.broker))
     group_commit.start()
-    user_id = await _user(backends)
-    waiting = [asyncio.create_task(group_commit.store(_job(user_id))) for _ in range(5)]
+    user_id = await scheduling.add_user(backends)
+    waiting = [
+        asyncio.create_task(group_commit.store(scheduling.due_job(user_id))) for _ in range(5)
+    ]
     while group_commit.writes == 0:  # until the first write is under way
         await asyncio.sleep(0)
     await group_commit.stop()

@@ -1,5 +1,6 @@
 """What the scheduler's tests share: rows written straight to the database (a user, due jobs, a
-schedule's next firing) and a consumer that counts ``jobs.created`` per (job, attempt)."""
+schedule's next firing) and a consumer that counts ``jobs.created`` per (job, attempt). The
+outbox's and the api's group-commit tests use the user, job and outbox helpers too."""
 
 import json
 import uuid
@@ -20,7 +21,7 @@ from cloudtask.db import session
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.queries import schedules as schedules_q
 from cloudtask.db.queries import users as users_q
-from cloudtask.db.tables import jobs, schedule_firings, schedules
+from cloudtask.db.tables import jobs, outbox, schedule_firings, schedules
 from tests.conftest import Backends
 from tests.helpers import Client, wait_for_status
 
@@ -32,6 +33,28 @@ async def add_user(backends: Backends) -> uuid.UUID:
             conn, user_id=user_id, email=f"{user_id}@example.com", password_hash="x", now=utcnow()
         )
     return user_id
+
+
+def due_job(user_id: uuid.UUID, payload: str = "{}") -> jobs_q.NewJob:
+    """An echo job due now, not yet stored."""
+    now = utcnow()
+    return jobs_q.NewJob(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        type="echo",
+        payload=payload,
+        priority=5,
+        max_attempts=3,
+        timeout_seconds=300.0,
+        run_at=now,
+        created_at=now,
+    )
+
+
+async def outbox_rows(backends: Backends) -> int:
+    """How many outbox messages wait to be published."""
+    async with session.reading(backends.db) as conn:
+        return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
 
 
 async def add_waiting_jobs(

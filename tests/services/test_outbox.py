@@ -2,13 +2,11 @@
 relay, and a row a relay holds is not published twice."""
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
 
 from cloudtask.broker.rabbitmq import RabbitMQBroker
 from cloudtask.contracts.messages import JobCreated
@@ -16,42 +14,19 @@ from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.db import session
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.queries import outbox as outbox_q
-from cloudtask.db.queries import users as users_q
-from cloudtask.db.tables import outbox
 from cloudtask.outbox import OutboxPublisher
 from tests.conftest import Backends
+from tests.services import scheduling
 
 CLOSED_PORT_URL = "amqp://guest:guest@127.0.0.1:1/"
 
 
 async def _stored(backends: Backends, count: int) -> list[outbox_q.OutboxRow]:
     """``count`` due jobs committed with their outbox rows, as the API stores them."""
-    user_id, now = uuid.uuid4(), datetime.now(UTC)
-    async with session.transaction(backends.db) as conn:
-        await users_q.create_user(
-            conn, user_id=user_id, email=f"{user_id}@example.com", password_hash="x", now=now
-        )
-    new_jobs = [
-        jobs_q.NewJob(
-            id=uuid.uuid4(),
-            user_id=user_id,
-            type="echo",
-            payload=str(n),
-            priority=5,
-            max_attempts=3,
-            timeout_seconds=300.0,
-            run_at=now,
-            created_at=now,
-        )
-        for n in range(count)
-    ]
+    user_id = await scheduling.add_user(backends)
+    new_jobs = [scheduling.due_job(user_id, payload=str(n)) for n in range(count)]
     async with session.autocommit(backends.db) as conn:
         return await jobs_q.submit(conn, new_jobs)
-
-
-async def _outbox_rows(backends: Backends) -> int:
-    async with backends.db.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
 
 
 async def _published(backends: Backends) -> list[str]:
@@ -85,7 +60,7 @@ async def test_published_rows_leave_the_outbox(backends: Backends) -> None:
     publisher = OutboxPublisher(backends.db, backends.broker, on_published=counted.append)
     await _publish(publisher, rows)
     assert sorted(await _published(backends)) == [str(n) for n in range(5)]
-    assert await _outbox_rows(backends) == 0
+    assert await scheduling.outbox_rows(backends) == 0
     assert sum(counted) == 5
 
 
@@ -95,12 +70,12 @@ async def test_rows_a_failed_publish_could_not_send_are_left_for_the_relay(
     rows = await _stored(backends, 3)
     down = RabbitMQBroker(CLOSED_PORT_URL, connect_timeout=1)  # never started: refuses at once
     await _publish(OutboxPublisher(backends.db, down), rows)
-    assert await _outbox_rows(backends) == 3
+    assert await scheduling.outbox_rows(backends) == 3
     assert await _published(backends) == []
     relay = OutboxPublisher(backends.db, backends.broker, relay_after=0)
     assert await relay.relay() == 3
     assert sorted(await _published(backends)) == ["0", "1", "2"]
-    assert await _outbox_rows(backends) == 0
+    assert await scheduling.outbox_rows(backends) == 0
 
 
 async def test_rows_a_relay_holds_are_left_to_it(backends: Backends) -> None:
@@ -116,4 +91,4 @@ async def test_rows_a_relay_holds_are_left_to_it(backends: Backends) -> None:
         await _publish(publisher, rows)
         # Only the two rows no relay held were published and deleted.
         assert len(await _published(backends)) == 2
-    assert await _outbox_rows(backends) == 2
+    assert await scheduling.outbox_rows(backends) == 2
