@@ -1,30 +1,72 @@
-"""RabbitMQ only: a job running when the services lose their connection still finishes, once."""
+"""RabbitMQ only: a job running when the services lose their connection still finishes."""
 
 import asyncio
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from cloudtask.worker import pipeline
 from tests import infra
-from tests.helpers import wait_for_status
+from tests.helpers import eventually, wait_for_status
 from tests.services.conftest import Stack
+from tests.services.support import metric
+
+
+async def _close_connections(stack: Stack) -> None:
+    assert stack.backends.rabbitmq_url is not None
+    vhost = unquote(urlsplit(stack.backends.rabbitmq_url).path.lstrip("/"))
+    await asyncio.to_thread(
+        infra.rabbitmqctl, "close_all_connections", "--vhost", vhost, "test: connection lost"
+    )
+
+
+def _needs_rabbitmq(stack: Stack) -> None:
+    if stack.backends.rabbitmq_url is None:
+        pytest.skip("the in-process broker has no connection to lose")
 
 
 async def test_a_running_job_finishes_and_reports_across_a_lost_connection(stack: Stack) -> None:
-    if stack.backends.rabbitmq_url is None:
-        pytest.skip("the in-process broker has no connection to lose")
+    _needs_rabbitmq(stack)
     token = await stack.client.register()
     job = await stack.client.create_job(
         token, type="sleep", payload={"seconds": 2}, maxAttempts=1, timeoutSeconds=60
     )
     await wait_for_status(stack.client, token, job["id"], "RUNNING")
-    vhost = unquote(urlsplit(stack.backends.rabbitmq_url).path.lstrip("/"))
-    await asyncio.to_thread(
-        infra.rabbitmqctl, "close_all_connections", "--vhost", vhost, "test: connection lost"
-    )
+    await _close_connections(stack)
     # The client reconnects; the job ends as it would have, without waiting for the
     # hung-attempt recovery (its timeout plus 30 s) and without a second attempt.
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED", timeout=20)
     assert done["status"] == "COMPLETED", done
     assert done["result"] == "Slept for 2 seconds"
     assert done["attempts"] == 1
+
+
+async def test_a_job_not_yet_announced_is_delivered_again_after_a_lost_connection(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_rabbitmq(stack)
+    monkeypatch.setattr(pipeline, "ANNOUNCE_AFTER", 60)
+    token = await stack.client.register()
+    job = await stack.client.create_job(
+        token, type="sleep", payload={"seconds": 1}, maxAttempts=1, timeoutSeconds=60
+    )
+
+    async def running() -> bool:
+        return stack.worker.busy == 1
+
+    await eventually(running)
+    await _close_connections(stack)
+    # Its delivery was not acknowledged, so RabbitMQ hands it out again: the attempt runs a
+    # second time (at least once), and the two reports of one attempt change the job once.
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED", timeout=20)
+    assert done["status"] == "COMPLETED", done
+    assert done["attempts"] == 1
+    registry = stack.results.metrics.registry
+
+    async def both_reported() -> bool:
+        name = "cloudtask_results_events_total"
+        return metric(registry, name, kind="completed", outcome="ignored") == 1
+
+    await eventually(both_reported, timeout=20)
+    worker = stack.worker.metrics.registry
+    assert metric(worker, "cloudtask_worker_jobs_started_total", type="sleep") == 2

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED
+from cloudtask.worker import pipeline
 from cloudtask.worker.handlers import builtin_handlers
 from cloudtask.worker.registry import HandlerRegistry
 from cloudtask.worker.service import WorkerService
@@ -128,13 +129,25 @@ async def test_an_unparseable_completion_is_dead_lettered_and_results_keep_being
     assert done["result"] == [1]
 
 
+@pytest.mark.parametrize("announced", [True, False], ids=["announced", "not-yet-announced"])
 async def test_stopping_the_worker_puts_a_running_job_back_for_another_worker(
-    stack: Stack, stack_handlers: HandlerRegistry, interruptible: Interruptible
+    stack: Stack,
+    stack_handlers: HandlerRegistry,
+    interruptible: Interruptible,
+    monkeypatch: pytest.MonkeyPatch,
+    announced: bool,
 ) -> None:
+    if not announced:
+        # Still in the moment before jobs.started, when the delivery is not yet acknowledged:
+        # the job must go back once, not once as a copy and again as the delivery.
+        monkeypatch.setattr(pipeline, "ANNOUNCE_AFTER", 60)
+    status = "RUNNING" if announced else "PENDING"
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="interruptible", payload={"n": 1})
     await wait_until_set(interruptible.first_started)
-    await wait_for_status(stack.client, token, job["id"], "RUNNING")
+    if announced:
+        await wait_for_status(stack.client, token, job["id"], "RUNNING")
+    assert (await stack.client.get_job(token, job["id"]))["status"] == status
 
     await stack.worker.stop(grace=0.2)
     assert interruptible.first_cancelled
@@ -144,7 +157,7 @@ async def test_stopping_the_worker_puts_a_running_job_back_for_another_worker(
         return (await stack.backends.broker.stats(JOBS_CREATED)).messages == 1
 
     await eventually(back_in_queue)
-    assert (await stack.client.get_job(token, job["id"]))["status"] == "RUNNING"
+    assert (await stack.client.get_job(token, job["id"]))["status"] == status
 
     handlers = builtin_handlers(stack.settings).merged(stack_handlers)
     second = WorkerService(
@@ -163,3 +176,19 @@ async def test_stopping_the_worker_puts_a_running_job_back_for_another_worker(
     assert done["result"] == {"finished": {"n": 1}}
     assert done["attempts"] == 1
     assert interruptible.calls == 2
+    assert (await stack.backends.broker.stats(JOBS_CREATED)).messages == 0
+
+
+async def test_a_job_that_ends_at_once_is_reported_by_its_completion_alone(stack: Stack) -> None:
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="echo", payload={"quick": True})
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert done["status"] == "COMPLETED"
+    assert done["attempts"] == 1
+    assert done["startedAt"] is not None
+    assert done["startedAt"] <= done["finishedAt"]
+    results = stack.results.metrics.registry
+    name = "cloudtask_results_events_total"
+    await wait_for_metric(results, name, 1, kind="completed", outcome="applied")
+    assert metric(results, name, kind="started", outcome="applied") == 0
+    assert metric(results, name, kind="started", outcome="ignored") == 0

@@ -49,23 +49,25 @@ def start(handler: Handler, payload: Any, executor: Executor) -> "asyncio.Future
     return asyncio.get_running_loop().run_in_executor(executor, call)
 
 
-async def finish(run: "asyncio.Future[Any]", timeout: float) -> Outcome:
-    """Wait for ``run`` at most ``timeout`` seconds and describe the outcome.
+async def finish(run: "asyncio.Future[Any]", timeout: float, *, since: float) -> Outcome:
+    """Wait for ``run`` until ``timeout`` seconds after ``since`` (a ``time.perf_counter()``
+    reading taken when it started) and describe the outcome.
 
     A handler that blocks the event loop cannot be stopped at its timeout; if it ran past it,
     the attempt counts as timed out all the same, whatever it returned.
     """
-    begun = time.monotonic()
     ended: list[float] = []
-    run.add_done_callback(lambda _: ended.append(time.monotonic()))
-    done, _ = await asyncio.wait({run}, timeout=timeout)
+    # On a future already done this is scheduled at once, so it still runs before the wait's.
+    run.add_done_callback(lambda _: ended.append(time.perf_counter()))
+    left = max(0.0, since + timeout - time.perf_counter())
+    done, _ = await asyncio.wait({run}, timeout=left)
     if not done:
         run.cancel()
         return _timed_out(timeout)
     if run.cancelled():
         return CANCELLED
     exc = run.exception()
-    if ended and ended[0] - begun > timeout:
+    if ended and ended[0] - since > timeout:
         return _timed_out(timeout)
     if exc is not None:
         return failure(exc)

@@ -3,12 +3,17 @@
 1. Decode. A message that cannot be parsed goes to ``jobs.dead`` with the reason; one redelivered
    more than ``max_deliveries`` times (it keeps killing its worker) is failed and dead-lettered.
 2. Run. The worker takes a lease on the attempt; a job cancelled while it waited is skipped.
-   Otherwise the worker publishes ``jobs.started`` (confirmed) and only then acknowledges the
-   delivery, so the broker's delivery timeout (30 minutes by default) never cuts short a job
-   allowed an hour; from here the lease, renewed by heartbeats and watched by the scheduler,
-   stands for the delivery. The handler runs under the job's timeout.
+   Otherwise the handler starts, under the job's timeout. A handler still running after
+   ``ANNOUNCE_AFTER`` makes the worker publish ``jobs.started`` (confirmed) and only then
+   acknowledge the delivery, so the broker's delivery timeout (30 minutes by default) never cuts
+   short a job allowed an hour; from there the lease, renewed by heartbeats and watched by the
+   scheduler, stands for the delivery.
 3. Report. ``jobs.completed`` is published (confirmed, retried while the broker is away), then
-   the lease is given up.
+   the delivery is acknowledged if it still is not, and the lease is given up. A job that ended
+   before ``ANNOUNCE_AFTER`` is reported by this one message, which carries its ``startedAt``:
+   most jobs are short, and each saves a publish, a persistent message in RabbitMQ and an event
+   for the results-processor to read. Until then the delivery is unacknowledged, so a worker
+   that dies has it redelivered, as with any job not yet started.
 """
 
 import asyncio
@@ -35,6 +40,9 @@ from cloudtask.worker.registry import HandlerRegistry
 
 log = logging.getLogger(__name__)
 REQUEUED = b"requeued"
+# Long enough for a short job to end first (an echo takes microseconds, a local mail a few
+# milliseconds), short enough that RUNNING shows at once to someone watching a long one.
+ANNOUNCE_AFTER = 0.05
 
 
 @dataclass
@@ -107,25 +115,36 @@ class Pipeline:
             await _quietly(delivery.ack())
             return
         started_at = utcnow()
-        started = JobStarted(
-            job_id=job.job_id, attempt=job.attempt, worker_id=deps.worker_id, started_at=started_at
-        )
-        try:
-            await deps.broker.publish(JOBS_STARTED, started.encode())
-            await delivery.ack()
-        except BrokerUnavailable:
-            # Not started: the delivery goes back to the queue with its channel.
-            await deps.running.drop(job.job_id, job.attempt)
-            return
         _log("job started", job, deps.worker_id)
-        outcome = await self._run(job)
+        announced = False
+
+        async def announce() -> None:
+            nonlocal announced
+            started = JobStarted(
+                job_id=job.job_id,
+                attempt=job.attempt,
+                worker_id=deps.worker_id,
+                started_at=started_at,
+            )
+            try:
+                await deps.broker.publish(JOBS_STARTED, started.encode())
+                await delivery.ack()
+            except BrokerUnavailable:
+                # The delivery goes back to the queue with its channel, and a copy may run
+                # elsewhere (at least once); this one still runs to its end and reports.
+                log.warning("could not announce a started job", extra={"jobId": str(job.job_id)})
+            announced = True
+
+        outcome = await self._run(job, announce)
         if (job.job_id, job.attempt) in self._requeue:
             await self._put_back(job)
-            return
-        await self._report(job, started_at, outcome)
+        else:
+            await self._report(job, started_at, outcome)
+        if not announced:
+            await _quietly(delivery.ack())
         await deps.running.drop(job.job_id, job.attempt)
 
-    async def _run(self, job: JobCreated) -> Outcome:
+    async def _run(self, job: JobCreated, announce: Callable[[], Awaitable[None]]) -> Outcome:
         deps = self.deps
         handler = deps.handlers.get(job.type)
         label = deps.metrics.job_type(job.type)
@@ -137,7 +156,10 @@ class Pipeline:
         run = execution.start(handler, job.payload, deps.executor)
         deps.running.track(job.job_id, job.attempt, run)
         try:
-            outcome = await execution.finish(run, job.timeout_seconds)
+            done, _ = await asyncio.wait({run}, timeout=ANNOUNCE_AFTER)
+            if not done:
+                await announce()
+            outcome = await execution.finish(run, job.timeout_seconds, since=begun)
         finally:
             deps.running.untrack(job.job_id)
             deps.metrics.in_flight.dec()
