@@ -32,6 +32,7 @@ from cloudtask.broker.base import (
     OutgoingMessage,
     QueueStats,
 )
+from cloudtask.broker.coalescing import CoalescingConnection
 from cloudtask.contracts.queues import ALL_QUEUES, JOBS_CREATED, MAX_PRIORITY
 from cloudtask.errors import BrokerUnavailable
 
@@ -136,6 +137,7 @@ class RabbitMQBroker(Broker):
             timeout=self._connect_timeout,
             reconnect_interval=1,
             client_properties={"connection_name": "cloudtask"},
+            connection_class=CoalescingConnection,
         )
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
