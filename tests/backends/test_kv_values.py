@@ -70,14 +70,19 @@ async def test_set_many_values_expire(kv: KV) -> None:
     await expired(kv, "q")
 
 
-async def test_set_and_get_stores_one_key_and_reads_another(kv: KV) -> None:
+async def test_set_many_and_get_stores_keys_and_reads_others(kv: KV) -> None:
     await kv.set("flag", b"up")
-    assert await kv.set_and_get("lease", b"me", ttl=0.3, get_key="flag") == b"up"
-    assert await kv.set_and_get("lease", b"me", ttl=0.3, get_key="absent") is None
-    assert await kv.get("lease") == b"me"
+    leases = {"lease1": b"me", "lease2": b"me"}
+    got = await kv.set_many_and_get(leases, ttl=0.3, get_keys=["flag", "absent", "flag"])
+    assert got == [b"up", None, b"up"]
+    assert await kv.get_many(["lease1", "lease2"]) == [b"me", b"me"]
+    assert await kv.set_many_and_get({}, ttl=0.3, get_keys=[]) == []
+    assert await kv.set_many_and_get({}, ttl=0.3, get_keys=["lease1"]) == [b"me"]
+    # Written before they are read: a key in both reads its new value.
+    assert await kv.set_many_and_get({"both": b"new"}, ttl=0.3, get_keys=["both"]) == [b"new"]
 
     async def expired() -> bool:
-        return await kv.get("lease") is None
+        return await kv.get_many(["lease1", "lease2", "both"]) == [None, None, None]
 
     await eventually(expired, timeout=5)
 

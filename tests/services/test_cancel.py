@@ -8,7 +8,7 @@ from uuid import uuid4
 
 import pytest
 
-from cloudtask.contracts.signals import CANCEL_CHANNEL
+from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key
 from cloudtask.settings import Settings
 from cloudtask.worker.leases import RunningAttempts
 from cloudtask.worker.registry import HandlerRegistry
@@ -141,4 +141,25 @@ async def test_a_cancel_heard_after_the_lease_is_taken_stops_the_handler_as_it_s
         await eventually(cancelled_when_tracked)
     finally:
         await running.drop(job_id, 1)
+        await running.stop()
+
+
+async def test_leases_taken_together_are_written_in_one_round_trip_each_with_its_own_flag(
+    backends: Backends,
+) -> None:
+    running = RunningAttempts(backends.kv, "test-worker", lease_seconds=15)
+    await running.start()
+    jobs = [uuid4() for _ in range(5)]
+    await backends.kv.set(cancel_key(jobs[2]), b"1", ttl=60)
+    try:
+        flags = await asyncio.gather(*(running.take(job_id, 3) for job_id in jobs))
+        assert flags == [False, False, True, False, False]
+        leases = await backends.kv.get_many([lease_key(job_id, 3) for job_id in jobs])
+        assert leases == [b"test-worker"] * 5
+        assert running._takes.writes == 1
+        assert await running.take(uuid4(), 1) is False  # a lone one is not kept waiting
+        assert running._takes.writes == 2
+    finally:
+        for job_id in jobs:
+            await running.drop(job_id, 3)
         await running.stop()

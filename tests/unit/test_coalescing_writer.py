@@ -1,6 +1,6 @@
 """The AMQP connection's writer: what is written in one turn of the loop reaches the socket as
-one write, in order, and nothing kept is lost to ``drain`` or ``close``. Over a real loopback
-socket; the transport's ``write`` is counted."""
+one write, in order; ``drain`` sends only past the mark, and nothing kept is lost to ``close``.
+Over a real loopback socket; the transport's ``write`` is counted."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 from yarl import URL
 
-from cloudtask.broker.coalescing import CoalescingTransportFactory, CoalescingWriter
+from cloudtask.broker.coalescing import KEEP_AT_MOST, CoalescingTransportFactory, CoalescingWriter
 
 
 @dataclass
@@ -81,13 +81,24 @@ async def test_writes_in_one_turn_of_the_loop_go_out_as_one_send_in_order(
     assert connected.sends == [b"one,two,three,four", b"-later"]
 
 
-async def test_drain_sends_what_is_kept_at_once(connected: Connected) -> None:
+async def test_drain_keeps_a_little_but_sends_at_once_past_the_mark(
+    connected: Connected,
+) -> None:
     connected.writer.write(b"a")
     connected.writer.write(b"b")
+    await connected.writer.drain()  # flow control, not a flush: well under the mark
+    assert connected.sends == []
+    assert await connected.peer.wait_for(2) == b"ab"
+    assert connected.sends == [b"ab"]
+
+    big = b"x" * KEEP_AT_MOST
+    connected.writer.write(b"c")
+    connected.writer.write(big)
     await connected.writer.drain()
-    assert connected.sends == [b"ab"]
+    assert connected.sends == [b"ab", b"c" + big]
     await asyncio.sleep(0)  # the turn's own send finds nothing left
-    assert connected.sends == [b"ab"]
+    assert connected.sends == [b"ab", b"c" + big]
+    assert await connected.peer.wait_for(3 + KEEP_AT_MOST) == b"abc" + big
 
 
 async def test_close_and_write_eof_send_what_is_kept_first(connected: Connected) -> None:

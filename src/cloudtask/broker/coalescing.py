@@ -4,8 +4,13 @@ aiormq hands the socket each publish, ack and confirm-bearing method as its own 
 call and, on loopback, the broker's side of TCP too, per frame. A busy worker queues many in one
 turn of the loop (a report, the acks of several deliveries, the next reports), so the writer here
 keeps what is written during a turn and sends it as one write when the turn ends. Nothing waits
-longer than that turn, and ``drain``, ``close`` and ``write_eof`` send what is kept first, so the
-order of frames and aiormq's flow control are as before.
+longer than that turn, and the order of frames is kept.
+
+aiormq awaits ``drain()`` after each frame it must report as written (a publish), which would
+send each at once. ``drain`` is flow control, though, not a flush: asyncio's returns at once while
+the transport holds less than its high-water mark, and this one does the same while less than
+``KEEP_AT_MOST`` is kept, sending first when more is. ``close`` and ``write_eof`` send what is
+kept before they act.
 
 It plugs in through aiormq's public ``transport_factory``; aio-pika passes the connection's
 arguments through (see :class:`CoalescingConnection`).
@@ -20,6 +25,7 @@ from aiormq.connection import TCPTransportFactory
 from yarl import URL
 
 STREAM_LIMIT = 2**16  # asyncio.open_connection's default
+KEEP_AT_MOST = 2**16  # asyncio's default high-water mark for a transport's buffer
 
 
 class CoalescingWriter(asyncio.StreamWriter):
@@ -35,10 +41,13 @@ class CoalescingWriter(asyncio.StreamWriter):
         super().__init__(transport, protocol, reader, loop)
         self._event_loop = loop
         self._kept: list[bytes] = []
+        self._kept_size = 0
         self._send_handle: asyncio.Handle | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._kept.append(bytes(data))
+        chunk = bytes(data)
+        self._kept.append(chunk)
+        self._kept_size += len(chunk)
         if self._send_handle is None:
             self._send_handle = self._event_loop.call_soon(self.send_kept)
 
@@ -53,11 +62,13 @@ class CoalescingWriter(asyncio.StreamWriter):
         if self._kept:
             data = b"".join(self._kept) if len(self._kept) > 1 else self._kept[0]
             self._kept.clear()
+            self._kept_size = 0
             super().write(data)
 
     async def drain(self) -> None:
-        self.send_kept()
-        await super().drain()
+        if self._kept_size >= KEEP_AT_MOST:
+            self.send_kept()
+        await super().drain()  # waits while the transport is over its mark; raises if lost
 
     def write_eof(self) -> None:
         self.send_kept()

@@ -41,10 +41,10 @@ class KV(ABC):
     async def set_many(self, items: dict[str, bytes], *, ttl: float) -> None: ...
 
     @abstractmethod
-    async def set_and_get(
-        self, set_key: str, value: bytes, *, ttl: float, get_key: str
-    ) -> bytes | None:
-        """Store ``value`` at ``set_key`` and read ``get_key``, in one round trip."""
+    async def set_many_and_get(
+        self, items: dict[str, bytes], *, ttl: float, get_keys: Sequence[str]
+    ) -> list[bytes | None]:
+        """Store ``items`` (as :meth:`set_many`), then read ``get_keys``, in one round trip."""
 
     @abstractmethod
     async def delete(self, *keys: str) -> int: ...

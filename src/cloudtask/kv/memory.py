@@ -80,11 +80,11 @@ class MemoryKV(KV):
         for key, value in items.items():
             self._values[key] = (value, self._expiry(ttl))
 
-    async def set_and_get(
-        self, set_key: str, value: bytes, *, ttl: float, get_key: str
-    ) -> bytes | None:
-        self._values[set_key] = (value, self._expiry(ttl))
-        return self._live(get_key)
+    async def set_many_and_get(
+        self, items: dict[str, bytes], *, ttl: float, get_keys: Sequence[str]
+    ) -> list[bytes | None]:
+        await self.set_many(items, ttl=ttl)
+        return [self._live(key) for key in get_keys]
 
     async def delete(self, *keys: str) -> int:
         removed = 0

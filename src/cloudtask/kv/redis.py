@@ -141,14 +141,16 @@ class RedisKV(KV):
             pipe.set(key, value, px=_ms(ttl))
         await self._call(pipe.execute())
 
-    async def set_and_get(
-        self, set_key: str, value: bytes, *, ttl: float, get_key: str
-    ) -> bytes | None:
+    async def set_many_and_get(
+        self, items: dict[str, bytes], *, ttl: float, get_keys: Sequence[str]
+    ) -> list[bytes | None]:
         pipe = self._client.pipeline(transaction=False)
-        pipe.set(set_key, value, px=_ms(ttl))
-        pipe.get(get_key)
-        _, got = await self._call(pipe.execute())
-        return got  # type: ignore[no-any-return]
+        for key, value in items.items():
+            pipe.set(key, value, px=_ms(ttl))
+        if get_keys:
+            pipe.mget(get_keys)
+        replies = await self._call(pipe.execute())
+        return list(replies[-1]) if get_keys else []
 
     async def delete(self, *keys: str) -> int:
         if not keys:

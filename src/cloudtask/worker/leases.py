@@ -1,9 +1,11 @@
 """Leases on running attempts, renewed by a heartbeat, and the cancel signals from the API.
 
-The worker acknowledges a delivery as soon as the attempt has started (see ``pipeline``), so the
-broker no longer watches it; instead the worker holds a lease per running attempt in the key-value
-store and renews them all in one round trip every third of their TTL. The scheduler treats a
-RUNNING job without a lease as abandoned by a dead worker and hands it out again.
+Once the worker has acknowledged a running attempt's delivery (see ``pipeline``), the broker no
+longer watches it; instead the worker holds a lease per running attempt in the key-value store and
+renews them all in one round trip every third of their TTL. The scheduler treats a RUNNING job
+without a lease as abandoned by a dead worker and hands it out again. Leases taken together
+(deliveries arrive in bursts, up to the prefetch) are written, and their cancel flags read, in one
+round trip as well; the jobs then go on in step, and their reports share socket writes too.
 
 A cancel signal can arrive after the lease is taken but before the handler is started; it is kept
 and applied when the handler is tracked, so a job cancelled in that moment still never runs.
@@ -12,14 +14,24 @@ and applied when the handler is tracked, so a job cancelled in that moment still
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from cloudtask.batching import Batcher
 from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key
 from cloudtask.errors import KVUnavailable
 from cloudtask.kv.base import KV, Subscription
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Take:
+    lease: str
+    cancel: str
+    cancel_flag: bytes | None = None
 
 
 class RunningAttempts:
@@ -34,8 +46,10 @@ class RunningAttempts:
         self._cancel_before_start: set[UUID] = set()
         self._subscription: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._takes = Batcher(self._take_many, shared_failures=(KVUnavailable,), name="leases")
 
     async def start(self) -> None:
+        self._takes.start()
         self._subscription = await self._kv.subscribe(CANCEL_CHANNEL, self._on_cancel)
         self._heartbeat = asyncio.create_task(self._beat(), name="lease-heartbeat")
 
@@ -46,23 +60,31 @@ class RunningAttempts:
                 await self._heartbeat
         if self._subscription is not None:
             await self._subscription.close()
+        await self._takes.stop()
 
     async def take(self, job_id: UUID, attempt: int) -> bool:
-        """Lease the attempt; returns whether the job's cancellation was requested. One round
-        trip. If the store is unreachable the job runs anyway: the heartbeat writes the lease
-        once the store is back (and the scheduler does not judge leases until then)."""
-        key = lease_key(job_id, attempt)
-        self._leases[key] = job_id
+        """Lease the attempt; returns whether the job's cancellation was requested. If the store
+        is unreachable the job runs anyway: the heartbeat writes the lease once the store is
+        back (and the scheduler does not judge leases until then)."""
+        take = _Take(lease_key(job_id, attempt), cancel_key(job_id))
+        self._leases[take.lease] = job_id
         try:
-            flag = await self._kv.set_and_get(
-                key, self._worker_id, ttl=self.lease_seconds, get_key=cancel_key(job_id)
-            )
+            await self._takes.add(take)
         except KVUnavailable as exc:
             log.warning(
                 "running without a lease: %s", exc, extra={"jobId": str(job_id), "attempt": attempt}
             )
             return False
-        return flag is not None
+        return take.cancel_flag is not None
+
+    async def _take_many(self, takes: Sequence["_Take"]) -> None:
+        flags = await self._kv.set_many_and_get(
+            dict.fromkeys((take.lease for take in takes), self._worker_id),
+            ttl=self.lease_seconds,
+            get_keys=[take.cancel for take in takes],
+        )
+        for take, flag in zip(takes, flags, strict=True):
+            take.cancel_flag = flag
 
     async def drop(self, job_id: UUID, attempt: int, *, marker: bytes | None = None) -> None:
         """Stop renewing the lease (it expires by itself: a finished job needs none), or leave
