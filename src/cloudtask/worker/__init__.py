@@ -1,2 +1,2 @@
-"""The worker: hears jobs on ``jobs.created``, runs their handlers, reports ``jobs.started`` and
-``jobs.completed``. It never touches the database."""
+"""The worker: hears jobs on ``jobs.created``, runs their handlers, reports ``jobs.started`` (for
+a job still running after a moment) and ``jobs.completed``. It never touches the database."""
