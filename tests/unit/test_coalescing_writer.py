@@ -101,20 +101,12 @@ async def test_drain_keeps_a_little_but_sends_at_once_past_the_mark(
     assert await connected.peer.wait_for(3 + KEEP_AT_MOST) == b"abc" + big
 
 
-async def test_write_eof_sends_what_is_kept_first(connected: Connected) -> None:
+@pytest.mark.parametrize("end", ["write_eof", "close"])
+async def test_ending_the_stream_sends_what_is_kept_first(connected: Connected, end: str) -> None:
     connected.writer.write(b"last ")
     connected.writer.write(b"words")
-    connected.writer.write_eof()
+    getattr(connected.writer, end)()
     await asyncio.wait_for(connected.peer.ended.wait(), timeout=5)
     assert bytes(connected.peer.received) == b"last words"
     connected.writer.close()  # nothing is sent twice
     assert connected.sends == [b"last words"]
-
-
-async def test_close_sends_what_is_kept_before_closing(connected: Connected) -> None:
-    connected.writer.write(b"good")
-    connected.writer.write(b"bye")
-    connected.writer.close()
-    await asyncio.wait_for(connected.peer.ended.wait(), timeout=5)
-    assert bytes(connected.peer.received) == b"goodbye"
-    assert connected.sends == [b"goodbye"]
