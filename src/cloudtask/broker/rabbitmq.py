@@ -213,16 +213,17 @@ class RabbitMQBroker(Broker):
                 queue, durable=True, arguments=queue_arguments(queue)
             )
 
-            # Delivery tags count per channel: a reconnected channel starts its own Acks.
-            acks: dict[int, Acks] = {}
+            # Delivery tags count per channel: a reconnected channel starts its own Acks. The
+            # channel itself is kept to compare, since an id() is reused once its object is gone.
+            counted_channel: object = None
+            acks = Acks()
 
             async def on_message(message: AbstractIncomingMessage) -> None:
-                key = id(message.channel)
-                if key not in acks:
-                    acks.clear()
-                    acks[key] = Acks()
-                acks[key].delivered(message)
-                delivery = RabbitDelivery(message, acks[key])
+                nonlocal counted_channel, acks
+                if message.channel is not counted_channel:
+                    counted_channel, acks = message.channel, Acks()
+                acks.delivered(message)
+                delivery = RabbitDelivery(message, acks)
                 try:
                     await handler(delivery)
                 except Exception:

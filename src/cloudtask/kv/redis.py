@@ -134,12 +134,8 @@ class RedisKV(KV):
         return bool(done)
 
     async def set_many(self, items: dict[str, bytes], *, ttl: float) -> None:
-        if not items:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        for key, value in items.items():
-            pipe.set(key, value, px=_ms(ttl))
-        await self._call(pipe.execute())
+        if items:
+            await self.set_many_and_get(items, ttl=ttl, get_keys=())
 
     async def set_many_and_get(
         self, items: dict[str, bytes], *, ttl: float, get_keys: Sequence[str]

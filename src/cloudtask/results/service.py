@@ -113,7 +113,7 @@ class ResultsService:
             running = await job_events.apply_started(conn, started, now=now)
             moved = await job_events.apply_finished(conn, finished, now=now)
         ended = {job.id for job in moved}
-        taken = len(running) + len([e for e in subsumed if e.job_id in ended])
+        taken = len(running) + sum(1 for e in subsumed if e.job_id in ended)
         self.metrics.batch_size.observe(len(events))
         self.metrics.events.labels("started", "applied").inc(taken)
         self.metrics.events.labels("started", "ignored").inc(len(started) + len(subsumed) - taken)
