@@ -1,11 +1,11 @@
 """The RabbitMQ broker (aio-pika): durable queues, persistent messages and publisher confirms.
 
-Publishes from many coroutines share one confirming channel, so their confirms are pipelined rather
-than awaited one at a time. Each consumer has its own channel with its own prefetch. The connection
-is robust: aio-pika reconnects and restores consumers; until it has, publishing raises
+Publishes from many coroutines share one confirming channel, so their confirms are pipelined
+rather than awaited one at a time; the messages of one publish go out in one write
+(``publishing.py``). Each consumer has its own channel with its own prefetch. The connection is
+robust: aio-pika reconnects and restores consumers; until it has, publishing raises
 :class:`BrokerUnavailable` at once instead of hanging, and the transactional outbox keeps the
-messages.
-"""
+messages."""
 
 import asyncio
 import contextlib
