@@ -102,3 +102,15 @@ async def test_openapi_documents_every_route_with_the_error_body(client: Client)
     assert "Idempotency-Key" in [p["name"] for p in create["parameters"]]
     assert set(create["responses"]) >= {"201", "400", "401", "409", "413", "422", "500"}
     assert_error(await client.http.get("/openapi.yaml"), 404)
+
+
+async def test_a_batch_counts_each_of_its_jobs_by_type(client: Client) -> None:
+    token = await client.register()
+    jobs = [{"type": "echo"}, {"type": "sleep", "payload": {"seconds": 0.01}}, {"type": "echo"}]
+    response = await client.http.post(
+        "/jobs/batch", json={"jobs": jobs}, headers=client.auth(token)
+    )
+    assert response.status_code == 201
+    text = (await client.http.get("/actuator/prometheus")).text
+    assert 'cloudtask_jobs_created_total{type="echo"} 2.0' in text
+    assert 'cloudtask_jobs_created_total{type="sleep"} 1.0' in text

@@ -61,8 +61,8 @@ def job_created_body(
     """
     return orjson.dumps(
         {
-            "jobId": str(job_id),
-            "userId": str(user_id),
+            "jobId": job_id,  # orjson writes a UUID as str() does, without the Python call
+            "userId": user_id,
             "type": type,
             "payload": orjson.Fragment(payload_json),
             "priority": priority,
