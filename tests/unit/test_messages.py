@@ -35,3 +35,22 @@ def test_job_created_body_matches_the_model(payload: Any, enqueued_at: datetime)
     fast = job_created_body(payload_json=jsoncodec.dumps_str(payload), **fields)
     assert fast == JobCreated(payload=payload, **fields).encode()
     assert JobCreated.model_validate_json(fast).payload == payload
+
+
+class _DriverUUID(uuid.UUID):
+    """Like asyncpg's UUID: a subclass, which orjson does not write by itself."""
+
+
+def test_job_created_body_takes_ids_of_a_uuid_subclass() -> None:
+    job_id, user_id = uuid.uuid4(), uuid.uuid4()
+    fields: dict[str, Any] = {
+        "type": "echo",
+        "payload_json": "{}",
+        "priority": 5,
+        "attempt": 1,
+        "timeout_seconds": 30,
+        "enqueued_at": datetime(2026, 11, 28, 10, 0, tzinfo=UTC),
+    }
+    assert job_created_body(
+        job_id=_DriverUUID(int=job_id.int), user_id=_DriverUUID(int=user_id.int), **fields
+    ) == job_created_body(job_id=job_id, user_id=user_id, **fields)

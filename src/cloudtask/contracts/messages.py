@@ -61,8 +61,10 @@ def job_created_body(
     """
     return orjson.dumps(
         {
-            "jobId": job_id,  # orjson writes a UUID as str() does, without the Python call
-            "userId": user_id,
+            # str(): orjson writes uuid.UUID itself but refuses subclasses such as the ids
+            # asyncpg returns (the scheduler's dispatches read theirs from the database).
+            "jobId": str(job_id),
+            "userId": str(user_id),
             "type": type,
             "payload": orjson.Fragment(payload_json),
             "priority": priority,
