@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import orjson
+
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.timefmt import format_rfc3339
 from cloudtask.db.queries.jobs import JobRecord
@@ -19,19 +21,34 @@ def _parse(text: str | None) -> Any:
     return None if text is None else jsoncodec.loads(text)
 
 
+def _stored(text: str | None) -> Any:
+    """A job's stored JSON text, to be written into an answer as it is.
+
+    A job's payload and result are stored as ``jsoncodec`` wrote them after validating them, so
+    parsing the text and writing the value again would give the same text back; orjson embeds
+    it instead (a listing parsed a hundred documents per page). The body then needs orjson:
+    ``jsoncodec.dumps`` falls back to the standard library only for integers orjson cannot
+    hold, and those stay inside the text.
+    """
+    return None if text is None else orjson.Fragment(text)
+
+
 def job_json(job: JobRecord, payload: Any = _UNPARSED) -> dict[str, Any]:
-    """The ``Job`` body. ``payload`` may pass the already-parsed payload to skip parsing it."""
+    """The ``Job`` body. ``payload`` may pass the already-parsed payload to skip parsing it.
+
+    For orjson only (see :func:`_stored`): render it with ``jsoncodec.dumps``.
+    """
     return {
         "id": str(job.id),
         "type": job.type,
-        "payload": _parse(job.payload) if payload is _UNPARSED else payload,
+        "payload": _stored(job.payload) if payload is _UNPARSED else payload,
         "status": job.status.value,
         "priority": job.priority,
         "attempts": job.attempts,
         "maxAttempts": job.max_attempts,
         "timeoutSeconds": _number(job.timeout_seconds),
         "runAt": format_rfc3339(job.run_at),
-        "result": _parse(job.result),
+        "result": _stored(job.result),
         "error": job.error,
         "scheduleId": str(job.schedule_id) if job.schedule_id else None,
         "createdAt": format_rfc3339(job.created_at),
