@@ -5,7 +5,8 @@ rather than awaited one at a time; the messages of one publish go out in one wri
 (``publishing.py``). Each consumer has its own channel with its own prefetch. The connection is
 robust: aio-pika reconnects and restores consumers; until it has, publishing raises
 :class:`BrokerUnavailable` at once instead of hanging, and the transactional outbox keeps the
-messages."""
+messages.
+"""
 
 import asyncio
 import contextlib
