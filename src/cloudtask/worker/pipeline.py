@@ -27,6 +27,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from cloudtask.broker.base import Broker, Delivery
+from cloudtask.broker.grouping import GroupedPublisher
 from cloudtask.contracts.messages import JobCreated, JobFinished, JobStarted
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_DEAD, JOBS_STARTED
 from cloudtask.contracts.timefmt import utcnow
@@ -48,6 +49,7 @@ ANNOUNCE_AFTER = 0.05
 @dataclass
 class PipelineDeps:
     broker: Broker
+    reports: GroupedPublisher  # jobs.started and jobs.completed, grouped across jobs
     kv: KV
     handlers: HandlerRegistry
     running: RunningAttempts
@@ -127,7 +129,7 @@ class Pipeline:
                 started_at=started_at,
             )
             try:
-                await deps.broker.publish(JOBS_STARTED, started.encode())
+                await deps.reports.publish(JOBS_STARTED, started.encode())
                 await delivery.ack()
             except BrokerUnavailable:
                 # The delivery goes back to the queue with its channel, and a copy may run
@@ -180,7 +182,7 @@ class Pipeline:
             started_at=started_at,
             finished_at=utcnow(),
         )
-        await _until_published(lambda: self.deps.broker.publish(JOBS_COMPLETED, finished.encode()))
+        await _until_published(lambda: self.deps.reports.publish(JOBS_COMPLETED, finished.encode()))
         self.deps.metrics.jobs_processed.labels(
             self.deps.metrics.job_type(job.type), outcome.kind
         ).inc()
@@ -232,6 +234,8 @@ async def _quietly(step: Awaitable[None]) -> None:
 
 
 def _log(message: str, job: JobCreated, worker_id: str, **extra: object) -> None:
+    if not log.isEnabledFor(logging.INFO):  # twice per job: skip building the fields
+        return
     fields = {
         "action": message.replace(" ", "."),
         "jobId": str(job.job_id),

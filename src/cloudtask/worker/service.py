@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cloudtask.broker.base import Broker, Consumer, Delivery
+from cloudtask.broker.grouping import GroupedPublisher
 from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.kv.base import KV
 from cloudtask.observability.metrics import WorkerMetrics
@@ -47,8 +48,10 @@ class WorkerService:
         self._broker = broker
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="cloudtask-job")
         self._running = RunningAttempts(kv, self.worker_id, settings.worker_lease_seconds)
+        self._reports = GroupedPublisher(broker, name="worker-reports")
         deps = PipelineDeps(
             broker=broker,
+            reports=self._reports,
             kv=kv,
             handlers=handlers,
             running=self._running,
@@ -62,6 +65,7 @@ class WorkerService:
         self._consumer: Consumer | None = None
 
     async def start(self) -> None:
+        self._reports.start()
         await self._running.start()
         self._consumer = await self._broker.consume(
             JOBS_CREATED, self._handle, prefetch=self.concurrency
@@ -102,6 +106,7 @@ class WorkerService:
             await asyncio.wait(set(self._active), timeout=10)
         if self._consumer is not None:
             await self._consumer.cancel()
+        await self._reports.stop()  # after the jobs: their reports go out through it
         await self._running.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"action": "worker.stopped", "workerId": self.worker_id})
