@@ -9,8 +9,6 @@ from cloudtask.contracts.timefmt import format_rfc3339
 from cloudtask.db.queries.jobs import JobRecord
 from cloudtask.db.queries.schedules import ScheduleRecord
 
-_UNPARSED: Any = object()
-
 
 def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
@@ -33,15 +31,13 @@ def _stored(text: str | None) -> Any:
     return None if text is None else orjson.Fragment(text)
 
 
-def job_json(job: JobRecord, payload: Any = _UNPARSED) -> dict[str, Any]:
-    """The ``Job`` body. ``payload`` may pass the already-parsed payload to skip parsing it.
-
-    For orjson only (see :func:`_stored`): render it with ``jsoncodec.dumps``.
-    """
+def job_json(job: JobRecord) -> dict[str, Any]:
+    """The ``Job`` body; for orjson only (see :func:`_stored`), so render it with
+    ``jsoncodec.dumps``."""
     return {
         "id": str(job.id),
         "type": job.type,
-        "payload": _stored(job.payload) if payload is _UNPARSED else payload,
+        "payload": _stored(job.payload),
         "status": job.status.value,
         "priority": job.priority,
         "attempts": job.attempts,

@@ -77,7 +77,7 @@ class RunningAttempts:
             return False
         return take.cancel_flag is not None
 
-    async def _take_many(self, takes: Sequence["_Take"]) -> None:
+    async def _take_many(self, takes: Sequence[_Take]) -> None:
         flags = await self._kv.set_many_and_get(
             dict.fromkeys((take.lease for take in takes), self._worker_id),
             ttl=self.lease_seconds,

@@ -57,7 +57,7 @@ async def _submit(
     async def create() -> Response:
         job = submission.new_job(body, user.user_id, utcnow())
         await submission.store(context, [job])
-        return JSONBytesResponse(job_json(job.record(), body.payload), status_code=201)
+        return JSONBytesResponse(job_json(job.record()), status_code=201)
 
     return await submission.idempotent(context, request, user, key, create)
 
@@ -130,10 +130,7 @@ async def create_batch(
         now = utcnow()
         new_jobs = [submission.new_job(job_body, user.user_id, now) for job_body in body.jobs]
         await submission.store(context, new_jobs)
-        jobs_json = [
-            job_json(job.record(), job_body.payload)
-            for job, job_body in zip(new_jobs, body.jobs, strict=True)
-        ]
+        jobs_json = [job_json(job.record()) for job in new_jobs]
         return JSONBytesResponse(jobs_json, status_code=201)
 
     return await submission.idempotent(context, request, user, idempotency_key, create)
