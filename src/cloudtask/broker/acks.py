@@ -2,7 +2,7 @@
 
 import asyncio
 
-from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import AbstractChannel
 
 
 class Acks:
@@ -19,19 +19,17 @@ class Acks:
     tags below the first one not seen.
     """
 
-    def __init__(self) -> None:
-        self._unsettled: dict[int, AbstractIncomingMessage] = {}
+    def __init__(self, channel: AbstractChannel) -> None:
+        self._channel = channel
+        self._unsettled: set[int] = set()
         self._next_unseen = 1
         self._seen_ahead: set[int] = set()
         self._wanted: dict[int, asyncio.Future[None]] = {}
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def delivered(self, message: AbstractIncomingMessage) -> None:
-        tag = message.delivery_tag
-        if tag is None:
-            return
-        self._unsettled[tag] = message
+    def delivered(self, tag: int) -> None:
+        self._unsettled.add(tag)
         if tag != self._next_unseen:
             self._seen_ahead.add(tag)
             return
@@ -40,15 +38,13 @@ class Acks:
             self._seen_ahead.remove(self._next_unseen)
             self._next_unseen += 1
 
-    def settled(self, message: AbstractIncomingMessage) -> None:
+    def settled(self, tag: int) -> None:
         """A delivery rejected on its own."""
-        if message.delivery_tag is not None:
-            self._unsettled.pop(message.delivery_tag, None)
+        self._unsettled.discard(tag)
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
-        tag = message.delivery_tag
-        if tag is None or tag not in self._unsettled:
-            await message.ack()  # not one this consumer counted: on its own
+    async def ack(self, tag: int) -> None:
+        if tag not in self._unsettled:
+            await self._channel.basic_ack(tag)  # not one this consumer counted: on its own
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._wanted[tag] = done
@@ -75,12 +71,12 @@ class Acks:
         limit = min((t for t in self._unsettled if t not in wanted), default=self._next_unseen)
         limit = min(limit, self._next_unseen)
         covered = [t for t in tags if t < limit]
-        messages = {tag: self._unsettled.pop(tag) for tag in tags}
+        self._unsettled.difference_update(tags)
         try:
             if covered:
-                await messages[covered[-1]].ack(multiple=len(covered) > 1)
+                await self._channel.basic_ack(covered[-1], multiple=len(covered) > 1)
             for tag in tags[len(covered) :]:
-                await messages[tag].ack()
+                await self._channel.basic_ack(tag)
         except BaseException as exc:
             for done in wanted.values():
                 if not done.done():

@@ -1,0 +1,122 @@
+"""RabbitMQ only: consumers on aiormq's channels, subscribed again when the connection returns."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from cloudtask.broker.base import OutgoingMessage, QueueStats
+from cloudtask.broker.rabbitmq import RabbitMQBroker
+from cloudtask.contracts.queues import ALL_QUEUES, JOBS_COMPLETED
+from cloudtask.errors import BrokerUnavailable
+from tests import infra
+from tests.backends.recorder import Recorder, wait_for_stats
+from tests.helpers import eventually
+
+
+@pytest.fixture
+async def rabbit(rabbit_url: str) -> AsyncIterator[RabbitMQBroker]:
+    broker = RabbitMQBroker(rabbit_url)
+    await broker.start()
+    await broker.wait_connected(10)
+    for queue in ALL_QUEUES:
+        await broker.purge(queue)
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+async def _lose_connection(rabbit_url: str, broker: RabbitMQBroker) -> None:
+    vhost = unquote(urlsplit(rabbit_url).path.lstrip("/"))
+    await asyncio.to_thread(
+        infra.rabbitmqctl, "close_all_connections", "--vhost", vhost, "test: connection lost"
+    )
+
+    async def reconnected() -> bool:
+        try:
+            await broker.stats(JOBS_COMPLETED)
+        except BrokerUnavailable:
+            return False
+        return True
+
+    await asyncio.sleep(0.5)  # the close reaches the client
+    await eventually(reconnected, timeout=20)
+
+
+async def _publish(broker: RabbitMQBroker, *bodies: bytes) -> None:
+    messages = [OutgoingMessage(JOBS_COMPLETED, body) for body in bodies]
+
+    async def published() -> bool:
+        try:
+            await broker.publish_many(messages)
+        except BrokerUnavailable:
+            return False
+        return True
+
+    await eventually(published, timeout=20)
+
+
+async def test_a_consumer_receives_again_after_a_lost_connection_once(
+    rabbit: RabbitMQBroker, rabbit_url: str
+) -> None:
+    received = Recorder(ack=True)
+    await rabbit.consume(JOBS_COMPLETED, received, prefetch=10)
+    await _publish(rabbit, b"before")
+    await received.wait_for(1)
+    await _lose_connection(rabbit_url, rabbit)
+    await _publish(rabbit, b"after-1", b"after-2")
+    await received.wait_for(3)
+    assert received.bodies == [b"before", b"after-1", b"after-2"]
+    # Subscribed again once, not once per reconnection path: one consumer, nothing left over.
+    await wait_for_stats(rabbit, JOBS_COMPLETED, QueueStats(messages=0, consumers=1))
+
+
+async def test_a_delivery_held_across_a_lost_connection_comes_back(
+    rabbit: RabbitMQBroker, rabbit_url: str
+) -> None:
+    received = Recorder(ack=False)
+    consumer = await rabbit.consume(JOBS_COMPLETED, received, prefetch=10)
+    await _publish(rabbit, b"held")
+    (first,) = await received.wait_for(1)
+    assert not first.redelivered
+    await _lose_connection(rabbit_url, rabbit)
+    again = (await received.wait_for(2))[1]
+    assert again.body == b"held" and again.redelivered
+    with pytest.raises(BrokerUnavailable):
+        await first.ack()  # its channel is gone: it cannot settle the delivery of another one
+    await again.ack()
+    await consumer.cancel()
+    await wait_for_stats(rabbit, JOBS_COMPLETED, QueueStats(messages=0, consumers=0))
+
+
+async def test_a_consumer_stopped_before_a_lost_connection_stays_stopped(
+    rabbit: RabbitMQBroker, rabbit_url: str
+) -> None:
+    received = Recorder(ack=True)
+    consumer = await rabbit.consume(JOBS_COMPLETED, received, prefetch=10)
+    await consumer.stop_receiving()
+    await _lose_connection(rabbit_url, rabbit)
+    await _publish(rabbit, b"nobody")
+    await wait_for_stats(rabbit, JOBS_COMPLETED, QueueStats(messages=1, consumers=0))
+    assert received.bodies == []
+
+
+async def test_settling_a_delivery_twice_sends_one_frame(rabbit: RabbitMQBroker) -> None:
+    # A second ack or reject of a tag makes RabbitMQ close the channel ("unknown delivery tag"),
+    # which would return every other unacknowledged delivery of the consumer.
+    received = Recorder(ack=False)
+    await rabbit.consume(JOBS_COMPLETED, received, prefetch=10)
+    await _publish(rabbit, b"1", b"2")
+    first, second = await received.wait_for(2)
+    await first.ack()
+    await first.ack()
+    await first.reject(requeue=True)
+    await second.ack()
+    await _publish(rabbit, b"3")
+    third = (await received.wait_for(3))[2]
+    await third.ack()
+    assert received.bodies == [b"1", b"2", b"3"]
+    assert not any(d.redelivered for d in received.deliveries)
+    await wait_for_stats(rabbit, JOBS_COMPLETED, QueueStats(messages=0, consumers=1))
