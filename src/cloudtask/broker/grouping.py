@@ -17,9 +17,11 @@ from cloudtask.errors import BrokerUnavailable
 
 
 class GroupedPublisher:
-    def __init__(self, broker: Broker, *, name: str = "grouped-publishes") -> None:
+    def __init__(
+        self, broker: Broker, *, name: str = "grouped-publishes", linger: float = 0
+    ) -> None:
         self._batcher: Batcher[OutgoingMessage] = Batcher(
-            broker.publish_many, shared_failures=(BrokerUnavailable,), name=name
+            broker.publish_many, shared_failures=(BrokerUnavailable,), name=name, linger=linger
         )
 
     @property
