@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     http_timeout_seconds: Annotated[float, Field(gt=0)] = 30
     http_max_response_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
     worker_concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
+    # Deliveries a worker holds unacknowledged; None: twice the concurrency.
+    worker_prefetch: Annotated[int, Field(ge=1, le=65535)] | None = None
     worker_grace_seconds: Annotated[float, Field(ge=0)] = 30
     worker_lease_seconds: Annotated[float, Field(ge=3)] = 15
     max_deliveries: Annotated[int, Field(ge=1)] = 5

@@ -33,6 +33,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.rabbitmq_url.get_secret_value() == "amqp://guest:guest@localhost:5672/"
     assert settings.redis_url.get_secret_value() == "redis://localhost:6379/0"
     assert (settings.jwt_ttl_seconds, settings.worker_concurrency) == (3600, 16)
+    assert settings.worker_prefetch is None  # twice the concurrency
     assert settings.http_allowed_hosts == []
 
 

@@ -2,7 +2,9 @@
 
 1. Decode. A message that cannot be parsed goes to ``jobs.dead`` with the reason; one redelivered
    more than ``max_deliveries`` times (it keeps killing its worker) is failed and dead-lettered.
-2. Run. The worker takes a lease on the attempt; a job cancelled while it waited is skipped.
+2. Run, in one of the worker's ``WORKER_CONCURRENCY`` slots, held until the handler ends (not
+   while the report waits for its confirm). The worker takes a lease on the attempt; a job
+   cancelled while it waited is skipped.
    Otherwise the handler starts, under the job's timeout. A handler still running after
    ``ANNOUNCE_AFTER`` makes the worker publish ``jobs.started`` (confirmed) and only then
    acknowledge the delivery, so the broker's delivery timeout (30 minutes by default) never cuts
@@ -59,6 +61,13 @@ class PipelineDeps:
     max_deliveries: int
 
 
+@dataclass
+class _Attempt:
+    started_at: datetime
+    outcome: Outcome = execution.CANCELLED  # until the handler's own outcome replaces it
+    announced: bool = False  # jobs.started published and the delivery acknowledged
+
+
 class Pipeline:
     def __init__(self, deps: PipelineDeps, slots: asyncio.Semaphore) -> None:
         self.deps = deps
@@ -70,11 +79,7 @@ class Pipeline:
         job = await self._decode(delivery)
         if job is None:
             return
-        async with self._slots:
-            if self.stopping.is_set():
-                await _quietly(delivery.reject(requeue=True))
-                return
-            await self._process(delivery, job)
+        await self._process(delivery, job)
 
     def requeue_running(self) -> None:
         """Stop every running attempt and put it back on ``jobs.created`` (graceful shutdown)."""
@@ -108,25 +113,36 @@ class Pipeline:
             return False
 
     async def _process(self, delivery: Delivery, job: JobCreated) -> None:
+        # A slot is held while the attempt runs, not while its report waits for the broker's
+        # confirm: the next delivery starts meanwhile (the prefetch leaves room for both).
+        async with self._slots:
+            if self.stopping.is_set():
+                await _quietly(delivery.reject(requeue=True))
+                return
+            attempt = await self._attempt(delivery, job)
+        if (job.job_id, job.attempt) in self._requeue:
+            await self._put_back(job)
+        else:
+            await self._report(job, attempt.started_at, attempt.outcome)
+        if not attempt.announced:
+            await _quietly(delivery.ack())
+        await self.deps.running.drop(job.job_id, job.attempt)
+
+    async def _attempt(self, delivery: Delivery, job: JobCreated) -> "_Attempt":
         deps = self.deps
         # The lease first: from then on a cancel signal is heard (and kept until the handler
         # starts), and one sent earlier has left the flag read next.
         if await deps.running.take(job.job_id, job.attempt):
-            await self._report(job, utcnow(), execution.CANCELLED)
-            await deps.running.drop(job.job_id, job.attempt)
-            await _quietly(delivery.ack())
-            return
-        started_at = utcnow()
+            return _Attempt(utcnow(), execution.CANCELLED)
+        attempt = _Attempt(utcnow())
         _log("job started", job, deps.worker_id)
-        announced = False
 
         async def announce() -> None:
-            nonlocal announced
             started = JobStarted(
                 job_id=job.job_id,
                 attempt=job.attempt,
                 worker_id=deps.worker_id,
-                started_at=started_at,
+                started_at=attempt.started_at,
             )
             try:
                 await deps.reports.publish(JOBS_STARTED, started.encode())
@@ -135,16 +151,10 @@ class Pipeline:
                 # The delivery goes back to the queue with its channel, and a copy may run
                 # elsewhere (at least once); this one still runs to its end and reports.
                 log.warning("could not announce a started job", extra={"jobId": str(job.job_id)})
-            announced = True
+            attempt.announced = True
 
-        outcome = await self._run(job, announce)
-        if (job.job_id, job.attempt) in self._requeue:
-            await self._put_back(job)
-        else:
-            await self._report(job, started_at, outcome)
-        if not announced:
-            await _quietly(delivery.ack())
-        await deps.running.drop(job.job_id, job.attempt)
+        attempt.outcome = await self._run(job, announce)
+        return attempt
 
     async def _run(self, job: JobCreated, announce: Callable[[], Awaitable[None]]) -> Outcome:
         deps = self.deps
