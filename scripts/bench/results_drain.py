@@ -3,10 +3,11 @@
 ``python -m scripts.bench.results_drain [--jobs N]``.
 
 The counterpart of ``worker_drain.py`` for the second-largest process of the end-to-end figure.
-N PENDING ``echo`` jobs are inserted and both queues hold one report per job, as a worker leaves
-them, before the results-processor starts; its CPU is counted from the moment its health endpoint
-answers until every job is COMPLETED in PostgreSQL. PostgreSQL's own CPU is printed beside it.
-No worker, api or scheduler runs.
+N PENDING ``echo`` jobs are inserted, and ``jobs.completed`` holds one report per job as a worker
+leaves short jobs (it announces ``jobs.started`` only for a job still running after 50 ms;
+``--with-started`` adds one per job, as for long jobs), before the results-processor starts. Its
+CPU is counted from the moment its health endpoint answers until every job is COMPLETED in
+PostgreSQL; PostgreSQL's own CPU is printed beside it. No worker, api or scheduler runs.
 
 With ``--pythonpath DIR`` the results-processor imports CloudTask from ``DIR`` (a checkout's
 ``src``), so two versions can be compared on the same machine in the same minute.
@@ -84,7 +85,7 @@ async def _insert_jobs(conn: asyncpg.Connection, jobs: int) -> list[uuid.UUID]:
     return ids
 
 
-async def _fill(broker: RabbitMQBroker, ids: list[uuid.UUID]) -> None:
+async def _fill(broker: RabbitMQBroker, ids: list[uuid.UUID], with_started: bool) -> None:
     for queue in ALL_QUEUES:
         await broker.purge(queue)
     began = utcnow()
@@ -95,6 +96,7 @@ async def _fill(broker: RabbitMQBroker, ids: list[uuid.UUID]) -> None:
             JobStarted(job_id=job, attempt=1, worker_id=WORKER_ID, started_at=began).encode(),
         )
         for job in ids
+        if with_started
     ]
     finished = [
         OutgoingMessage(
@@ -133,7 +135,9 @@ async def _completed(
         await asyncio.sleep(0.02)
 
 
-def drain_once(infra: Infra, jobs: int, pythonpath: str | None, log_dir: Path) -> dict[str, float]:
+def drain_once(
+    infra: Infra, jobs: int, with_started: bool, pythonpath: str | None, log_dir: Path
+) -> dict[str, float]:
     broker = RabbitMQBroker(infra.rabbitmq_url)
     env = service_env(infra)
     if pythonpath:
@@ -145,7 +149,7 @@ def drain_once(infra: Infra, jobs: int, pythonpath: str | None, log_dir: Path) -
         await conn.execute("TRUNCATE jobs, users CASCADE")
         ids = await _insert_jobs(conn, jobs)
         await broker.start()
-        await _fill(broker, ids)
+        await _fill(broker, ids, with_started)
         return conn
 
     loop = asyncio.new_event_loop()
@@ -188,6 +192,9 @@ def _total_ticks(pids: list[int]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20000, help="jobs to write [20000]")
+    parser.add_argument(
+        "--with-started", action="store_true", help="a jobs.started report per job as well"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs [3]")
     parser.add_argument("--pythonpath", action="append", default=[], help="compare versions")
     options = parser.parse_args()
@@ -195,7 +202,7 @@ def main() -> None:
     with cloudtask_infra() as infra, tempfile.TemporaryDirectory() as logs:
         for run in range(1, options.repeat + 1):
             for version in versions:
-                figures = drain_once(infra, options.jobs, version, Path(logs))
+                figures = drain_once(infra, options.jobs, options.with_started, version, Path(logs))
                 print(
                     f"run {run}  {version or 'installed':30}  "
                     f"{figures['jobs_per_s']:7,.0f} jobs/s  "
