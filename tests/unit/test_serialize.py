@@ -2,7 +2,7 @@
 
 import dataclasses
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from cloudtask.api.serialize import job_json
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.statuses import JobStatus
-from cloudtask.db.queries.jobs import JOB_COLUMNS, JobRecord
+from cloudtask.db.queries.jobs import JOB_COLUMNS, JobRecord, NewJob
 
 VALUES = [
     None,
@@ -67,3 +67,43 @@ def test_records_are_read_in_the_order_the_columns_are_selected() -> None:
     assert [column.name for column in JOB_COLUMNS] == [
         field.name for field in dataclasses.fields(JobRecord)
     ]
+
+
+@pytest.mark.parametrize("delay", [0, 60])
+def test_a_new_job_becomes_the_record_it_is_stored_as(delay: int) -> None:
+    # NewJob.record builds the record by position: each field must land where its name says.
+    now = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    new = NewJob(
+        id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        type="echo",
+        payload='{"a":1}',
+        priority=7,
+        max_attempts=4,
+        timeout_seconds=12.5,
+        run_at=now + timedelta(seconds=delay),
+        created_at=now,
+        schedule_id=uuid.uuid4(),
+    )
+    expected = JobRecord(
+        seq=42,
+        id=new.id,
+        user_id=new.user_id,
+        type="echo",
+        payload='{"a":1}',
+        status=JobStatus.SCHEDULED if delay else JobStatus.PENDING,
+        priority=7,
+        attempts=0,
+        max_attempts=4,
+        timeout_seconds=12.5,
+        run_at=new.run_at,
+        result=None,
+        error=None,
+        schedule_id=new.schedule_id,
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+        started_at=None,
+        finished_at=None,
+    )
+    assert new.record(42) == expected

@@ -45,7 +45,10 @@ JOB_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like NewJob below: a frozen dataclass sets each field through object.__setattr__,
+# five times the cost of a plain one, and a batch builds a thousand of each (two microseconds a
+# job for this one). Neither is changed after it is built.
+@dataclass(slots=True)
 class JobRecord:
     """A job as stored; ``payload`` and ``result`` are JSON text."""
 
@@ -80,7 +83,7 @@ class JobRecord:
         return cls(seq, id_, user_id, type_, payload, JobStatus(status), *rest)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewJob:
     id: UUID
     user_id: UUID
@@ -103,27 +106,16 @@ class NewJob:
 
     def record(self, seq: int = 0) -> JobRecord:
         """The job as this submission stores it."""
+        # By position, in JobRecord's order (seq, id, user_id, type, payload, status, priority,
+        # attempts, max_attempts, timeout_seconds, run_at, result, error, schedule_id,
+        # cancel_requested, created_at, updated_at, started_at, finished_at): a third cheaper
+        # than by keyword, a thousand times per batch.
+        created = self.created_at
         return JobRecord(
-            seq=seq,
-            id=self.id,
-            user_id=self.user_id,
-            type=self.type,
-            payload=self.payload,
-            status=self.status,
-            priority=self.priority,
-            attempts=0,
-            max_attempts=self.max_attempts,
-            timeout_seconds=self.timeout_seconds,
-            run_at=self.run_at,
-            result=None,
-            error=None,
-            schedule_id=self.schedule_id,
-            cancel_requested=False,
-            created_at=self.created_at,
-            updated_at=self.created_at,
-            started_at=None,
-            finished_at=None,
-        )
+            seq, self.id, self.user_id, self.type, self.payload, self.status, self.priority,
+            0, self.max_attempts, self.timeout_seconds, self.run_at, None, None,
+            self.schedule_id, False, created, created, None, None,
+        )  # fmt: skip
 
     def message(self, attempt: int = 1) -> outbox_q.NewOutboxMessage:
         body = job_created_body(

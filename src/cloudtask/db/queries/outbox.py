@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloudtask.db.tables import outbox
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one of each per job submitted, and a frozen dataclass costs five times as much to
+# build (see JobRecord). Neither is changed after it is built.
+@dataclass(slots=True)
 class OutboxRow:
     id: int
     queue: str
@@ -18,7 +20,7 @@ class OutboxRow:
     priority: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewOutboxMessage:
     queue: str
     body: str
