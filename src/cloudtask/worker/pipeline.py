@@ -168,8 +168,7 @@ class Pipeline:
         run = execution.start(handler, job.payload, deps.executor)
         deps.running.track(job.job_id, job.attempt, run)
         try:
-            done, _ = await asyncio.wait({run}, timeout=ANNOUNCE_AFTER)
-            if not done:
+            if not await execution.settled_within(run, ANNOUNCE_AFTER):
                 await announce()
             outcome = await execution.finish(run, job.timeout_seconds, since=begun)
         finally:
