@@ -1,5 +1,5 @@
-"""One results-processor on its own: how fast it writes full ``jobs.started`` and
-``jobs.completed`` queues to PostgreSQL, and the CPU it spends per job.
+"""One results-processor on its own: how fast it writes a full ``jobs.completed`` queue to
+PostgreSQL, and the CPU it spends per job.
 ``python -m scripts.bench.results_drain [--jobs N]``.
 
 The counterpart of ``worker_drain.py`` for the second-largest process of the end-to-end figure.
@@ -13,11 +13,8 @@ With ``--pythonpath DIR`` the results-processor imports CloudTask from ``DIR`` (
 ``src``), so two versions can be compared on the same machine in the same minute.
 """
 
-import argparse
 import asyncio
-import json
 import os
-import tempfile
 import time
 import uuid
 from datetime import timedelta
@@ -30,7 +27,8 @@ from cloudtask.broker.rabbitmq import RabbitMQBroker
 from cloudtask.contracts.messages import JobFinished, JobStarted
 from cloudtask.contracts.queues import ALL_QUEUES, JOBS_COMPLETED, JOBS_STARTED
 from cloudtask.contracts.timefmt import utcnow
-from scripts.bench.infra import Infra, cloudtask_infra
+from scripts.bench import drains
+from scripts.bench.infra import Infra
 from scripts.bench.stack import (
     cpu_ticks,
     migrate,
@@ -190,28 +188,23 @@ def _total_ticks(pids: list[int]) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=20000, help="jobs to write [20000]")
-    parser.add_argument(
+    options_parser = drains.parser(__doc__)
+    options_parser.add_argument(
         "--with-started", action="store_true", help="a jobs.started report per job as well"
     )
-    parser.add_argument("--repeat", type=int, default=3, help="runs [3]")
-    parser.add_argument("--pythonpath", action="append", default=[], help="compare versions")
-    options = parser.parse_args()
-    versions = options.pythonpath or [None]
-    with cloudtask_infra() as infra, tempfile.TemporaryDirectory() as logs:
-        for run in range(1, options.repeat + 1):
-            for version in versions:
-                figures = drain_once(infra, options.jobs, options.with_started, version, Path(logs))
-                print(
-                    f"run {run}  {version or 'installed':30}  "
-                    f"{figures['jobs_per_s']:7,.0f} jobs/s  "
-                    f"{figures['cpu_ms_per_job']:.3f} ms CPU/job  "
-                    f"results at {figures['cpu_pct']:.0f}% of a core  "
-                    f"PostgreSQL {figures['postgres_cpu_ms_per_job']:.3f} ms CPU/job",
-                    flush=True,
-                )
-                print(json.dumps({"run": run, "version": version, **figures}), flush=True)
+    options = options_parser.parse_args()
+    drains.run_in_turn(
+        options,
+        lambda infra, version, logs: drain_once(
+            infra, options.jobs, options.with_started, version, logs
+        ),
+        lambda figures: (
+            f"{figures['jobs_per_s']:7,.0f} jobs/s  "
+            f"{figures['cpu_ms_per_job']:.3f} ms CPU/job  "
+            f"results at {figures['cpu_pct']:.0f}% of a core  "
+            f"PostgreSQL {figures['postgres_cpu_ms_per_job']:.3f} ms CPU/job"
+        ),
+    )
 
 
 if __name__ == "__main__":

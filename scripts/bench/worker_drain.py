@@ -11,11 +11,8 @@ With ``--pythonpath DIR`` the worker imports CloudTask from ``DIR`` (a checkout'
 two versions can be compared on the same machine in the same minute.
 """
 
-import argparse
 import asyncio
-import json
 import os
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +22,8 @@ from cloudtask.broker.rabbitmq import RabbitMQBroker
 from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import ALL_QUEUES, JOBS_COMPLETED, JOBS_CREATED
 from cloudtask.contracts.timefmt import utcnow
-from scripts.bench.infra import Infra, cloudtask_infra
+from scripts.bench import drains
+from scripts.bench.infra import Infra
 from scripts.bench.stack import (
     cpu_ticks,
     service_env,
@@ -99,24 +97,16 @@ def drain_once(infra: Infra, jobs: int, pythonpath: str | None, log_dir: Path) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=20000, help="jobs in the queue [20000]")
-    parser.add_argument("--repeat", type=int, default=3, help="runs [3]")
-    parser.add_argument("--pythonpath", action="append", default=[], help="compare versions")
-    options = parser.parse_args()
-    versions = options.pythonpath or [None]
-    with cloudtask_infra() as infra, tempfile.TemporaryDirectory() as logs:
-        for run in range(1, options.repeat + 1):
-            for version in versions:
-                figures = drain_once(infra, options.jobs, version, Path(logs))
-                print(
-                    f"run {run}  {version or 'installed':30}  "
-                    f"{figures['jobs_per_s']:7,.0f} jobs/s  "
-                    f"{figures['cpu_ms_per_job']:.3f} ms CPU/job  "
-                    f"worker at {figures['cpu_pct']:.0f}% of a core",
-                    flush=True,
-                )
-                print(json.dumps({"run": run, "version": version, **figures}), flush=True)
+    options = drains.parser(__doc__).parse_args()
+    drains.run_in_turn(
+        options,
+        lambda infra, version, logs: drain_once(infra, options.jobs, version, logs),
+        lambda figures: (
+            f"{figures['jobs_per_s']:7,.0f} jobs/s  "
+            f"{figures['cpu_ms_per_job']:.3f} ms CPU/job  "
+            f"worker at {figures['cpu_pct']:.0f}% of a core"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 URL fixtures are synchronous because preparing RabbitMQ and Redis runs outside the test's loop.
 """
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -25,9 +26,10 @@ def broker_url(request: pytest.FixtureRequest) -> str | None:
     return url
 
 
-@pytest.fixture
-async def broker(broker_url: str | None) -> AsyncIterator[Broker]:
-    broker: Broker = MemoryBroker() if broker_url is None else RabbitMQBroker(broker_url)
+@contextlib.asynccontextmanager
+async def started_broker(url: str | None) -> AsyncIterator[Broker]:
+    """The in-process broker (``url`` None) or RabbitMQ's, connected, with empty queues."""
+    broker: Broker = MemoryBroker() if url is None else RabbitMQBroker(url)
     await broker.start()
     if isinstance(broker, RabbitMQBroker):
         await broker.wait_connected(10)
@@ -37,6 +39,12 @@ async def broker(broker_url: str | None) -> AsyncIterator[Broker]:
         yield broker
     finally:
         await broker.close()
+
+
+@pytest.fixture
+async def broker(broker_url: str | None) -> AsyncIterator[Broker]:
+    async with started_broker(broker_url) as broker:
+        yield broker
 
 
 @pytest.fixture(params=BACKEND_KINDS)

@@ -8,24 +8,19 @@ import pytest
 
 from cloudtask.broker.base import OutgoingMessage, QueueStats
 from cloudtask.broker.rabbitmq import RabbitMQBroker
-from cloudtask.contracts.queues import ALL_QUEUES, JOBS_COMPLETED
+from cloudtask.contracts.queues import JOBS_COMPLETED
 from cloudtask.errors import BrokerUnavailable
 from tests import infra
+from tests.backends.conftest import started_broker
 from tests.backends.recorder import Recorder, wait_for_stats
 from tests.helpers import eventually
 
 
 @pytest.fixture
 async def rabbit(rabbit_url: str) -> AsyncIterator[RabbitMQBroker]:
-    broker = RabbitMQBroker(rabbit_url)
-    await broker.start()
-    await broker.wait_connected(10)
-    for queue in ALL_QUEUES:
-        await broker.purge(queue)
-    try:
+    async with started_broker(rabbit_url) as broker:
+        assert isinstance(broker, RabbitMQBroker)
         yield broker
-    finally:
-        await broker.close()
 
 
 async def _lose_connection(rabbit_url: str, broker: RabbitMQBroker) -> None:
