@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from urllib.parse import unquote, urlsplit
 
+import aiormq
 import pytest
 
 from cloudtask.broker.base import OutgoingMessage, QueueStats
@@ -115,3 +116,31 @@ async def test_settling_a_delivery_twice_sends_one_frame(rabbit: RabbitMQBroker)
     assert received.bodies == [b"1", b"2", b"3"]
     assert not any(d.redelivered for d in received.deliveries)
     await wait_for_stats(rabbit, JOBS_COMPLETED, QueueStats(messages=0, consumers=1))
+
+
+async def test_a_consumer_whose_queue_is_deleted_declares_it_again_and_consumes(
+    rabbit: RabbitMQBroker, rabbit_url: str
+) -> None:
+    # RabbitMQ cancels the subscriptions of a deleted queue (an operator recreating it, say).
+    received = Recorder(ack=True)
+    await rabbit.consume(JOBS_COMPLETED, received, prefetch=10)
+    await _publish(rabbit, b"before")
+    await received.wait_for(1)
+    connection = await aiormq.connect(rabbit_url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(JOBS_COMPLETED)
+    finally:
+        await connection.close()
+
+    async def consumed_again() -> bool:
+        try:  # before it is declared again, asking closes the broker's channel (404)
+            stats = await rabbit.stats(JOBS_COMPLETED)
+        except BrokerUnavailable:
+            return False
+        return stats == QueueStats(messages=0, consumers=1)
+
+    await eventually(consumed_again, timeout=20)
+    await _publish(rabbit, b"after")
+    await received.wait_for(2)
+    assert received.bodies == [b"before", b"after"]

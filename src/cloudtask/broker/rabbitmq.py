@@ -103,8 +103,10 @@ class RabbitConsumer(Consumer):
     """A consumer on the aiormq channel beneath a robust aio-pika channel.
 
     aio-pika reopens the channel after a lost connection, with its prefetch and the queue's
-    declaration; the consumer subscribes again on each reopened channel, under the same tag.
-    Delivery tags count per channel, so each subscription has its own :class:`Acks`.
+    declaration; the consumer subscribes again on each reopened channel, under the same tag. When
+    RabbitMQ itself cancels the subscription (its queue was deleted), the consumer declares the
+    queue again and subscribes again, as aio-pika does for its own consumers. Delivery tags count
+    per channel, so each channel has its own :class:`Acks`.
     """
 
     def __init__(self, channel: AbstractRobustChannel, queue: str, handler: Handler) -> None:
@@ -113,10 +115,16 @@ class RabbitConsumer(Consumer):
         self._handler = handler
         self._tag = f"cloudtask.{queue}.{uuid.uuid4().hex}"
         self._stopped = False
+        self._underlay: aiormq.abc.AbstractChannel | None = None
+        self._acks: Acks | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def subscribe(self) -> None:
         underlay = await self._channel.get_underlay_channel()
-        acks = Acks(underlay)
+        if underlay is not self._underlay or self._acks is None:
+            self._underlay, self._acks = underlay, Acks(underlay)
+            underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        acks = self._acks
 
         async def on_message(message: DeliveredMessage) -> None:
             # aiormq runs each delivery in a task of its own; the handler runs in it.
@@ -134,6 +142,28 @@ class RabbitConsumer(Consumer):
                         await delivery.reject(requeue=True)
 
         await underlay.basic_consume(self._queue, on_message, no_ack=False, consumer_tag=self._tag)
+
+    def _on_cancelled(self, frame: Basic.Cancel) -> None:
+        # Called from the channel's frame reader, which must go on reading to let the new
+        # declaration and subscription be answered: they run in a task.
+        if frame.consumer_tag != self._tag or self._stopped:
+            return
+        log.warning("RabbitMQ cancelled the consumer of %s; consuming again", self._queue)
+        task = asyncio.get_running_loop().create_task(self._consume_again())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _consume_again(self) -> None:
+        try:
+            underlay = await self._channel.get_underlay_channel()
+            await underlay.queue_declare(
+                self._queue, durable=True, arguments=queue_arguments(self._queue)
+            )
+            if not self._stopped:
+                await self.subscribe()
+        except BROKER_ERRORS as exc:
+            # The channel went with it: its reopening subscribes again.
+            log.warning("could not consume %s again: %r", self._queue, exc)
 
     async def resubscribe(self, _channel: object) -> None:
         """aio-pika's reopen callback: it ignores what this raises, so a failure is logged."""
