@@ -122,10 +122,10 @@ async def test_a_consumer_whose_queue_is_deleted_declares_it_again_and_consumes(
     rabbit: RabbitMQBroker, rabbit_url: str
 ) -> None:
     # RabbitMQ cancels the subscriptions of a deleted queue (an operator recreating it, say).
-    received = Recorder(ack=True)
+    received = Recorder(ack=False)
     await rabbit.consume(JOBS_COMPLETED, received, prefetch=10)
     await _publish(rabbit, b"before")
-    await received.wait_for(1)
+    (held,) = await received.wait_for(1)
     connection = await aiormq.connect(rabbit_url)
     try:
         channel = await connection.channel()
@@ -142,5 +142,8 @@ async def test_a_consumer_whose_queue_is_deleted_declares_it_again_and_consumes(
 
     await eventually(consumed_again, timeout=20)
     await _publish(rabbit, b"after")
-    await received.wait_for(2)
+    await (await received.wait_for(2))[1].ack()
     assert received.bodies == [b"before", b"after"]
+    # Declared again before subscribing, rather than left to a failed subscription closing the
+    # channel (which would hand back every delivery held on it, running jobs' included).
+    await held.ack()

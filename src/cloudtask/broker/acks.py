@@ -20,7 +20,7 @@ class Acks:
     """
 
     def __init__(self, channel: AbstractChannel) -> None:
-        self._channel = channel
+        self.channel = channel
         self._unsettled: set[int] = set()
         self._next_unseen = 1
         self._seen_ahead: set[int] = set()
@@ -44,7 +44,7 @@ class Acks:
 
     async def ack(self, tag: int) -> None:
         if tag not in self._unsettled:
-            await self._channel.basic_ack(tag)  # not one this consumer counted: on its own
+            await self.channel.basic_ack(tag)  # not one this consumer counted: on its own
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._wanted[tag] = done
@@ -74,9 +74,9 @@ class Acks:
         self._unsettled.difference_update(tags)
         try:
             if covered:
-                await self._channel.basic_ack(covered[-1], multiple=len(covered) > 1)
+                await self.channel.basic_ack(covered[-1], multiple=len(covered) > 1)
             for tag in tags[len(covered) :]:
-                await self._channel.basic_ack(tag)
+                await self.channel.basic_ack(tag)
         except BaseException as exc:
             for done in wanted.values():
                 if not done.done():

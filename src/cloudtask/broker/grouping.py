@@ -2,9 +2,10 @@
 
 A worker reports each job as it ends, one message at a time, and a publish of one message costs
 RabbitMQ's client about 125 microseconds of CPU where one of four costs 55-65 per message
-(``publishing.py``). Here a message waits only while a publish is already in flight; the messages
-that gathered meanwhile go out together in the next one, and each caller returns once the broker
-confirmed its own, as the api's group commit does for jobs. Alone, a message is published at once.
+(``publishing.py``). Here a message waits while a publish is already in flight, and with
+``linger`` (the worker's reports: 2 ms), under load, that long for others; the messages that
+gathered go out together in the next publish, and each caller returns once the broker confirmed
+its own, as the api's group commit does for jobs. Alone, a message is published at once.
 
 A failed publish fails every caller in its group with :class:`BrokerUnavailable`; each retries as
 it would have alone (the worker's reports go to its own declared queues, so what fails one fails

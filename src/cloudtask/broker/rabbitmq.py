@@ -115,16 +115,15 @@ class RabbitConsumer(Consumer):
         self._handler = handler
         self._tag = f"cloudtask.{queue}.{uuid.uuid4().hex}"
         self._stopped = False
-        self._underlay: aiormq.abc.AbstractChannel | None = None
-        self._acks: Acks | None = None
+        self._acks: Acks | None = None  # of the channel subscribed on last
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def subscribe(self) -> None:
         underlay = await self._channel.get_underlay_channel()
-        if underlay is not self._underlay or self._acks is None:
-            self._underlay, self._acks = underlay, Acks(underlay)
-            underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
         acks = self._acks
+        if acks is None or acks.channel is not underlay:
+            acks = self._acks = Acks(underlay)
+            underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
 
         async def on_message(message: DeliveredMessage) -> None:
             # aiormq runs each delivery in a task of its own; the handler runs in it.
@@ -149,31 +148,27 @@ class RabbitConsumer(Consumer):
         if frame.consumer_tag != self._tag or self._stopped:
             return
         log.warning("RabbitMQ cancelled the consumer of %s; consuming again", self._queue)
-        task = asyncio.get_running_loop().create_task(self._consume_again())
+        task = asyncio.get_running_loop().create_task(self._subscribe_again(declare=True))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _consume_again(self) -> None:
+    async def resubscribe(self, _channel: object) -> None:
+        """aio-pika's reopen callback (the reopened channel has its queue declared already)."""
+        await self._subscribe_again(declare=False)
+
+    async def _subscribe_again(self, *, declare: bool) -> None:
+        # Nobody awaits this for an answer (aio-pika ignores what its callbacks raise): a
+        # failure is logged. It means the channel closed again, and its reopening calls this.
         try:
-            underlay = await self._channel.get_underlay_channel()
-            await underlay.queue_declare(
-                self._queue, durable=True, arguments=queue_arguments(self._queue)
-            )
+            if declare:
+                underlay = await self._channel.get_underlay_channel()
+                await underlay.queue_declare(
+                    self._queue, durable=True, arguments=queue_arguments(self._queue)
+                )
             if not self._stopped:
                 await self.subscribe()
         except BROKER_ERRORS as exc:
-            # The channel went with it: its reopening subscribes again.
             log.warning("could not consume %s again: %r", self._queue, exc)
-
-    async def resubscribe(self, _channel: object) -> None:
-        """aio-pika's reopen callback: it ignores what this raises, so a failure is logged."""
-        if self._stopped:
-            return
-        try:
-            await self.subscribe()
-        except BROKER_ERRORS as exc:
-            # The channel closed again: aio-pika reopens it and calls this once more.
-            log.warning("could not consume %s again after reconnecting: %r", self._queue, exc)
 
     async def stop_receiving(self) -> None:
         if not self._stopped:
