@@ -14,7 +14,6 @@ With ``--pythonpath DIR`` the results-processor imports CloudTask from ``DIR`` (
 """
 
 import asyncio
-import os
 import time
 import uuid
 from datetime import timedelta
@@ -29,17 +28,8 @@ from cloudtask.contracts.queues import ALL_QUEUES, JOBS_COMPLETED, JOBS_STARTED
 from cloudtask.contracts.timefmt import utcnow
 from scripts.bench import drains
 from scripts.bench.infra import Infra
-from scripts.bench.stack import (
-    cpu_ticks,
-    migrate,
-    server_pids,
-    service_env,
-    start_service,
-    stop_service,
-    wait_healthy,
-)
+from scripts.bench.stack import migrate, server_pids, service_env
 
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 WORKER_ID = "bench-worker"
 
 
@@ -135,12 +125,13 @@ async def _completed(
 
 def drain_once(
     infra: Infra, jobs: int, with_started: bool, pythonpath: str | None, log_dir: Path
-) -> dict[str, float]:
+) -> drains.Figures:
     broker = RabbitMQBroker(infra.rabbitmq_url)
     env = service_env(infra)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     migrate(env, log_dir)
+    database = infra.database_url.rsplit("/", 1)[1]
 
     async def prepare() -> asyncpg.Connection:
         conn = await asyncpg.connect(_asyncpg_url(infra.database_url))
@@ -153,38 +144,23 @@ def drain_once(
     loop = asyncio.new_event_loop()
     try:
         conn = loop.run_until_complete(prepare())
-        results = start_service("results", env, log_dir)
-        try:
-            wait_healthy(results, log_dir)
-            postgres = server_pids([infra.database_url.rsplit("/", 1)[1]])["postgresql"]
-            ticks, pg_ticks = cpu_ticks(results.proc.pid), _total_ticks(postgres)
-            began = time.monotonic()
-            loop.run_until_complete(_completed(broker, conn, jobs, timeout=max(120, jobs / 50)))
-            seconds = time.monotonic() - began
-            cpu_s = (cpu_ticks(results.proc.pid) - ticks) / TICKS_PER_S
-            pg_cpu_s = (_total_ticks(postgres) - pg_ticks) / TICKS_PER_S
-        finally:
-            stop_service(results)
+        seconds, cpu = drains.drain_service(
+            "results",
+            env,
+            log_dir,
+            lambda: loop.run_until_complete(
+                _completed(broker, conn, jobs, timeout=max(120, jobs / 50))
+            ),
+            others=lambda: {"postgresql": server_pids([database])["postgresql"]},
+        )
         loop.run_until_complete(conn.close())
         loop.run_until_complete(broker.close())
     finally:
         loop.close()
     return {
-        "jobs_per_s": jobs / seconds,
-        "cpu_ms_per_job": 1000 * cpu_s / jobs,
-        "cpu_pct": 100 * cpu_s / seconds,
-        "postgres_cpu_ms_per_job": 1000 * pg_cpu_s / jobs,
+        **drains.figures(jobs, seconds, cpu["results"]),
+        "postgres_cpu_ms_per_job": 1000 * cpu["postgresql"] / jobs,
     }
-
-
-def _total_ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            total += cpu_ticks(pid)
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a backend that ended in between
-    return total
 
 
 def main() -> None:

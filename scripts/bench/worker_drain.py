@@ -12,7 +12,6 @@ two versions can be compared on the same machine in the same minute.
 """
 
 import asyncio
-import os
 import time
 import uuid
 from pathlib import Path
@@ -24,15 +23,7 @@ from cloudtask.contracts.queues import ALL_QUEUES, JOBS_COMPLETED, JOBS_CREATED
 from cloudtask.contracts.timefmt import utcnow
 from scripts.bench import drains
 from scripts.bench.infra import Infra
-from scripts.bench.stack import (
-    cpu_ticks,
-    service_env,
-    start_service,
-    stop_service,
-    wait_healthy,
-)
-
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+from scripts.bench.stack import service_env
 
 
 async def _fill(broker: RabbitMQBroker, jobs: int) -> None:
@@ -64,7 +55,7 @@ async def _drained(broker: RabbitMQBroker, jobs: int, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-def drain_once(infra: Infra, jobs: int, pythonpath: str | None, log_dir: Path) -> dict[str, float]:
+def drain_once(infra: Infra, jobs: int, pythonpath: str | None, log_dir: Path) -> drains.Figures:
     broker = RabbitMQBroker(infra.rabbitmq_url)
 
     async def fill() -> None:
@@ -77,23 +68,16 @@ def drain_once(infra: Infra, jobs: int, pythonpath: str | None, log_dir: Path) -
         env = service_env(infra)
         if pythonpath:
             env["PYTHONPATH"] = pythonpath
-        worker = start_service("worker", env, log_dir)
-        try:
-            wait_healthy(worker, log_dir)
-            ticks, began = cpu_ticks(worker.proc.pid), time.monotonic()
-            loop.run_until_complete(_drained(broker, jobs, timeout=max(120, jobs / 50)))
-            seconds = time.monotonic() - began
-            cpu_s = (cpu_ticks(worker.proc.pid) - ticks) / TICKS_PER_S
-        finally:
-            stop_service(worker)
+        seconds, cpu = drains.drain_service(
+            "worker",
+            env,
+            log_dir,
+            lambda: loop.run_until_complete(_drained(broker, jobs, timeout=max(120, jobs / 50))),
+        )
         loop.run_until_complete(broker.close())
     finally:
         loop.close()
-    return {
-        "jobs_per_s": jobs / seconds,
-        "cpu_ms_per_job": 1000 * cpu_s / jobs,
-        "cpu_pct": 100 * cpu_s / seconds,
-    }
+    return drains.figures(jobs, seconds, cpu["worker"])
 
 
 def main() -> None:
