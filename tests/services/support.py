@@ -1,4 +1,5 @@
-"""What several service tests need: a job's stored row, metric readings, the dead-letter queue."""
+"""What several service tests need: a job's stored row, metric readings, the dead-letter queue,
+a registry of test handlers."""
 
 import asyncio
 from typing import Any
@@ -11,6 +12,7 @@ from cloudtask.broker.base import Broker, Delivery
 from cloudtask.contracts.queues import JOBS_DEAD
 from cloudtask.db import session
 from cloudtask.db.tables import jobs
+from cloudtask.worker.registry import HandlerRegistry
 from tests.conftest import Backends
 from tests.helpers import eventually
 
@@ -48,3 +50,11 @@ async def next_dead_letter(broker: Broker, timeout: float = 10) -> Delivery:
 async def wait_until_set(event: asyncio.Event, timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         await event.wait()
+
+
+def registry_of(handlers: object, *names: str) -> HandlerRegistry:
+    """A registry of the methods ``names`` of ``handlers``, each under its own name."""
+    registry = HandlerRegistry()
+    for name in names:
+        registry.register(name, getattr(handlers, name))
+    return registry

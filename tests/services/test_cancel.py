@@ -15,7 +15,7 @@ from cloudtask.worker.registry import HandlerRegistry
 from tests.conftest import Backends
 from tests.helpers import eventually, wait_for_status
 from tests.services.conftest import Stack
-from tests.services.support import wait_for_metric, wait_until_set
+from tests.services.support import registry_of, wait_for_metric, wait_until_set
 
 
 class Handlers:
@@ -52,10 +52,7 @@ def handlers() -> Handlers:
 
 @pytest.fixture
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
-    registry = HandlerRegistry()
-    for name in ("long", "gate", "never"):
-        registry.register(name, getattr(handlers, name))
-    return registry
+    return registry_of(handlers, "long", "gate", "never")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from cloudtask.contracts.timefmt import utcnow
 from cloudtask.worker.registry import HandlerRegistry
 from tests.helpers import wait_for_status
 from tests.services.conftest import Stack
-from tests.services.support import next_dead_letter, wait_until_set
+from tests.services.support import next_dead_letter, registry_of, wait_until_set
 
 
 class Handlers:
@@ -49,10 +49,7 @@ def handlers() -> Handlers:
 
 @pytest.fixture
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
-    registry = HandlerRegistry()
-    for name in ("nul", "surrogate", "deep", "wait"):
-        registry.register(name, getattr(handlers, name))
-    return registry
+    return registry_of(handlers, "nul", "surrogate", "deep", "wait")
 
 
 async def test_a_result_nested_deeper_than_json_may_be_fails_the_job_instead_of_losing_it(

@@ -14,6 +14,7 @@ from cloudtask.settings import Settings
 from cloudtask.worker.registry import HandlerRegistry
 from tests.helpers import eventually, wait_for_status
 from tests.services.conftest import Stack
+from tests.services.support import registry_of
 
 BACKOFF_CAP = 1.0
 
@@ -69,10 +70,7 @@ def handlers() -> Handlers:
 
 @pytest.fixture
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
-    registry = HandlerRegistry()
-    for name in ("flaky", "doomed", "broken", "slow", "hogging", "blocking"):
-        registry.register(name, getattr(handlers, name))
-    return registry
+    return registry_of(handlers, "flaky", "doomed", "broken", "slow", "hogging", "blocking")
 
 
 @pytest.fixture

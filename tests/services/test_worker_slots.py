@@ -14,7 +14,7 @@ from cloudtask.worker.registry import HandlerRegistry
 from cloudtask.worker.service import WorkerService
 from tests.helpers import wait_for_status
 from tests.services.conftest import Stack
-from tests.services.support import wait_until_set
+from tests.services.support import registry_of, wait_until_set
 
 
 class Handlers:
@@ -45,10 +45,7 @@ def handlers() -> Handlers:
 
 @pytest.fixture
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
-    registry = HandlerRegistry()
-    for name in ("first", "second", "counted"):
-        registry.register(name, getattr(handlers, name))
-    return registry
+    return registry_of(handlers, "first", "second", "counted")
 
 
 @pytest.fixture
