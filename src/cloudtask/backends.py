@@ -27,11 +27,14 @@ class Backends:
         await self.db.dispose()
 
 
-async def open_backends(settings: Settings, *, database: bool = True) -> Backends:
+async def open_backends(settings: Settings, *, fresh_plans: bool = False) -> Backends:
     """Create and start the back ends. A dependency that is down does not stop this: each one
-    reconnects, and health checks report it until it is back."""
+    reconnects, and health checks report it until it is back. ``fresh_plans``: see
+    :func:`create_engine`."""
     engine = create_engine(
-        settings.database_url.get_secret_value(), pool_size=settings.db_pool_size
+        settings.database_url.get_secret_value(),
+        pool_size=settings.db_pool_size,
+        fresh_plans=fresh_plans,
     )
     broker = RabbitMQBroker(settings.rabbitmq_url.get_secret_value())
     kv = RedisKV(settings.redis_url.get_secret_value())

@@ -161,14 +161,14 @@ async def _worker(settings: Settings, host: str, port: int) -> None:
 
 
 async def _results(settings: Settings, host: str, port: int) -> None:
-    backends = await open_backends(settings)
+    backends = await open_backends(settings, fresh_plans=True)
     results = ResultsService(settings, db=backends.db, broker=backends.broker)
     checks = standard_checks(backends.db, backends.broker, backends.kv)
     await _serve(backends, results, status_app([results.metrics], checks), host, port, settings)
 
 
 async def _scheduler(settings: Settings, host: str, port: int) -> None:
-    backends = await open_backends(settings)
+    backends = await open_backends(settings, fresh_plans=True)
     scheduler = SchedulerService(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
     checks = standard_checks(backends.db, backends.broker, backends.kv)
     await _serve(backends, scheduler, status_app([scheduler.metrics], checks), host, port, settings)
