@@ -88,8 +88,10 @@ class OutboxPublisher:
         # rolls the delete back. Rows a relay already holds or sent are left to it.
         published = 0
         try:
-            async with session.transaction(self._engine) as conn:
-                mine = await outbox_q.take(conn, [row.id for row in rows])
+            async with (
+                session.transaction(self._engine) as conn,
+                outbox_q.taking(conn, [row.id for row in rows]) as mine,
+            ):
                 batch = [row for row in rows if row.id in mine]
                 await self._broker.publish_many([_outgoing(row) for row in batch])
                 published = len(batch)
