@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudtask.broker.base import Broker
 from cloudtask.broker.rabbitmq import RabbitMQBroker
-from cloudtask.db.engine import create_engine
+from cloudtask.db.engine import Plans, create_engine
 from cloudtask.kv.base import KV
 from cloudtask.kv.redis import RedisKV
 from cloudtask.settings import Settings
@@ -27,14 +27,13 @@ class Backends:
         await self.db.dispose()
 
 
-async def open_backends(settings: Settings, *, fresh_plans: bool = False) -> Backends:
+async def open_backends(settings: Settings, *, plans: Plans = Plans.KEPT) -> Backends:
     """Create and start the back ends. A dependency that is down does not stop this: each one
-    reconnects, and health checks report it until it is back. ``fresh_plans``: see
-    :func:`create_engine`."""
+    reconnects, and health checks report it until it is back."""
     engine = create_engine(
         settings.database_url.get_secret_value(),
         pool_size=settings.db_pool_size,
-        fresh_plans=fresh_plans,
+        plans=plans,
     )
     broker = RabbitMQBroker(settings.rabbitmq_url.get_secret_value())
     kv = RedisKV(settings.redis_url.get_secret_value())

@@ -11,6 +11,7 @@ from pathlib import Path
 from cloudtask import dev, log, serving
 from cloudtask.api.app import create_app
 from cloudtask.backends import Backends, open_backends
+from cloudtask.db.engine import Plans
 from cloudtask.db.migrate import upgrade
 from cloudtask.observability.health import standard_checks
 from cloudtask.observability.server import status_app
@@ -144,7 +145,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def _api(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> None:
-    backends = await open_backends(settings)
+    backends = await open_backends(settings, plans=Plans.FRESH_SQLALCHEMY)
     try:
         app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
         await serving.serve(app, host, port, sock=sock)
@@ -161,14 +162,14 @@ async def _worker(settings: Settings, host: str, port: int) -> None:
 
 
 async def _results(settings: Settings, host: str, port: int) -> None:
-    backends = await open_backends(settings, fresh_plans=True)
+    backends = await open_backends(settings, plans=Plans.FRESH)
     results = ResultsService(settings, db=backends.db, broker=backends.broker)
     checks = standard_checks(backends.db, backends.broker, backends.kv)
     await _serve(backends, results, status_app([results.metrics], checks), host, port, settings)
 
 
 async def _scheduler(settings: Settings, host: str, port: int) -> None:
-    backends = await open_backends(settings, fresh_plans=True)
+    backends = await open_backends(settings, plans=Plans.FRESH)
     scheduler = SchedulerService(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
     checks = standard_checks(backends.db, backends.broker, backends.kv)
     await _serve(backends, scheduler, status_app([scheduler.metrics], checks), host, port, settings)

@@ -1,5 +1,5 @@
-"""The results-processor's updates find their jobs through the index however small ``jobs`` was
-when its connection first ran them (see ``db.engine.create_engine``'s ``fresh_plans``).
+"""Statements find their jobs through the index however small ``jobs`` was when their connection
+first ran them (see ``db.engine.Plans``): the results-processor's updates, the api's reads.
 
 PostgreSQL only: SQLite plans each statement anew.
 """
@@ -10,13 +10,13 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloudtask.contracts.messages import JobFinished, JobStarted
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
-from cloudtask.db.engine import create_engine
+from cloudtask.db.engine import Plans, create_engine
 from cloudtask.db.queries import job_events
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.queries import users as users_q
@@ -60,22 +60,40 @@ def _started(job_id: uuid.UUID, now: datetime) -> JobStarted:
     return JobStarted(job_id=job_id, attempt=1, worker_id="w", started_at=now)
 
 
-async def _scans_of_jobs(engine: AsyncEngine, job_id: uuid.UUID) -> tuple[int, int, JobStatus]:
+async def _rows_read(conn: AsyncConnection) -> int:
+    """Rows of ``jobs`` that ``conn``'s backend has read (by sequential or index scans) and not
+    yet reported: this transaction's, and perhaps its last ones', so compare two readings."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT seq_tup_read + idx_tup_fetch FROM pg_stat_xact_user_tables"
+                " WHERE relname = 'jobs'"
+            )
+        )
+    ).one()
+    return int(row[0])
+
+
+async def _add_user(engine: AsyncEngine) -> uuid.UUID:
+    user_id = uuid.uuid4()
+    async with session.transaction(engine) as conn:
+        await users_q.create_user(
+            conn, user_id=user_id, email=f"{user_id}@example.com", password_hash="x", now=utcnow()
+        )
+    return user_id
+
+
+async def _events_read(engine: AsyncEngine, job_id: uuid.UUID) -> tuple[int, JobStatus]:
     """Apply a start and an end to ``job_id`` in one transaction on ``engine``'s connection;
-    the sequential and index scans of ``jobs`` they made, and the job's status after."""
+    the rows of ``jobs`` they read, and the job's status after."""
     now = utcnow()
     async with session.transaction(engine) as conn:
+        before = await _rows_read(conn)
         await job_events.apply_started(conn, [_started(job_id, now)], now=now)
         moved = await job_events.apply_finished(conn, [_finished(job_id, now)], now=now)
-        scans = (
-            await conn.execute(
-                text(
-                    "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
-                )
-            )
-        ).one()
+        after = await _rows_read(conn)
     assert [t.id for t in moved] == [job_id]
-    return int(scans.seq_scan), int(scans.idx_scan), moved[0].status
+    return after - before, moved[0].status
 
 
 async def _run_while_small(engine: AsyncEngine) -> None:
@@ -88,13 +106,9 @@ async def _run_while_small(engine: AsyncEngine) -> None:
 
 
 async def test_updates_use_the_index_after_the_table_grew(pg_url: str, writer: AsyncEngine) -> None:
-    user_id = uuid.uuid4()
-    async with session.transaction(writer) as conn:
-        await users_q.create_user(
-            conn, user_id=user_id, email="plans@example.com", password_hash="x", now=utcnow()
-        )
+    user_id = await _add_user(writer)
     # One connection each, so every run of a statement is on the connection that keeps its plan.
-    fresh = create_engine(pg_url, pool_size=1, fresh_plans=True)
+    fresh = create_engine(pg_url, pool_size=1, plans=Plans.FRESH)
     kept = create_engine(pg_url, pool_size=1)
     try:
         await _add_jobs(writer, user_id, 2)
@@ -102,13 +116,45 @@ async def test_updates_use_the_index_after_the_table_grew(pg_url: str, writer: A
         await _run_while_small(kept)
         first, second, *_ = await _add_jobs(writer, user_id, GROWN_TO)
 
-        seq_scans, index_scans, status = await _scans_of_jobs(fresh, first)
-        assert (seq_scans, status) == (0, JobStatus.COMPLETED)
-        assert index_scans >= 2
-        # What the option prevents: the plan kept from the small table reads all of it.
-        seq_scans, _, status = await _scans_of_jobs(kept, second)
-        assert seq_scans > 0
+        # Each of the two statements reads its one row.
+        rows, status = await _events_read(fresh, first)
+        assert rows == 2
         assert status == JobStatus.COMPLETED
+        # What the option prevents: the plan kept from the small table reads all of it.
+        rows, status = await _events_read(kept, second)
+        assert rows > GROWN_TO
+        assert status == JobStatus.COMPLETED
+    finally:
+        await fresh.dispose()
+        await kept.dispose()
+
+
+async def _get_read(engine: AsyncEngine, job_id: uuid.UUID, user_id: uuid.UUID) -> int:
+    """Read the job as ``GET /jobs/{id}`` does; the rows of ``jobs`` it read."""
+    async with session.reading(engine) as conn:
+        before = await _rows_read(conn)
+        found = await jobs_q.get(conn, job_id, user_id)
+        after = await _rows_read(conn)
+    assert found is not None
+    return after - before
+
+
+async def test_api_reads_use_the_index_after_the_table_grew(
+    pg_url: str, writer: AsyncEngine
+) -> None:
+    user_id = await _add_user(writer)
+    fresh = create_engine(pg_url, pool_size=1, plans=Plans.FRESH_SQLALCHEMY)
+    kept = create_engine(pg_url, pool_size=1)
+    try:
+        first, *_ = await _add_jobs(writer, user_id, 2)
+        for _ in range(FIRST_RUNS):
+            await _get_read(fresh, first, user_id)
+            await _get_read(kept, first, user_id)
+        await _add_jobs(writer, user_id, GROWN_TO)
+
+        assert await _get_read(fresh, first, user_id) == 1
+        # The plan kept from the small table reads all of the user's jobs through another index.
+        assert await _get_read(kept, first, user_id) > GROWN_TO
     finally:
         await fresh.dispose()
         await kept.dispose()

@@ -1,5 +1,6 @@
 """The async engine for a ``DATABASE_URL``: PostgreSQL (asyncpg) or SQLite (aiosqlite)."""
 
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import event
@@ -28,24 +29,37 @@ def async_url(url: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, pool_size: int = 10, fresh_plans: bool = False) -> AsyncEngine:
-    """``fresh_plans``: PostgreSQL plans each prepared statement for the table as it is now.
+class Plans(Enum):
+    """How long PostgreSQL keeps a plan for a connection's prepared statements.
 
-    By default a connection's prepared statement keeps, from its sixth run on, a generic plan
-    made for the tables as they were then, until their statistics change (autovacuum's ANALYZE;
-    never where autovacuum is off). The results-processor's first updates run while ``jobs``
-    holds a few rows: the plan they keep scans the whole table, and went on doing it for every
-    batch, a table of 40,000 jobs later. The services whose statements look jobs up in a table
-    that grows (results-processor, scheduler) ask for a plan per run instead: about 0.2 ms of
-    PostgreSQL's CPU per batch. Not the api: it would plan each foreign-key check of each
-    inserted job too.
+    By default a prepared statement keeps, from its sixth run on, a generic plan made for the
+    tables as they were then, until their statistics change (autovacuum's ANALYZE; never where
+    autovacuum is off). ``jobs`` grows from nothing: the results-processor's updates kept the
+    plan made while it held a few hundred rows, a sequential scan of the whole table, for every
+    batch of a table of 40,000 jobs later, and the api's ``GET /jobs/{id}`` took 40 ms with 300,000.
     """
+
+    KEPT = "kept"
+    """PostgreSQL's default."""
+    FRESH = "fresh"
+    """Every statement planned for each run (``plan_cache_mode = force_custom_plan``): about
+    0.2 ms of PostgreSQL's CPU per batch of the results-processor. For the results-processor and
+    the scheduler, which insert no jobs: a foreign-key check is planned per row too."""
+    FRESH_SQLALCHEMY = "fresh-sqlalchemy"
+    """The statements SQLAlchemy runs are prepared anew for each run, at the cost of a round
+    trip; those run on the asyncpg connection itself keep theirs, and so do the foreign-key
+    checks of the jobs they insert. For the api, whose submissions are the latter."""
+
+
+def create_engine(url: str, *, pool_size: int = 10, plans: Plans = Plans.KEPT) -> AsyncEngine:
     full_url = async_url(url)
     if full_url.startswith("sqlite"):
         return _sqlite_engine(full_url)
     connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 60}
-    if fresh_plans:
+    if plans is Plans.FRESH:
         connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
+    elif plans is Plans.FRESH_SQLALCHEMY:
+        connect_args["prepared_statement_cache_size"] = 0
     # No overflow: an overflow connection is closed as soon as it is returned, so under load
     # every request would open (and TLS-negotiate) a new one; waiting for a pooled connection
     # is far cheaper.
