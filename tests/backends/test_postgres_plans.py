@@ -158,3 +158,21 @@ async def test_api_reads_use_the_index_after_the_table_grew(
     finally:
         await fresh.dispose()
         await kept.dispose()
+
+
+async def test_statements_prepared_for_one_run_are_closed(pg_url: str, writer: AsyncEngine) -> None:
+    user_id = await _add_user(writer)
+    first, *_ = await _add_jobs(writer, user_id, 1)
+    fresh = create_engine(pg_url, pool_size=1, plans=Plans.FRESH_SQLALCHEMY)
+    try:
+        for _ in range(50):
+            await _get_read(fresh, first, user_id)
+        async with session.reading(fresh) as conn:
+            open_statements = (
+                await conn.execute(text("SELECT count(*) FROM pg_prepared_statements"))
+            ).scalar_one()
+    finally:
+        await fresh.dispose()
+    # Each read prepared two statements (its own and the count of rows read): all but the
+    # last few were closed on the connection's next use.
+    assert open_statements < 10
