@@ -43,8 +43,9 @@ class Plans(Enum):
     """PostgreSQL's default."""
     FRESH = "fresh"
     """Every statement planned for each run (``plan_cache_mode = force_custom_plan``): about
-    0.2 ms of PostgreSQL's CPU per batch of the results-processor. For the results-processor and
-    the scheduler, which insert no jobs: a foreign-key check is planned per row too."""
+    0.2 ms of PostgreSQL's CPU per batch of the results-processor. For the results-processor,
+    which inserts no jobs, and the scheduler, which inserts one per firing: a foreign-key check
+    is planned per row too."""
     FRESH_SQLALCHEMY = "fresh-sqlalchemy"
     """The statements SQLAlchemy runs are prepared anew for each run, at the cost of a round
     trip; those run on the asyncpg connection itself keep theirs, and so do the foreign-key
