@@ -205,6 +205,24 @@ async def test_retrying_a_failed_or_cancelled_job_creates_a_new_one(client: Clie
     assert (await client.get_job(token, original["id"]))["status"] == "FAILED"
 
 
+async def test_job_ids_are_time_ordered_on_every_path_that_creates_jobs(client: Client) -> None:
+    # Version 7: new entries of jobs.id's unique index land on its right edge (db/ids.py).
+    token = await client.register()
+    single = uuid.UUID((await client.create_job(token, type="echo"))["id"])
+    response = await client.http.post(
+        "/jobs/batch", json={"jobs": [{"type": "echo"}] * 20}, headers=client.auth(token)
+    )
+    batch = [uuid.UUID(job["id"]) for job in response.json()]
+    async with client.backends.db.begin() as conn:
+        await conn.execute(update(jobs).where(jobs.c.id == single).values(status="FAILED"))
+    response = await client.http.post(f"/jobs/{single}/retry", headers=client.auth(token))
+    retried = uuid.UUID(response.json()["id"])
+    ids = [single, *batch, retried]
+    assert {job_id.version for job_id in ids} == {7}
+    assert ids == sorted(ids)  # in the order they were created, a batch's included
+    assert len(set(ids)) == len(ids)
+
+
 async def test_a_batch_is_stored_in_request_order(client: Client) -> None:
     token = await client.register()
     bodies = [{"type": "echo", "payload": i, "priority": i % 10} for i in range(25)]

@@ -4,6 +4,7 @@ Schedules are made due by moving their next firing into the past in the database
 waits for a minute to turn.
 """
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,6 +109,7 @@ async def test_a_due_schedule_fires_exactly_one_job_with_its_schedule_id(stack: 
     assert (job["type"], job["payload"]) == ("echo", {"from": "schedule"})
     assert (job["priority"], job["maxAttempts"], job["timeoutSeconds"]) == (7, 2, 20)
     assert _time(job["runAt"]) == due
+    assert uuid.UUID(job["id"]).version == 7  # time-ordered, as the api's (db/ids.py)
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
     assert done["result"] == {"from": "schedule"}
 

@@ -19,6 +19,7 @@ from cloudtask.api.security import Principal
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.api import JobCreate, ScheduleCreate
 from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
+from cloudtask.db.ids import new_job_id
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.errors import KVUnavailable
 
@@ -49,7 +50,7 @@ def new_job(body: JobCreate, user_id: uuid.UUID, now: datetime) -> jobs_q.NewJob
     else:
         run_at = now
     return jobs_q.NewJob(
-        id=uuid.uuid4(),
+        id=new_job_id(),
         user_id=user_id,
         type=body.type,
         payload=jsoncodec.dumps_str(body.payload),

@@ -2,11 +2,11 @@
 schedulers try, enforced by the primary key of ``schedule_firings``."""
 
 import logging
-import uuid
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloudtask.db.ids import new_job_id
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.db.queries import schedules as schedules_q
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def _job(schedule: schedules_q.ScheduleRecord, fire_at: datetime, now: datetime) -> jobs_q.NewJob:
     return jobs_q.NewJob(
-        id=uuid.uuid4(),
+        id=new_job_id(),
         user_id=schedule.user_id,
         type=schedule.type,
         payload=schedule.payload,

@@ -22,6 +22,7 @@ from cloudtask.contracts.signals import CANCEL_CHANNEL, CANCEL_TTL, cancel_key
 from cloudtask.contracts.statuses import RETRYABLE_STATUSES, JobStatus
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
+from cloudtask.db.ids import new_job_id
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.errors import KVUnavailable
 
@@ -253,7 +254,7 @@ async def retry_job(job_id: str, user: CurrentUser, context: Context) -> Respons
         )
     now = utcnow()
     new = jobs_q.NewJob(
-        id=uuid.uuid4(),
+        id=new_job_id(),
         user_id=user.user_id,
         type=job.type,
         payload=job.payload,
