@@ -48,11 +48,14 @@ class Figure:
 
 
 FIGURES: dict[str, Figure] = {
+    "ref.requests_per_s": Figure("Reference: bare POST + JWT, 2 workers (issue: 3,000)", " /s"),
+    "ref.p99_ms": Figure("  latency p99", " ms"),
     "api.creations_per_s": Figure("API job creations, 64 connections", " /s", 2000),
     "api.p50_ms": Figure("  latency p50", " ms"),
     "api.p99_ms": Figure("  latency p99", " ms"),
     "api.errors": Figure("  errors", "", 0, "<="),
     "api.api_cpu_ms_per_item": Figure("  CPU per job: the api process", " ms"),
+    "ratio.api_vs_reference": Figure("  API creations / reference (issue: 2/3)", "x"),
     "rate.p50_ms": Figure("API at a fixed rate: p50", " ms"),
     "rate.p95_ms": Figure("  p95 (the original aimed at < 3 s)", " ms", 3000, "<"),
     "rate.p99_ms": Figure("  p99", " ms", 50, "<"),

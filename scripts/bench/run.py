@@ -36,10 +36,12 @@ from scripts.bench.scenarios import (
     Options,
     Outcome,
     start_celery_worker,
+    start_reference,
     stop_celery_worker,
+    stop_reference,
 )
 
-SCENARIOS = ("api", "rate", "e2e", "latency", "celery", "list", "batch")
+SCENARIOS = ("ref", "api", "rate", "e2e", "latency", "celery", "list", "batch")
 BUSY_WARNING_PCT = 20
 # Scenarios that leave jobs to run: the next one waits until they have run.
 LEAVE_BACKLOG = {"api", "rate", "e2e", "latency", "batch"}
@@ -142,6 +144,8 @@ async def _scenarios(
         started = time.monotonic()
         if name == "celery":
             outcome = await _celery(bench, *celery_concurrency)
+        elif name == "ref":
+            outcome = await _reference(bench)
         elif name == "list":
             prepared = await bench.prepare_listing()  # not part of the measured window
             outcome = await bench.measure(name, bench.listing)
@@ -169,6 +173,18 @@ METHODS = {
     "batch": "batch",
     "list": "listing",
 }
+
+
+async def _reference(bench: Bench) -> Outcome:
+    app = await asyncio.to_thread(start_reference, bench.log_dir, bench.users)
+    try:
+        return await bench.measure(
+            "ref",
+            lambda out: bench.reference(out, app),
+            extra_pids={"reference endpoint": app.pids()},
+        )
+    finally:
+        stop_reference(app)
 
 
 async def _celery(bench: Bench, pool: str, concurrency: int) -> Outcome:
@@ -206,6 +222,10 @@ async def _run_async(
         figures.update(outcome.figures)
     for name, pid in cloudtask.pids().items():
         figures[f"rss.{name}_mb"] = stack.peak_rss_mb(pid)
+    if "api.creations_per_s" in figures and figures.get("ref.requests_per_s"):
+        figures["ratio.api_vs_reference"] = (
+            figures["api.creations_per_s"] / figures["ref.requests_per_s"]
+        )
     if "e2e.jobs_per_s" in figures and "celery.jobs_per_s" in figures:
         figures["ratio.cloudtask_vs_celery"] = (
             figures["e2e.jobs_per_s"] / figures["celery.jobs_per_s"]

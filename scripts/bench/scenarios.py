@@ -1,4 +1,5 @@
-"""The measured scenarios, (a) to (g) of issue 6, each against a running stack.
+"""The measured scenarios, (a) to (g) of issue 6, each against a running stack, and (r), the
+bare endpoint the issue scaled its targets to.
 
 Each scenario returns its figures (flat names, plain numbers) and the details behind them; the
 CPU each process used while it ran is recorded beside them, so the report can say which process
@@ -21,6 +22,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import jwt
 
 from scripts.bench import profile, stack, wrkload
 from scripts.bench.infra import CeleryInfra, Infra
@@ -274,27 +276,28 @@ class Bench:
             self.options.generator == "auto" and wrkload.available()
         )
 
-    async def api_closed_loop(self, outcome: Outcome) -> None:
-        options = self.options
+    async def _closed_loop(self, url: str, tokens: list[str], duration: float) -> dict[str, Any]:
+        """``POST /jobs`` with ``echo`` bodies at ``connections`` requests at a time."""
+        connections = self.options.connections
         if self._use_wrk():
-            load = await asyncio.to_thread(
-                wrkload.closed_loop,
-                self.stack.api_url + "/jobs",
-                self.tokens,
-                options.connections,
-                options.duration,
+            return await asyncio.to_thread(
+                wrkload.closed_loop, url + "/jobs", tokens, connections, duration
             )
-        else:
-            load = await loadgen(
-                self._config(
-                    mode="closed",
-                    path="/jobs",
-                    body="echo",
-                    concurrency=options.connections,
-                    duration=options.duration,
-                    warmup=1.0,
-                )
-            )
+        return await loadgen(
+            {
+                "url": url,
+                "tokens": tokens,
+                "mode": "closed",
+                "path": "/jobs",
+                "body": "echo",
+                "concurrency": connections,
+                "duration": duration,
+                "warmup": 1.0,
+            }
+        )
+
+    async def api_closed_loop(self, outcome: Outcome) -> None:
+        load = await self._closed_loop(self.stack.api_url, self.tokens, self.options.duration)
         outcome.detail["load"] = load
         outcome.detail["items"] = load["ok"]
         outcome.figures.update(
@@ -305,6 +308,20 @@ class Bench:
                 "api.errors": load["failed"],
             }
         )
+
+    # --- (r) ----------------------------------------------------------------------------------
+
+    async def reference(self, outcome: Outcome, app: "Reference") -> None:
+        """The bare endpoint of ``reference_app`` under the load of (a), for half as long."""
+        duration = max(3.0, self.options.duration / 2)
+        await self._closed_loop(app.url, app.tokens, 1.0)  # both workers' first requests
+        load = await self._closed_loop(app.url, app.tokens, duration)
+        outcome.detail["load"] = load
+        outcome.figures.update(
+            {"ref.requests_per_s": load["ok_per_s"], "ref.p99_ms": load["p99_ms"]}
+        )
+        if load["failed"]:
+            raise RuntimeError(f"{load['failed']} requests to the reference endpoint failed")
 
     # --- (b) ----------------------------------------------------------------------------------
 
@@ -536,6 +553,85 @@ def celery_env(celery: CeleryInfra) -> dict[str, str]:
         "BENCH_CELERY_BACKEND": celery.backend_url,
         "PYTHONPATH": str(REPO),
     }
+
+
+@dataclass
+class Reference:
+    """``reference_app`` running under uvicorn, and tokens it accepts."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    tokens: list[str]
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *stack.children(self.proc.pid)]
+
+
+REFERENCE_WORKERS = 2  # as the issue measured it
+
+
+def start_reference(log_dir: Path, users: list[User]) -> Reference:
+    secret = os.urandom(32).hex()
+    port = stack.free_port()
+    log = (log_dir / "reference.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "scripts.bench.reference_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(REFERENCE_WORKERS),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=REPO,
+        env={**os.environ, "BENCH_REFERENCE_SECRET": secret, "PYTHONPATH": str(REPO)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    now = int(time.time())
+    tokens = [
+        jwt.encode(
+            {"sub": user.user_id, "email": user.email, "iat": now, "exp": now + 3600},
+            secret,
+            algorithm="HS256",
+        )
+        for user in users
+    ]
+    reference = Reference(proc, f"http://127.0.0.1:{port}", tokens)
+    deadline = time.monotonic() + 60
+    while len(stack.children(proc.pid)) < REFERENCE_WORKERS or not _answers(reference.url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_reference(reference)
+            tail = (log_dir / "reference.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the reference endpoint did not start:\n{tail}")
+        time.sleep(0.1)
+    return reference
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop_reference(reference: Reference) -> None:
+    if reference.proc.poll() is None:
+        reference.proc.send_signal(signal.SIGTERM)
+        try:
+            reference.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(reference.proc.pid, signal.SIGKILL)
+            reference.proc.wait(10)
 
 
 def start_celery_worker(

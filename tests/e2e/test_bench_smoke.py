@@ -23,7 +23,7 @@ def test_the_quickest_bench_run_prints_its_table_and_writes_json_with_numeric_fi
             "scripts.bench.run",
             "--quick",
             "--only",
-            "api,e2e",
+            "ref,api,e2e",
             "--skip-celery",
             "--generator",
             "python",
@@ -39,7 +39,7 @@ def test_the_quickest_bench_run_prints_its_table_and_writes_json_with_numeric_fi
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=150,
         check=False,
     )
 
@@ -49,7 +49,12 @@ def test_the_quickest_bench_run_prints_its_table_and_writes_json_with_numeric_fi
     assert "CPU while each scenario ran" in done.stdout
     result = json.loads(output.read_text())
     assert result["errors"] == []
-    for name in ("api.creations_per_s", "api.p99_ms", "e2e.jobs_per_s", "e2e.seconds"):
+    assert "Reference: bare POST + JWT" in done.stdout
+    figures = (
+        "ref.requests_per_s", "api.creations_per_s", "api.p99_ms", "ratio.api_vs_reference",
+        "e2e.jobs_per_s", "e2e.seconds",
+    )  # fmt: skip
+    for name in figures:
         value = result["figures"][name]["value"]
         assert isinstance(value, float | int) and math.isfinite(value) and value > 0, name
     for service in ("api", "worker", "results", "scheduler"):
