@@ -47,8 +47,10 @@ async def test_a_job_not_yet_announced_is_delivered_again_after_a_lost_connectio
     _needs_rabbitmq(stack)
     monkeypatch.setattr(pipeline, "ANNOUNCE_AFTER", 60)
     token = await stack.client.register()
+    # Long enough to outlast rabbitmqctl, which takes a second or more on a busy machine: a job
+    # that ended before its connection closed has nothing to be delivered again.
     job = await stack.client.create_job(
-        token, type="sleep", payload={"seconds": 1}, maxAttempts=1, timeoutSeconds=60
+        token, type="sleep", payload={"seconds": 4}, maxAttempts=1, timeoutSeconds=60
     )
 
     async def running() -> bool:
@@ -56,6 +58,7 @@ async def test_a_job_not_yet_announced_is_delivered_again_after_a_lost_connectio
 
     await eventually(running)
     await _close_connections(stack)
+    assert stack.worker.busy == 1, "the job ended before its connection was closed"
     # Its delivery was not acknowledged, so RabbitMQ hands it out again: the attempt runs a
     # second time (at least once), and the two reports of one attempt change the job once.
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED", timeout=20)
