@@ -181,7 +181,7 @@ async def _reference(bench: Bench) -> Outcome:
         return await bench.measure(
             "ref",
             lambda out: bench.reference(out, app),
-            extra_pids={"reference endpoint": app.pids()},
+            extra_pids={"reference endpoint": [app.service.proc.pid]},
         )
     finally:
         stop_reference(app)

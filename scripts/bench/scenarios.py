@@ -8,6 +8,7 @@ limited the figure.
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -314,8 +315,9 @@ class Bench:
     async def reference(self, outcome: Outcome, app: "Reference") -> None:
         """The bare endpoint of ``reference_app`` under the load of (a), for half as long."""
         duration = max(3.0, self.options.duration / 2)
-        await self._closed_loop(app.url, app.tokens, 1.0)  # both workers' first requests
-        load = await self._closed_loop(app.url, app.tokens, duration)
+        url = app.service.url
+        await self._closed_loop(url, app.tokens, 1.0)  # both workers' first requests
+        load = await self._closed_loop(url, app.tokens, duration)
         outcome.detail["load"] = load
         outcome.figures.update(
             {"ref.requests_per_s": load["ok_per_s"], "ref.p99_ms": load["p99_ms"]}
@@ -559,12 +561,8 @@ def celery_env(celery: CeleryInfra) -> dict[str, str]:
 class Reference:
     """``reference_app`` running under uvicorn, and tokens it accepts."""
 
-    proc: subprocess.Popen[bytes]
-    url: str
+    service: stack.Service
     tokens: list[str]
-
-    def pids(self) -> list[int]:
-        return [self.proc.pid, *stack.children(self.proc.pid)]
 
 
 REFERENCE_WORKERS = 2  # as the issue measured it
@@ -596,7 +594,6 @@ def start_reference(log_dir: Path, users: list[User]) -> Reference:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    log.close()
     now = int(time.time())
     tokens = [
         jwt.encode(
@@ -606,32 +603,21 @@ def start_reference(log_dir: Path, users: list[User]) -> Reference:
         )
         for user in users
     ]
-    reference = Reference(proc, f"http://127.0.0.1:{port}", tokens)
-    deadline = time.monotonic() + 60
-    while len(stack.children(proc.pid)) < REFERENCE_WORKERS or not _answers(reference.url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_reference(reference)
-            tail = (log_dir / "reference.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the reference endpoint did not start:\n{tail}")
-        time.sleep(0.1)
+    # Its workers' CPU is counted through the supervisor (CpuMeter adds a process's children).
+    reference = Reference(stack.Service("reference", port, proc, log), tokens)
+    try:
+        stack.wait_healthy(reference.service, log_dir)
+    except BaseException:
+        stop_reference(reference)
+        raise
     return reference
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health", timeout=3).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def stop_reference(reference: Reference) -> None:
-    if reference.proc.poll() is None:
-        reference.proc.send_signal(signal.SIGTERM)
-        try:
-            reference.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(reference.proc.pid, signal.SIGKILL)
-            reference.proc.wait(10)
+    stack.stop_service(reference.service)
+    # Should the supervisor have been killed, its workers would still hold the port.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(reference.service.proc.pid, signal.SIGKILL)
 
 
 def start_celery_worker(
