@@ -2,9 +2,10 @@
 
 Every job is found by its id through a unique index on ``jobs.id``. Random (version 4) ids put
 each new entry on a random leaf page of that index: once the table is large, a thousand-job batch
-touches hundreds of leaves that have to be read in, and after each checkpoint every leaf it
-touches is written to the WAL whole. Time-ordered ids land on the index's right edge, as ``seq``
-does. The rest of a version 7 id is random, and a job's id tells no more than its ``createdAt``.
+touches leaves all over it, many of them read in from outside PostgreSQL's cache, and after each
+checkpoint every leaf it touches is written to the WAL whole. Time-ordered ids land on the
+index's right edge, as ``seq`` does. The rest of a version 7 id is random, and a job's id tells
+no more than its ``createdAt``.
 """
 
 from uuid import UUID
