@@ -95,3 +95,37 @@ def test_dumps_is_compact_utf8() -> None:
     assert dumps({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
     assert dumps({"a": 2**65, "b": "é"}) == '{"a":36893488147419103232,"b":"é"}'.encode()
     assert dumps_str([1, 2]) == "[1,2]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[9223372036854775807, -9223372036854775808, 18446744073709551615]",
+        "[9223372036854775808, -9223372036854775809, 18446744073709551616]",
+        '{"n": 123456789012345678901234567890, "s": "1234567890123456789"}',
+        "[0.1, 1e22, -1.5e-7, 5e-324, 2.2250738585072011e-308, 1.7976931348623157e308]",
+        '{"a": 1, "b": 2, "a": 3}',
+        '"\\u00e9\\n\\ud83d\\ude00\\u2028"',
+        " \t\r\n[-0, -0.0, 1E5, 1e-400] \n",
+    ],
+)
+def test_values_are_those_of_the_standard_parser(text: str) -> None:
+    # The fast path (orjson) must read exactly what the strict standard-library path reads,
+    # big integers included; for bytes and str alike.
+    expected = json.loads(text)
+    for data in (text, text.encode()):
+        value = loads(data)
+        assert value == expected
+        assert json.dumps(value) == json.dumps(expected)  # the same types: 1 is not 1.0
+
+
+@pytest.mark.parametrize("data", ["[" * 129 + "]" * 129, b"[" * 129 + b"]" * 129])
+def test_nesting_deeper_than_the_limit_is_refused(data: str | bytes) -> None:
+    with pytest.raises(InvalidJSON, match="nested more than 128"):
+        loads(data)
+    assert loads(data[1:-1]) == json.loads(data[1:-1])
+
+
+def test_a_str_holding_a_lone_surrogate_is_read_as_before() -> None:
+    # Not Unicode, so orjson refuses it; the standard library reads it as it did.
+    assert loads('["\ud800"]') == ["\ud800"]

@@ -2,8 +2,8 @@
 
 Python's parser accepts ``NaN`` and ``Infinity`` and turns ``1e400`` into infinity; none of those is
 JSON, so they are refused here. Integers keep their exact value (orjson would turn big ones into
-floats), so a payload is stored as submitted. Writing uses orjson for speed and falls back to the
-standard library for the integers orjson cannot hold.
+floats), so a payload is stored as submitted. Both ways use orjson for speed and fall back to the
+standard library where orjson would differ: integers beyond 64 bits, and every error message.
 
 Two more limits keep every accepted document one that the rest of the system can carry: no string
 may hold an unpaired UTF-16 surrogate (``"\\ud800"`` is valid JSON text but not Unicode, and no
@@ -50,6 +50,10 @@ MAX_DEPTH = 128
 """The deepest nesting of arrays and objects a document may have."""
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# Every digit as "0", every other byte as " ": nineteen zeros in a row are perhaps an integer beyond
+# 64 bits, which orjson would read as a float. Forty times faster than a regular expression.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_DIGITS = b"0" * 19
 
 _decoder = json.JSONDecoder(
     parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_exact_int
@@ -58,6 +62,20 @@ _decoder = json.JSONDecoder(
 
 def loads(data: bytes | str) -> Any:
     """Parse JSON text, raising :class:`InvalidJSON` for anything that is not strict JSON."""
+    # orjson first: ten times faster on a batch's body. It refuses all that is refused below
+    # (NaN, infinities, unpaired surrogates, bad UTF-8, trailing data) and reads the rest to the
+    # same values, but for integers beyond 64 bits; so text that could hold one, and whatever
+    # orjson refuses, takes the standard library's path, which also words the error.
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if _LONG_DIGITS not in raw.translate(_DIGITS_AS_ZEROS):
+        try:
+            value = orjson.loads(data)
+        except ValueError:  # orjson's JSONDecodeError, or a str that is not Unicode
+            pass
+        else:
+            if too_deep(value, data):
+                raise InvalidJSON(f"nested more than {MAX_DEPTH} levels deep")
+            return value
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         value, end = _decoder.raw_decode(text, _skip_space(text, 0))
