@@ -28,8 +28,16 @@ log = logging.getLogger(__name__)
 BATCH = 500
 
 
-def _outgoing(row: outbox_q.OutboxRow) -> OutgoingMessage:
-    return OutgoingMessage(row.queue, row.body.encode(), row.priority)
+def _outgoing(rows: Sequence[outbox_q.OutboxRow]) -> list[OutgoingMessage]:
+    return [
+        OutgoingMessage(row.queue, body.encode(), row.priority)
+        for row in rows
+        for body in row.bodies
+    ]
+
+
+def _messages(rows: Sequence[outbox_q.OutboxRow]) -> int:
+    return sum(len(row.bodies) for row in rows)
 
 
 class OutboxPublisher:
@@ -69,7 +77,11 @@ class OutboxPublisher:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+                batch = [self._pending.popleft()]
+                messages = len(batch[0].bodies)
+                while self._pending and messages + len(self._pending[0].bodies) <= BATCH:
+                    batch.append(self._pending.popleft())
+                    messages += len(batch[-1].bodies)
                 try:
                     await self._publish(batch)
                 except Exception:  # the relay has the rows; this loop must go on
@@ -92,13 +104,13 @@ class OutboxPublisher:
                 session.transaction(self._engine) as conn,
                 outbox_q.taking(conn, [row.id for row in rows]) as mine,
             ):
-                batch = [row for row in rows if row.id in mine]
-                await self._broker.publish_many([_outgoing(row) for row in batch])
-                published = len(batch)
+                outgoing = _outgoing([row for row in rows if row.id in mine])
+                await self._broker.publish_many(outgoing)
+                published = len(outgoing)
         except BrokerUnavailable as exc:
             log.warning(
                 "outbox messages left for the relay",
-                extra={"action": "outbox.deferred", "count": len(rows), "reason": str(exc)},
+                extra={"action": "outbox.deferred", "count": _messages(rows), "reason": str(exc)},
             )
         except DatabaseUnavailable as exc:
             # Perhaps published but not removed: the relay publishes them again, and consumers
@@ -108,23 +120,27 @@ class OutboxPublisher:
             self._on_published(published)
 
     async def relay(self) -> int:
-        """Publish rows that were not confirmed within ``relay_after`` seconds. Returns how many."""
+        """Publish messages that were not confirmed within ``relay_after`` seconds. Returns how
+        many (at most BATCH, or one row's)."""
         older_than = utcnow() - timedelta(seconds=self._relay_after)
         async with session.transaction(self._engine) as conn:
             rows = await outbox_q.claim_stale(conn, older_than=older_than, limit=BATCH)
             if not rows:
                 return 0
-            await self._broker.publish_many([_outgoing(row) for row in rows])
+            outgoing = _outgoing(rows)
+            await self._broker.publish_many(outgoing)
             await outbox_q.remove(conn, [row.id for row in rows])
-        self._on_published(len(rows))
-        log.info("outbox rows relayed", extra={"action": "outbox.relayed", "count": len(rows)})
-        return len(rows)
+        self._on_published(len(outgoing))
+        log.info(
+            "outbox messages relayed", extra={"action": "outbox.relayed", "count": len(outgoing)}
+        )
+        return len(outgoing)
 
     async def run_relay(self, interval: float = 1.0) -> None:
         """Relay stale rows every ``interval`` seconds until :meth:`stop`."""
         while not self._stopping.is_set():
             try:
-                while await self.relay() == BATCH:
+                while await self.relay():  # until none is left
                     pass
             except BrokerUnavailable:
                 pass

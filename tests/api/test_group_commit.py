@@ -75,7 +75,7 @@ async def test_jobs_arriving_together_share_a_write(
     new_jobs = [scheduling.due_job(user_id) for _ in range(50)]
     await asyncio.gather(*(group_commit.store(job) for job in new_jobs))
     assert await _stored(backends, new_jobs) == 50
-    assert await scheduling.outbox_rows(backends) == 50
+    assert await scheduling.outbox_messages(backends) == 50
     # The first job is written alone, the 49 that arrived meanwhile in the next write.
     assert group_commit.writes <= 2
 
@@ -104,7 +104,7 @@ async def test_a_lone_job_is_written_at_once(backends: Backends, group_commit: G
     for _ in range(3):
         await group_commit.store(scheduling.due_job(user_id))
     assert group_commit.writes == 3
-    assert await scheduling.outbox_rows(backends) == 3
+    assert await scheduling.outbox_messages(backends) == 3
 
 
 async def test_stopping_mid_write_leaves_no_request_waiting(backends: Backends) -> None:
@@ -138,12 +138,13 @@ async def test_a_large_write_stores_each_job_as_given_and_the_due_ones_messages_
         rows = await jobs_q.submit(conn, new_jobs)
 
     due = [job for job in new_jobs if job.is_due()]
-    assert [JobCreated.model_validate_json(row.body).job_id for row in rows] == [
-        job.id for job in due
-    ]
-    assert [row.priority for row in rows] == [job.priority for job in due]
+    # One outbox row per priority, in the order each first appears, its jobs in order.
+    assert [row.priority for row in rows] == list(dict.fromkeys(job.priority for job in due))
+    assert [
+        [JobCreated.model_validate_json(body).job_id for body in row.bodies] for row in rows
+    ] == [[job.id for job in due if job.priority == row.priority] for row in rows]
     assert [row.id for row in rows] == sorted({row.id for row in rows})
-    assert await scheduling.outbox_rows(backends) == len(due)
+    assert await scheduling.outbox_messages(backends) == len(due)
     stored = {row.id: row for row in await scheduling.job_rows(backends, [j.id for j in new_jobs])}
     assert sorted(new_jobs, key=lambda job: stored[job.id].seq) == new_jobs
     for job in new_jobs:
@@ -169,4 +170,4 @@ async def test_a_large_write_for_a_vanished_user_stores_nothing(backends: Backen
         async with session.autocommit(backends.db) as conn:
             await jobs_q.submit(conn, new_jobs)
     assert await _stored(backends, new_jobs) == 0
-    assert await scheduling.outbox_rows(backends) == 0
+    assert await scheduling.outbox_messages(backends) == 0

@@ -19,9 +19,10 @@ from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.queries import jobs as jobs_q
+from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.db.queries import schedules as schedules_q
 from cloudtask.db.queries import users as users_q
-from cloudtask.db.tables import jobs, outbox, schedule_firings, schedules
+from cloudtask.db.tables import jobs, schedule_firings, schedules
 from tests.conftest import Backends
 from tests.helpers import Client, wait_for_status
 
@@ -51,10 +52,11 @@ def due_job(user_id: uuid.UUID, payload: str = "{}") -> jobs_q.NewJob:
     )
 
 
-async def outbox_rows(backends: Backends) -> int:
-    """How many outbox messages wait to be published."""
+async def outbox_messages(backends: Backends) -> int:
+    """How many outbox messages wait to be published (a row may hold several)."""
     async with session.reading(backends.db) as conn:
-        return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
+        count, _oldest = await outbox_q.backlog(conn)
+    return count
 
 
 async def add_waiting_jobs(

@@ -13,7 +13,15 @@ from cloudtask.contracts.messages import JobCreated, job_created_body
 
 @pytest.mark.parametrize(
     "payload",
-    [None, {"to": "a@example.com", "n": 1.5}, [1, "é", {"x": None}], 2**70, "\x00", True],
+    [
+        None,
+        {"to": "a@example.com", "n": 1.5},
+        [1, "é", {"x": None}],
+        2**70,
+        "\x00",
+        True,
+        {"text": "two\nlines\r\n", "big": [2**70, "\u2028"]},
+    ],
 )
 @pytest.mark.parametrize(
     "enqueued_at",
@@ -35,6 +43,8 @@ def test_job_created_body_matches_the_model(payload: Any, enqueued_at: datetime)
     fast = job_created_body(payload_json=jsoncodec.dumps_str(payload), **fields)
     assert fast == JobCreated(payload=payload, **fields).encode()
     assert JobCreated.model_validate_json(fast).payload == payload
+    # Outbox rows hold several bodies as JSON Lines (db.queries.outbox.SEPARATOR).
+    assert b"\n" not in fast
 
 
 class _DriverUUID(uuid.UUID):

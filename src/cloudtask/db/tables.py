@@ -88,9 +88,11 @@ outbox = Table(
     metadata,
     Column("id", BigIntId, primary_key=True, autoincrement=True),
     Column("queue", String(64), nullable=False),
+    # One message, or several as JSON Lines (see db.queries.outbox.SEPARATOR).
     Column("body", Text, nullable=False),
     Column("priority", SmallInteger, nullable=False, server_default=text("0")),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("messages", Integer, nullable=False, server_default=text("1")),
 )
 
 schedules = Table(

@@ -121,12 +121,13 @@ class SchedulerService:
         return dispatched >= DISPATCH_BATCH
 
     async def _fenced(self, step: Step) -> int:
+        """Run ``step`` if this instance still leads; returns how many messages it wrote."""
         async with session.transaction(self._db) as conn:
             if not await self.leadership.fenced(conn):
                 return 0
             rows = await step(conn)
         self.outbox.submit(rows)
-        return len(rows)
+        return sum(len(row.bodies) for row in rows)
 
     async def _dispatch(self, conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
         now = utcnow()

@@ -157,17 +157,17 @@ async def submit(conn: AsyncConnection, new_jobs: Sequence[NewJob]) -> list[outb
 
     Returns the outbox rows, to be published once the caller's transaction commits.
     """
-    messages = [job.message() if job.is_due() else None for job in new_jobs]
-    due = [message for message in messages if message is not None]
+    due = [job.message() for job in new_jobs if job.is_due()]
     # The only constraint a new job can break is the foreign key to its user (ids are random):
     # a token that outlived its user.
     try:
         if conn.dialect.name == "postgresql":
             if len(new_jobs) == 1 and due:
                 return await _submit_one_statement(conn, new_jobs[0], due[0])
+            new_rows = outbox_q.grouped(due)
             if len(new_jobs) >= COPY_FROM:
-                return await _submit_by_copy(conn, new_jobs, due)
-            return await _submit_many_statement(conn, new_jobs, messages)
+                return await _submit_by_copy(conn, new_jobs, new_rows)
+            return await _submit_many_statement(conn, new_jobs, new_rows)
         await conn.execute(insert(jobs), [_row(job) for job in new_jobs])
     except (IntegrityError, asyncpg.ForeignKeyViolationError):
         raise UnknownUser from None
@@ -209,35 +209,57 @@ async def _submit_one_statement(
         message.queue,
         message.body,
     )
-    return [outbox_q.OutboxRow(int(outbox_id), message.queue, message.body, message.priority)]
+    return [outbox_q.OutboxRow(int(outbox_id), message.queue, [message.body], message.priority)]
 
 
-# Any number of jobs, and the outbox messages of the due ones, in one statement: one array per
+def _outbox_arguments(new_rows: Sequence[outbox_q.NewOutboxRow]) -> tuple[Any, ...]:
+    """The outbox rows of jobs written together (see ``outbox_q.grouped``; usually one), as the
+    three arrays the statements below insert them from: bodies, priorities, counts."""
+    return (
+        [row.body for row in new_rows],
+        [row.priority for row in new_rows],
+        [len(row.bodies) for row in new_rows],
+    )
+
+
+def _stored_rows(
+    ids: Sequence[Any], new_rows: Sequence[outbox_q.NewOutboxRow]
+) -> list[outbox_q.OutboxRow]:
+    # One statement takes its ids from the sequence in the order it inserts, which is the
+    # input's; sorting them does not rely on the order RETURNING gives them back in.
+    outbox_ids = sorted(int(row[0]) for row in ids)
+    return [
+        outbox_q.OutboxRow(outbox_id, row.queue, row.bodies, row.priority)
+        for outbox_id, row in zip(outbox_ids, new_rows, strict=True)
+    ]
+
+
+# Any number of jobs, and the outbox rows of the due ones, in one statement: one array per
 # column, so the statement is the same (prepared once) whatever the count. Under load this is
-# most of what is written (batches, and single submissions grouped by api.group_commit); it
-# replaced SQLAlchemy's multi-row INSERTs, which cost the api more CPU than PostgreSQL spent.
+# most of what is written (single submissions grouped by api.group_commit); it replaced
+# SQLAlchemy's multi-row INSERTs, which cost the api more CPU than PostgreSQL spent. The
+# data-modifying CTE runs although nothing refers to it.
 _SUBMIT_MANY = (
-    "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[],"
-    " $5::text[], $6::int2[], $7::int4[], $8::float8[], $9::timestamptz[], $10::uuid[],"
-    " $11::timestamptz[], $12::text[]) WITH ORDINALITY AS t(id, user_id, type, payload, status,"
-    " priority, max_attempts, timeout_seconds, run_at, schedule_id, created_at, body, ord)),"
-    " new_jobs AS (INSERT INTO jobs (id, user_id, type, payload, status, priority, attempts,"
+    "WITH new_jobs AS (INSERT INTO jobs (id, user_id, type, payload, status, priority, attempts,"
     " dispatch_attempt, max_attempts, timeout_seconds, run_at, schedule_id, cancel_requested,"
     " redeliveries, created_at, updated_at)"
     " SELECT id, user_id, type, payload, status, priority, 0, 1, max_attempts, timeout_seconds,"
-    " run_at, schedule_id, false, 0, created_at, created_at FROM input ORDER BY ord)"
-    " INSERT INTO outbox (queue, body, priority, created_at)"
-    " SELECT $13, body, priority, created_at FROM input WHERE body IS NOT NULL ORDER BY ord"
-    " RETURNING id"
+    " run_at, schedule_id, false, 0, created_at, created_at"
+    " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int2[],"
+    " $7::int4[], $8::float8[], $9::timestamptz[], $10::uuid[], $11::timestamptz[])"
+    " WITH ORDINALITY AS t(id, user_id, type, payload, status, priority, max_attempts,"
+    " timeout_seconds, run_at, schedule_id, created_at, ord) ORDER BY ord)"
+    " INSERT INTO outbox (queue, body, priority, messages, created_at)"
+    " SELECT $12, body, priority, messages, $13 FROM unnest($14::text[], $15::int2[],"
+    " $16::int4[]) WITH ORDINALITY AS o(body, priority, messages, ord) ORDER BY ord RETURNING id"
 )
 
 
 async def _submit_many_statement(
     conn: AsyncConnection,
     new_jobs: Sequence[NewJob],
-    messages: Sequence[outbox_q.NewOutboxMessage | None],
+    new_rows: Sequence[outbox_q.NewOutboxRow],
 ) -> list[outbox_q.OutboxRow]:
-    """``messages``: each job's outbox message, None for a job not yet due."""
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None  # noqa: S101 - a checked-out connection has its driver's
     ids = await driver.fetch(
@@ -253,17 +275,11 @@ async def _submit_many_statement(
         [job.run_at for job in new_jobs],
         [job.schedule_id for job in new_jobs],
         [job.created_at for job in new_jobs],
-        [None if message is None else message.body for message in messages],
         JOBS_CREATED,
+        new_jobs[0].created_at,
+        *_outbox_arguments(new_rows),
     )
-    # One statement takes its ids from the sequence in the order it inserts, which is the
-    # input's; sorting them does not rely on the order RETURNING gives them back in.
-    due = [message for message in messages if message is not None]
-    outbox_ids = sorted(int(row[0]) for row in ids)
-    return [
-        outbox_q.OutboxRow(outbox_id, message.queue, message.body, message.priority)
-        for outbox_id, message in zip(outbox_ids, due, strict=True)
-    ]
+    return _stored_rows(ids, new_rows)
 
 
 # From this many jobs on, COPY and a second statement for the outbox, in a transaction: four
@@ -277,17 +293,16 @@ _COPY_COLUMNS = (
     "redeliveries", "created_at", "updated_at",
 )  # fmt: skip
 _ADD_OUTBOX = (
-    "INSERT INTO outbox (queue, body, priority, created_at)"
-    " SELECT $1, body, priority, $4 FROM unnest($2::text[], $3::int2[]) WITH ORDINALITY"
-    " AS t(body, priority, ord) ORDER BY ord"
-    " RETURNING id"
+    "INSERT INTO outbox (queue, body, priority, messages, created_at)"
+    " SELECT $1, body, priority, messages, $2 FROM unnest($3::text[], $4::int2[], $5::int4[])"
+    " WITH ORDINALITY AS o(body, priority, messages, ord) ORDER BY ord RETURNING id"
 )
 
 
 async def _submit_by_copy(
     conn: AsyncConnection,
     new_jobs: Sequence[NewJob],
-    due: Sequence[outbox_q.NewOutboxMessage],
+    new_rows: Sequence[outbox_q.NewOutboxRow],
 ) -> list[outbox_q.OutboxRow]:
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None  # noqa: S101 - a checked-out connection has its driver's
@@ -301,21 +316,12 @@ async def _submit_by_copy(
     ]  # fmt: skip
     async with driver.transaction():
         await driver.copy_records_to_table("jobs", records=records, columns=_COPY_COLUMNS)
-        if not due:
+        if not new_rows:
             return []
         ids = await driver.fetch(
-            _ADD_OUTBOX,
-            JOBS_CREATED,
-            [message.body for message in due],
-            [message.priority for message in due],
-            new_jobs[0].created_at,
+            _ADD_OUTBOX, JOBS_CREATED, new_jobs[0].created_at, *_outbox_arguments(new_rows)
         )
-    # As in _submit_many_statement: the sequence hands out ids in the order rows are inserted.
-    outbox_ids = sorted(int(row[0]) for row in ids)
-    return [
-        outbox_q.OutboxRow(outbox_id, message.queue, message.body, message.priority)
-        for outbox_id, message in zip(outbox_ids, due, strict=True)
-    ]
+    return _stored_rows(ids, new_rows)
 
 
 async def get(conn: AsyncConnection, job_id: UUID, user_id: UUID) -> JobRecord | None:

@@ -1,0 +1,73 @@
+"""The schema's migrations, up and down, on both databases."""
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import text
+
+from cloudtask.db.engine import create_engine
+from cloudtask.db.migrate import alembic_config, upgrade
+from tests import infra
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'migrations.db'}"
+        return
+    with infra.pg_database("template0") as url:
+        yield url
+
+
+def _sql(url: str, statement: str) -> Any:
+    async def run() -> Any:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(text(statement))
+                return result.all() if result.returns_rows else None
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _outbox_columns(url: str) -> set[str]:
+    if url.startswith("sqlite"):
+        return {row[1] for row in _sql(url, "PRAGMA table_info(outbox)")}
+    query = "SELECT column_name FROM information_schema.columns WHERE table_name = 'outbox'"
+    return {row[0] for row in _sql(url, query)}
+
+
+def test_downgrading_waits_until_no_outbox_row_holds_several_messages(empty_database: str) -> None:
+    url = empty_database
+    upgrade(url)
+    assert "messages" in _outbox_columns(url)
+    _sql(
+        url,
+        "INSERT INTO outbox (queue, body, priority, created_at, messages)"
+        " VALUES ('jobs.created', '{}' || char(10) || '{}', 5, '2026-11-29 00:00:00', 2)"
+        if url.startswith("sqlite")
+        else "INSERT INTO outbox (queue, body, priority, created_at, messages)"
+        " VALUES ('jobs.created', E'{}\\n{}', 5, now(), 2)",
+    )
+    with pytest.raises(RuntimeError, match="1 outbox rows hold several messages"):
+        command.downgrade(alembic_config(url), "0002")
+    assert "messages" in _outbox_columns(url)  # the failed downgrade changed nothing
+
+    _sql(url, "DELETE FROM outbox")
+    command.downgrade(alembic_config(url), "0002")
+    assert "messages" not in _outbox_columns(url)
+    _sql(
+        url,
+        "INSERT INTO outbox (queue, body, priority, created_at)"
+        " VALUES ('jobs.created', '{}', 5, '2026-11-29 00:00:00')",
+    )
+    upgrade(url)
+    assert _sql(url, "SELECT messages FROM outbox") == [(1,)]  # an older row holds one
+    command.downgrade(alembic_config(url), "base")
+    upgrade(url)
