@@ -23,8 +23,13 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
+    # An empty variable counts as unset, as Compose passes an optional one (``${NAME:-}``).
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        env_ignore_empty=True,
     )
 
     database_url: SecretStr = SecretStr("postgresql://cloudtask:cloudtask@localhost:5432/cloudtask")

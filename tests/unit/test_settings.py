@@ -106,6 +106,20 @@ def test_allowed_hosts_may_be_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().http_allowed_hosts == []
 
 
+def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As Compose passes an optional variable: ${CLOUDTASK_WORKER_PREFETCH:-}
+    for name in ("WORKER_PREFETCH", "WORKER_CONCURRENCY", "LOG_LEVEL", "SMTP_URL"):
+        monkeypatch.setenv(f"CLOUDTASK_{name}", "")
+    settings = load_settings()
+    assert settings.worker_prefetch is None
+    assert settings.worker_concurrency == 16
+    assert settings.log_level == "INFO"
+    assert settings.smtp_url is None
+    monkeypatch.setenv("CLOUDTASK_JWT_SECRET", "")
+    with pytest.raises(SettingsError, match="CLOUDTASK_JWT_SECRET"):
+        load_settings().require_jwt_secret()
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
