@@ -30,6 +30,15 @@ def _translated() -> Iterator[None]:
         raise DatabaseUnavailable("database: no connection free in the pool") from None
 
 
+async def driver(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under ``conn`` (PostgreSQL only), for the hot paths whose
+    statements cost less than SQLAlchemy's execution layer around them."""
+    found = (await conn.get_raw_connection()).driver_connection
+    if not isinstance(found, asyncpg.Connection):
+        raise TypeError(f"not an asyncpg connection: {type(found)!r}")
+    return found
+
+
 @asynccontextmanager
 async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection in a transaction that commits when the block ends without an exception."""

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloudtask.contracts.messages import job_created_body
 from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.contracts.statuses import JobStatus
+from cloudtask.db import session
 from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.db.tables import jobs
 from cloudtask.errors import UnknownUser
@@ -191,8 +192,7 @@ _SUBMIT_ONE = (
 async def _submit_one_statement(
     conn: AsyncConnection, job: NewJob, message: outbox_q.NewOutboxMessage
 ) -> list[outbox_q.OutboxRow]:
-    driver = (await conn.get_raw_connection()).driver_connection
-    assert driver is not None  # noqa: S101 - a checked-out connection has its driver's
+    driver = await session.driver(conn)
     outbox_id = await driver.fetchval(
         _SUBMIT_ONE,
         job.id,
@@ -260,8 +260,7 @@ async def _submit_many_statement(
     new_jobs: Sequence[NewJob],
     new_rows: Sequence[outbox_q.NewOutboxRow],
 ) -> list[outbox_q.OutboxRow]:
-    driver = (await conn.get_raw_connection()).driver_connection
-    assert driver is not None  # noqa: S101 - a checked-out connection has its driver's
+    driver = await session.driver(conn)
     ids = await driver.fetch(
         _SUBMIT_MANY,
         [job.id for job in new_jobs],
@@ -304,8 +303,7 @@ async def _submit_by_copy(
     new_jobs: Sequence[NewJob],
     new_rows: Sequence[outbox_q.NewOutboxRow],
 ) -> list[outbox_q.OutboxRow]:
-    driver = (await conn.get_raw_connection()).driver_connection
-    assert driver is not None  # noqa: S101 - a checked-out connection has its driver's
+    driver = await session.driver(conn)
     records = [
         (
             job.id, job.user_id, job.type, job.payload, job.status.value, job.priority, 0, 1,

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloudtask.db import session
 from cloudtask.db.tables import outbox
 
 # A row holds the messages committed together for one queue at one priority (a batch's jobs, a
@@ -154,8 +155,7 @@ async def taking(conn: AsyncConnection, ids: Sequence[int]) -> AsyncIterator[set
         yield set()
         return
     if conn.dialect.name == "postgresql":
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None  # noqa: S101 - a checked-out connection has its driver's
+        driver = await session.driver(conn)
         async with driver.transaction():
             yield {row[0] for row in await driver.fetch(_TAKE, list(ids))}
         return
