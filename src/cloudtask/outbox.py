@@ -36,10 +36,6 @@ def _outgoing(rows: Sequence[outbox_q.OutboxRow]) -> list[OutgoingMessage]:
     ]
 
 
-def _messages(rows: Sequence[outbox_q.OutboxRow]) -> int:
-    return sum(len(row.bodies) for row in rows)
-
-
 class OutboxPublisher:
     def __init__(
         self,
@@ -110,7 +106,11 @@ class OutboxPublisher:
         except BrokerUnavailable as exc:
             log.warning(
                 "outbox messages left for the relay",
-                extra={"action": "outbox.deferred", "count": _messages(rows), "reason": str(exc)},
+                extra={
+                    "action": "outbox.deferred",
+                    "count": outbox_q.message_count(rows),
+                    "reason": str(exc),
+                },
             )
         except DatabaseUnavailable as exc:
             # Perhaps published but not removed: the relay publishes them again, and consumers

@@ -127,7 +127,7 @@ class SchedulerService:
                 return 0
             rows = await step(conn)
         self.outbox.submit(rows)
-        return sum(len(row.bodies) for row in rows)
+        return outbox_q.message_count(rows)
 
     async def _dispatch(self, conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
         now = utcnow()

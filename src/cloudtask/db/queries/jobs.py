@@ -159,7 +159,7 @@ async def submit(conn: AsyncConnection, new_jobs: Sequence[NewJob]) -> list[outb
     Returns the outbox rows, to be published once the caller's transaction commits.
     """
     due = [job.message() for job in new_jobs if job.is_due()]
-    # The only constraint a new job can break is the foreign key to its user (ids are random):
+    # The only constraint a new job can break is the foreign key to its user (ids are unique):
     # a token that outlived its user.
     try:
         if conn.dialect.name == "postgresql":

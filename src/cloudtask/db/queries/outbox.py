@@ -65,6 +65,10 @@ def grouped(messages: Sequence[NewOutboxMessage]) -> list[NewOutboxRow]:
     return rows
 
 
+def message_count(rows: Sequence[OutboxRow]) -> int:
+    return sum(len(row.bodies) for row in rows)
+
+
 def bodies(body: str, messages: int) -> list[str]:
     """The message bodies of a stored row's ``body``, which holds ``messages`` of them."""
     return [body] if messages == 1 else body.split(SEPARATOR)
