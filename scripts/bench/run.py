@@ -222,14 +222,7 @@ async def _run_async(
         figures.update(outcome.figures)
     for name, pid in cloudtask.pids().items():
         figures[f"rss.{name}_mb"] = stack.peak_rss_mb(pid)
-    if "api.creations_per_s" in figures and figures.get("ref.requests_per_s"):
-        figures["ratio.api_vs_reference"] = (
-            figures["api.creations_per_s"] / figures["ref.requests_per_s"]
-        )
-    if "e2e.jobs_per_s" in figures and "celery.jobs_per_s" in figures:
-        figures["ratio.cloudtask_vs_celery"] = (
-            figures["e2e.jobs_per_s"] / figures["celery.jobs_per_s"]
-        )
+    report.add_ratios(figures)
     return {
         "figures": figures,
         "scenarios": {name: dataclasses.asdict(o) for name, o in outcomes.items()},

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -52,7 +54,7 @@ def test_the_quickest_bench_run_prints_its_table_and_writes_json_with_numeric_fi
     assert "Reference: bare POST + JWT" in done.stdout
     figures = (
         "ref.requests_per_s", "api.creations_per_s", "api.p99_ms", "ratio.api_vs_reference",
-        "e2e.jobs_per_s", "e2e.seconds",
+        "e2e.jobs_per_s", "e2e.seconds", "ratio.e2e_vs_reference",
     )  # fmt: skip
     for name in figures:
         value = result["figures"][name]["value"]
@@ -60,3 +62,4 @@ def test_the_quickest_bench_run_prints_its_table_and_writes_json_with_numeric_fi
     for service in ("api", "worker", "results", "scheduler"):
         assert result["figures"][f"rss.{service}_mb"]["value"] > 0
     assert result["figures"]["e2e.jobs_per_s"]["target"] == 1000
+    assert result["figures"]["ratio.api_vs_reference"]["target"] == pytest.approx(2 / 3)
