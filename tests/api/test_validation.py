@@ -39,8 +39,21 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
     ({"type": "sleep", "payload": {"seconds": "1"}}, "payload.seconds"),
     ({"type": "sleep", "payload": None}, "payload"),
     ({"type": "email", "payload": {"to": "someone@example.com"}}, "payload.subject"),
+    ({"type": "email", "payload": {"to": "a@example.com", "subject": "Hi\r\nBcc: b@example.com"}},
+     "payload.subject"),
+    ({"type": "email", "payload": {"to": "a@example.com", "subject": "two\nlines"}},
+     "payload.subject"),
     ({"type": "http", "payload": {"url": "ftp://example.com"}}, "payload.url"),
-]
+    ({"type": "http", "payload": {"url": "http://example.com/a\r\nHost: b"}}, "payload.url"),
+    ({"type": "http", "payload": {"url": "http://x", "headers": {"X-A": "a\r\nX-B: b"}}},
+     "payload.headers.X-A"),
+    ({"type": "http", "payload": {"url": "http://x", "headers": {"X-A": "caf\u00e9"}}},
+     "payload.headers.X-A"),
+    ({"type": "http", "payload": {"url": "http://x", "headers": {"Bad Name": "v"}}},
+     "payload.headers.Bad Name.[key]"),
+    ({"type": "http", "payload": {"url": "http://x", "headers": {"X-A": 1}}},
+     "payload.headers.X-A"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("body", "field"), BAD_JOBS)
@@ -65,6 +78,17 @@ async def test_good_edge_values_are_accepted(client: Client) -> None:
         {"type": "echo", "payload": "x" * (256 * 1024 - 2)},
         {"type": "echo", "priority": 7.0, "maxAttempts": 2.0},
         {"type": "echo", "runAt": "2016-12-31T23:59:60Z"},
+        {
+            "type": "email",
+            "payload": {"to": "a@example.com", "subject": "Caf\u00e9\tr\u00e9sum\u00e9"},
+        },
+        {
+            "type": "http",
+            "payload": {
+                "url": "https://example.com/caf\u00e9?q=a b",
+                "headers": {"X-Trace_id.1": "a b\t~"},
+            },
+        },
     ):
         response = await client.http.post("/jobs", json=body, headers=client.auth(token))
         assert response.status_code == 201, (body, response.text)

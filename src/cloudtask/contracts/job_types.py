@@ -25,20 +25,33 @@ class SleepPayload(_Payload):
 
 
 EMAIL_ADDRESS = r"^[^@\t\n\v\f\r ]+@[^@\t\n\v\f\r ]+$"
+# A header line ends at a line break: a subject or header value holding one is refused by the
+# mail and HTTP libraries when the job runs, so it is refused at submission (400) instead.
+ONE_LINE = r"^[^\r\n]*$"
+# RFC 9110: a field name is a token; a value is visible ASCII, spaces and tabs (the HTTP client
+# encodes header values as ASCII).
+HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+HEADER_VALUE = r"^[\t\x20-\x7e]*$"
 
 
 class EmailPayload(_Payload):
     # The ASCII spaces listed, not \s: which characters \s means differs between the server's
     # regex engine and a client's ECMA-262 one (U+0085), and the OpenAPI document must agree.
     to: Annotated[StrictStr, Field(min_length=3, max_length=320, pattern=EMAIL_ADDRESS)]
-    subject: Annotated[StrictStr, Field(max_length=998)]
+    subject: Annotated[StrictStr, Field(max_length=998, pattern=ONE_LINE)]
     body: StrictStr = ""
 
 
 class HttpPayload(_Payload):
-    url: Annotated[StrictStr, Field(max_length=8192, pattern=r"^[hH][tT][tT][pP][sS]?://")]
+    # No control characters: the HTTP client refuses them in a URL.
+    url: Annotated[
+        StrictStr, Field(max_length=8192, pattern=r"^[hH][tT][tT][pP][sS]?://[^\x00-\x1f\x7f]*$")
+    ]
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
-    headers: dict[str, StrictStr] = Field(default_factory=dict)
+    headers: dict[
+        Annotated[StrictStr, Field(pattern=HEADER_NAME)],
+        Annotated[StrictStr, Field(pattern=HEADER_VALUE)],
+    ] = Field(default_factory=dict)
     body: Any = None
 
 
