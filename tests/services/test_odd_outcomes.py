@@ -36,6 +36,15 @@ class Handlers:
             result = [result]
         return result
 
+    async def nan(self, payload: Any) -> Any:
+        return {"ratio": [1.0, float("nan")]}
+
+    async def infinite(self, payload: Any) -> Any:
+        return float("-inf")
+
+    async def unserializable(self, payload: Any) -> Any:
+        return {"handle": object()}
+
     async def wait(self, payload: Any) -> Any:
         self.waiting.set()
         await self.release.wait()
@@ -49,7 +58,9 @@ def handlers() -> Handlers:
 
 @pytest.fixture
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
-    return registry_of(handlers, "nul", "surrogate", "deep", "wait")
+    return registry_of(
+        handlers, "nul", "surrogate", "deep", "nan", "infinite", "unserializable", "wait"
+    )
 
 
 async def test_a_result_nested_deeper_than_json_may_be_fails_the_job_instead_of_losing_it(
@@ -62,6 +73,25 @@ async def test_a_result_nested_deeper_than_json_may_be_fails_the_job_instead_of_
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert done["status"] == "FAILED"
     assert done["error"] == f"the handler's result is nested more than {MAX_DEPTH} levels deep"
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("nan", "the handler's result holds a NaN or an infinity"),
+        ("infinite", "the handler's result holds a NaN or an infinity"),
+        ("unserializable", "the handler's result is not JSON-serializable"),
+    ],
+)
+async def test_a_result_json_cannot_carry_fails_the_job_instead_of_being_changed(
+    stack: Stack, kind: str, error: str
+) -> None:
+    # orjson writes a NaN as null: stored as it was written, the result would silently differ
+    # from what the handler returned.
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type=kind, payload={}, maxAttempts=1)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert (done["status"], done["error"], done["result"]) == ("FAILED", error, None)
 
 
 async def test_an_error_message_holding_a_nul_character_still_fails_the_job(

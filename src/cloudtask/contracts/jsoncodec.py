@@ -144,11 +144,32 @@ def _skip_space(text: str, pos: int) -> int:
 
 
 def dumps(value: Any) -> bytes:
-    """Serialize to compact UTF-8 JSON."""
+    """Serialize to compact UTF-8 JSON. A NaN or an infinity is written as ``null`` (orjson's
+    way; see :func:`has_non_finite` to refuse them instead), or raises ``ValueError`` where the
+    standard library writes (integers beyond 64 bits)."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+
+
+def has_non_finite(value: Any, text: bytes) -> bool:
+    """Whether ``value``, written as ``text`` by :func:`dumps`, holds a NaN or an infinity
+    (which JSON cannot carry): walked only when ``text`` holds a ``null`` to be one."""
+    if b"null" not in text:
+        return False
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 def dumps_str(value: Any) -> str:

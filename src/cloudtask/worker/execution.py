@@ -116,6 +116,8 @@ def _completed(result: Any) -> Outcome:
         text = jsoncodec.dumps(result)
     except (TypeError, ValueError):
         return Outcome("failed", error="the handler's result is not JSON-serializable")
+    if jsoncodec.has_non_finite(result, text):  # else silently written as null
+        return Outcome("failed", error="the handler's result holds a NaN or an infinity")
     if len(text) > MAX_RESULT_BYTES:
         return Outcome(
             "failed", error=f"the handler's result is larger than {MAX_RESULT_BYTES} bytes"
