@@ -59,6 +59,20 @@ def unauthorized(message: str = "Authentication required") -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
+# RFC 9110's names, which Python's own table took in 3.13: the same answer on every interpreter.
+_RFC_9110_REASONS = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
+def reason(status: int) -> str:
+    """The reason phrase of ``status``, the error body's ``error``."""
+    return _RFC_9110_REASONS.get(status) or HTTPStatus(status).phrase
+
+
 def bad_request(field: str, location: str, message: str) -> ApiError:
     detail = {"field": field, "location": location, "message": message}
     return ApiError(400, f"Invalid request: {field}: {message}", details=[detail])
@@ -74,7 +88,7 @@ def error_response(
 ) -> Response:
     body: dict[str, Any] = {
         "status": status,
-        "error": HTTPStatus(status).phrase,
+        "error": reason(status),
         "message": message,
         "path": request.url.path,
         "timestamp": format_rfc3339(utcnow()),
@@ -147,7 +161,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif isinstance(exc.detail, str) and exc.detail:
         message = exc.detail
     else:
-        message = HTTPStatus(status).phrase
+        message = reason(status)
     return error_response(request, status, message, headers=exc.headers)
 
 

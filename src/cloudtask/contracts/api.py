@@ -219,7 +219,7 @@ class ErrorDetail(Body):
 
 class ErrorBody(Body):
     status: int
-    error: str = Field(description="The HTTP reason phrase.")
+    error: str = Field(description="The reason phrase, as RFC 9110 names it.")
     message: str
     path: str
     timestamp: datetime
