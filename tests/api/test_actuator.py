@@ -101,6 +101,18 @@ async def test_openapi_documents_every_route_with_the_error_body(client: Client)
     create = paths["/jobs"]["post"]
     assert "Idempotency-Key" in [p["name"] for p in create["parameters"]]
     assert set(create["responses"]) >= {"201", "400", "401", "409", "413", "422", "500"}
+    # The headers the contract promises are in the document too.
+    assert set(create["responses"]["201"]["headers"]) == {"Idempotent-Replayed"}
+    assert set(paths["/jobs/batch"]["post"]["responses"]["201"]["headers"]) == {
+        "Idempotent-Replayed"
+    }
+    assert set(paths["/jobs"]["get"]["responses"]["200"]["headers"]) == {"Link"}
+    assert set(paths["/auth/login"]["post"]["responses"]["429"]["headers"]) == {"Retry-After"}
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if "401" in operation["responses"]:
+                headers = operation["responses"]["401"]["headers"]
+                assert headers["WWW-Authenticate"]["schema"]["enum"] == ["Bearer"], (path, method)
     assert_error(await client.http.get("/openapi.yaml"), 404)
 
 

@@ -24,6 +24,42 @@ _DESCRIPTIONS = {
 }
 
 
+# The headers the contract gives some answers, by status code, for every operation answering it.
+_HEADERS_BY_STATUS = {
+    "401": {
+        "WWW-Authenticate": {
+            "description": "`Bearer`: the route takes a JWT as a Bearer token.",
+            "schema": {"type": "string", "enum": ["Bearer"]},
+        }
+    },
+    "429": {
+        "Retry-After": {
+            "description": "Seconds until the 15-minute window of failed logins passes.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
+# And the headers of some operations' own answers: (path, method, status) -> headers.
+_OPERATION_HEADERS = {
+    ("/jobs", "get", "200"): {
+        "Link": {
+            "description": 'The next page, `<…>; rel="next"`, when more jobs remain.',
+            "schema": {"type": "string"},
+        }
+    },
+    **{
+        (path, "post", "201"): {
+            "Idempotent-Replayed": {
+                "description": "`true` on the first answer replayed for a repeated "
+                "Idempotency-Key and body; absent otherwise.",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        }
+        for path in ("/jobs", "/jobs/batch")
+    },
+}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
 
@@ -59,6 +95,7 @@ def _rewrite(document: dict[str, Any]) -> dict[str, Any]:
             # that reaches PostgreSQL, RabbitMQ or Redis answers 503 while one is down.
             for code in (413, 500, 503):
                 responses.setdefault(str(code), {**error, "description": _DESCRIPTIONS[code]})
+    _document_headers(document)
     components = document.setdefault("components", {})
     components["securitySchemes"] = {
         "HTTPBearer": {
@@ -79,6 +116,18 @@ def _rewrite(document: dict[str, Any]) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     return document
+
+
+def _document_headers(document: dict[str, Any]) -> None:
+    for path, path_item in document.get("paths", {}).items():
+        for method, operation in path_item.items():
+            for status, response in operation.get("responses", {}).items():
+                headers = {
+                    **_HEADERS_BY_STATUS.get(status, {}),
+                    **_OPERATION_HEADERS.get((path, method, status), {}),
+                }
+                if headers:
+                    response.setdefault("headers", {}).update(headers)
 
 
 def _is_fastapi_validation(response: dict[str, Any] | None) -> bool:
