@@ -11,8 +11,13 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.timefmt import format_rfc3339, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +128,41 @@ def server(app: Any, host: str, port: int, *, handle_signals: bool = True) -> uv
         server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        http=HTTP_PROTOCOL,
     )
     return uvicorn.Server(config) if handle_signals else _QuietServer(config)
+
+
+def bad_request(target: bytes, message: str) -> bytes:
+    """The answer to a request the HTTP parser refused, in the error body every other error has.
+    ``target``: the request's path and query as far as they were read (maybe nothing)."""
+    path, _, _ = target.decode("utf-8", "replace").partition("?")
+    body = jsoncodec.dumps(
+        {
+            "status": 400,
+            "error": "Bad Request",
+            "message": message,
+            "path": unquote(path, errors="replace"),
+            "timestamp": format_rfc3339(utcnow()),
+        }
+    )
+    return (
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    )
+
+
+def _send_400_response(self: Any, msg: str) -> None:
+    # uvicorn answers a request it cannot parse (a bad Content-Length, a garbled request line)
+    # itself, in plain text, before any application sees it.
+    self.transport.write(bad_request(getattr(self, "url", b"") or b"", msg))
+    self.transport.close()
+
+
+# uvicorn's own protocol (httptools where installed, else h11), but for that one answer.
+HTTP_PROTOCOL: type[asyncio.Protocol] = type(
+    "HTTPProtocol", (AutoHTTPProtocol,), {"send_400_response": _send_400_response}
+)
 
 
 class _QuietServer(uvicorn.Server):

@@ -1,0 +1,82 @@
+"""Requests the HTTP parser refuses before any route sees them: still the contract's error body.
+
+These go over a real socket to the api served as ``cloudtask api`` serves it, since the answer
+comes from the server's protocol, not from the application.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from cloudtask import serving
+from cloudtask.api.app import create_app
+from cloudtask.settings import Settings
+from tests.conftest import Backends
+from tests.helpers import REASONS
+
+
+@pytest.fixture
+async def address(backends: Backends, settings: Settings) -> AsyncIterator[tuple[str, int]]:
+    app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
+    sock = serving.listening_socket("127.0.0.1", 0)
+    server = serving.server(app, "127.0.0.1", 0, handle_signals=False)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[:2]
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def _exchange(address: tuple[str, int], request: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(request)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), timeout=5)  # the server closes the connection
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "path"),
+    [
+        (b"POST /jobs HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n{}", "/jobs"),
+        (b"POST /jobs?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n{}", "/jobs"),
+        (b"POST /auth/login HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"zz\r\n{}\r\n0\r\n\r\n", "/auth/login"),
+        (b"GARBAGE\r\n\r\n", None),
+    ],
+)  # fmt: skip
+async def test_a_request_the_parser_refuses_is_a_400_in_the_error_body(
+    address: tuple[str, int], request_bytes: bytes, path: str | None
+) -> None:
+    status, headers, body = await _exchange(address, request_bytes)
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    error = json.loads(body)
+    assert set(error) == {"status", "error", "message", "path", "timestamp"}
+    assert (error["status"], error["error"]) == (400, REASONS[400])
+    assert error["message"] == "Invalid HTTP request received."
+    assert error["timestamp"].endswith("Z")
+    if path is not None:
+        assert error["path"] == path
+
+
+async def test_a_well_formed_request_on_the_same_server_is_answered_as_usual(
+    address: tuple[str, int],
+) -> None:
+    status, headers, body = await _exchange(
+        address, b"GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert (status, headers["content-type"]) == (404, "application/json")
+    assert json.loads(body)["path"] == "/nope"
