@@ -10,7 +10,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
 import uvicorn
@@ -159,9 +159,49 @@ def _send_400_response(self: Any, msg: str) -> None:
     self.transport.close()
 
 
-# uvicorn's own protocol (httptools where installed, else h11), but for that one answer.
+class GatheredWrites:
+    """A connection's transport whose writes within one turn of the event loop leave in one
+    system call. uvicorn writes a response's status line and headers, then its body, each at
+    once: two ``send`` calls per answer, 18% of the api's samples under load (py-spy)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():  # aborted, or lost, meanwhile
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _connection_made(self: Any, transport: asyncio.Transport) -> None:
+    AutoHTTPProtocol.connection_made(self, cast(asyncio.Transport, GatheredWrites(transport)))
+
+
+# uvicorn's own protocol (httptools where installed, else h11), but for those two points.
 HTTP_PROTOCOL: type[asyncio.Protocol] = type(
-    "HTTPProtocol", (AutoHTTPProtocol,), {"send_400_response": _send_400_response}
+    "HTTPProtocol",
+    (AutoHTTPProtocol,),
+    {"send_400_response": _send_400_response, "connection_made": _connection_made},
 )
 
 
