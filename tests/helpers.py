@@ -3,14 +3,33 @@
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
+from cloudtask import serving
+
 T = TypeVar("T")
 ERROR_KEYS = {"status", "error", "message", "path", "timestamp"}
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[tuple[str, int]]:
+    """``app`` served on a loopback port as the services serve theirs; yields the address."""
+    sock = serving.listening_socket("127.0.0.1", 0)
+    server = serving.server(app, "127.0.0.1", 0, handle_signals=False)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[:2]
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
 
 
 async def fail_on_5xx(response: httpx.Response) -> None:

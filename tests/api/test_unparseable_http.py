@@ -10,27 +10,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cloudtask import serving
 from cloudtask.api.app import create_app
 from cloudtask.settings import Settings
 from tests.conftest import Backends
-from tests.helpers import REASONS
+from tests.helpers import REASONS, served
 
 
 @pytest.fixture
 async def address(backends: Backends, settings: Settings) -> AsyncIterator[tuple[str, int]]:
     app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
-    sock = serving.listening_socket("127.0.0.1", 0)
-    server = serving.server(app, "127.0.0.1", 0, handle_signals=False)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[:2]
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    async with served(app) as address:
+        yield address
 
 
 async def _exchange(address: tuple[str, int], request: bytes) -> tuple[int, dict[str, str], bytes]:

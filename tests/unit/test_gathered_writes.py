@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from cloudtask import serving
+from tests.helpers import served
 
 Scope = dict[str, Any]
 
@@ -37,17 +38,8 @@ async def _app(scope: Scope, receive: Any, send: Any) -> None:
 
 @pytest.fixture
 async def address() -> AsyncIterator[tuple[str, int]]:
-    sock = serving.listening_socket("127.0.0.1", 0)
-    server = serving.server(_app, "127.0.0.1", 0, handle_signals=False)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[:2]
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    async with served(_app) as address:
+        yield address
 
 
 async def _read_response(
