@@ -17,7 +17,7 @@ import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from cloudtask.contracts import jsoncodec
-from cloudtask.contracts.timefmt import format_rfc3339, utcnow
+from cloudtask.contracts.error_body import error_body
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +137,7 @@ def bad_request(target: bytes, message: str) -> bytes:
     """The answer to a request the HTTP parser refused, in the error body every other error has.
     ``target``: the request's path and query as far as they were read (maybe nothing)."""
     path, _, _ = target.decode("utf-8", "replace").partition("?")
-    body = jsoncodec.dumps(
-        {
-            "status": 400,
-            "error": "Bad Request",
-            "message": message,
-            "path": unquote(path, errors="replace"),
-            "timestamp": format_rfc3339(utcnow()),
-        }
-    )
+    body = jsoncodec.dumps(error_body(400, message, unquote(path, errors="replace")))
     return (
         b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)

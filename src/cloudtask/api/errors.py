@@ -1,13 +1,11 @@
-"""The API's one error body, for every 4xx and 5xx, and the mapping from exceptions to it.
-
-``{"status", "error", "message", "path", "timestamp"}`` as the original job-service answered, plus a
-``details`` list on 400s naming each bad field, parameter or header. Never a stack trace.
+"""The API's one error body (``contracts.error_body``), for every 4xx and 5xx, and the mapping
+from exceptions to it: ``details`` on 400s naming each bad field, parameter or header, and never
+a stack trace.
 """
 
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from cloudtask.api.responses import JSONBytesResponse
-from cloudtask.contracts.timefmt import format_rfc3339, utcnow
+from cloudtask.contracts.error_body import error_body, reason
 from cloudtask.errors import BrokerUnavailable, DatabaseUnavailable, KVUnavailable, UnknownUser
 
 log = logging.getLogger(__name__)
@@ -59,20 +57,6 @@ def unauthorized(message: str = "Authentication required") -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-# RFC 9110's names, which Python's own table took in 3.13: the same answer on every interpreter.
-_RFC_9110_REASONS = {
-    413: "Content Too Large",
-    414: "URI Too Long",
-    416: "Range Not Satisfiable",
-    422: "Unprocessable Content",
-}
-
-
-def reason(status: int) -> str:
-    """The reason phrase of ``status``, the error body's ``error``."""
-    return _RFC_9110_REASONS.get(status) or HTTPStatus(status).phrase
-
-
 def bad_request(field: str, location: str, message: str) -> ApiError:
     detail = {"field": field, "location": location, "message": message}
     return ApiError(400, f"Invalid request: {field}: {message}", details=[detail])
@@ -86,15 +70,7 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     details: Sequence[Mapping[str, str]] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {
-        "status": status,
-        "error": reason(status),
-        "message": message,
-        "path": request.url.path,
-        "timestamp": format_rfc3339(utcnow()),
-    }
-    if details is not None:
-        body["details"] = list(details)
+    body = error_body(status, message, request.url.path, details)
     return JSONBytesResponse(body, status_code=status, headers=dict(headers or {}))
 
 
