@@ -19,6 +19,7 @@ from cloudtask.api.idempotency import IdempotencyStore
 from cloudtask.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from cloudtask.api.routes import actuator, auth, jobs, schedules
 from cloudtask.api.security import PasswordHasher, TokenService
+from cloudtask.api.submit_lane import SubmitLane
 from cloudtask.broker.base import Broker
 from cloudtask.kv.base import KV
 from cloudtask.observability.metrics import ApiMetrics, ServiceMetrics
@@ -33,16 +34,27 @@ strict."""
 
 
 class CloudTaskApp(FastAPI):
-    """FastAPI, minus one habit: after answering an unexpected error with a 500 (logged by
-    ``errors``), Starlette raises it again to the server, which then drops the keep-alive
-    connection, so the client's next request on it fails. Here the exception ends with the 500."""
+    """FastAPI with ``POST /jobs`` answered at the door when all is well (``submit_lane``), and
+    minus one habit: after answering an unexpected error with a 500 (logged by ``errors``),
+    Starlette raises it again to the server, which then drops the keep-alive connection, so the
+    client's next request on it fails. Here the exception ends with the 500."""
+
+    submit_lane: SubmitLane | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
         with contextlib.suppress(Exception):
-            await super().__call__(scope, receive, send)
+            lane = self.submit_lane
+            if lane is not None and lane.takes(scope):
+                await lane(scope, receive, send)
+            else:
+                await super().__call__(scope, receive, send)
+
+    async def full(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app as FastAPI builds it: every middleware, the router, the routes."""
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -109,4 +121,5 @@ def create_app(
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
+    app.submit_lane = SubmitLane(context, app.full)
     return app

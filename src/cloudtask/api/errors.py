@@ -5,7 +5,7 @@ a stack trace.
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -171,11 +171,29 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(request, 500, "An unexpected error occurred")
 
 
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+HANDLERS: dict[type[Exception], Handler] = {
+    ApiError: _api_error,
+    RequestValidationError: _validation_error,
+    StarletteHTTPException: _http_error,
+    UnknownUser: _unknown_user,
+    BrokerUnavailable: _unavailable,
+    DatabaseUnavailable: _unavailable,
+    KVUnavailable: _unavailable,
+    Exception: _unexpected,
+}
+
+
+async def response_for(request: Request, exc: Exception) -> Response:
+    """The answer to ``exc`` that the app's handlers give, for code that runs before them."""
+    for cls in type(exc).__mro__:
+        handler = HANDLERS.get(cls)
+        if handler is not None:
+            return await handler(request, exc)
+    return await _unexpected(request, exc)
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(UnknownUser, _unknown_user)
-    for unavailable in (BrokerUnavailable, DatabaseUnavailable, KVUnavailable):
-        app.add_exception_handler(unavailable, _unavailable)
-    app.add_exception_handler(Exception, _unexpected)
+    for exc_class, handler in HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)

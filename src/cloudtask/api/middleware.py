@@ -47,7 +47,7 @@ class BodyLimitMiddleware:
             if body is None:
                 await self._refuse(scope, receive, send)
                 return
-            receive = _replaying(body, receive)
+            receive = replaying(body, receive)
         received = 0
 
         async def limited_receive() -> Message:
@@ -83,7 +83,7 @@ class BodyLimitMiddleware:
         )
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
+def replaying(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that gives ``body`` first, then whatever the server sends next."""
     pending = True
 
@@ -128,10 +128,13 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = _route_template(scope)
-            method = scope["method"]
-            self.metrics.http_requests.labels(method, route, str(status)).inc()
-            self.metrics.http_duration.labels(method, route).observe(time.perf_counter() - start)
+            record(self.metrics, scope["method"], _route_template(scope), status, start)
+
+
+def record(metrics: ApiMetrics, method: str, route: str, status: int, start: float) -> None:
+    """Count one answered request; ``start`` is its ``time.perf_counter()`` on arrival."""
+    metrics.http_requests.labels(method, route, str(status)).inc()
+    metrics.http_duration.labels(method, route).observe(time.perf_counter() - start)
 
 
 def _route_template(scope: Scope) -> str:

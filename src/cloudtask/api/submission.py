@@ -16,9 +16,11 @@ from cloudtask.api.errors import ApiError, validation_details
 from cloudtask.api.idempotency import fingerprint
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.api.security import Principal
+from cloudtask.api.serialize import job_json
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.api import JobCreate, ScheduleCreate
 from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
+from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db.ids import new_job_id
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.errors import KVUnavailable
@@ -78,6 +80,19 @@ async def store(context: ApiContext, new_jobs: Sequence[jobs_q.NewJob]) -> None:
                 "job created",
                 extra={"action": "job.created", "jobId": str(job.id), "type": job.type},
             )
+
+
+async def submit_one(
+    context: ApiContext, request: Request, user: Principal, body: JobCreate, key: str | None
+) -> Response:
+    """``POST /jobs`` once its request is valid: the job stored, or the key's answer replayed."""
+
+    async def create() -> Response:
+        job = new_job(body, user.user_id, utcnow())
+        await store(context, [job])
+        return JSONBytesResponse(job_json(job.record()), status_code=201)
+
+    return await idempotent(context, request, user, key, create)
 
 
 async def idempotent(

@@ -8,13 +8,11 @@ from fastapi import APIRouter, Header, Query, Request, status
 from starlette.responses import Response
 
 from cloudtask.api import submission
-from cloudtask.api.context import ApiContext
 from cloudtask.api.deps import Context, CurrentUser
 from cloudtask.api.errors import ApiError, not_found
-from cloudtask.api.jsonbody import StrictJSONRequest, StrictJSONRoute, with_fast_path
+from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.responses import JSONBytesResponse
-from cloudtask.api.security import InvalidToken, Principal
 from cloudtask.api.serialize import job_json
 from cloudtask.contracts.api import Job, JobBatchCreate, JobCreate
 from cloudtask.contracts.job_types import TYPE_PATTERN
@@ -52,43 +50,6 @@ def _job_id(raw: str) -> uuid.UUID:
         raise not_found() from None
 
 
-async def _submit(
-    context: ApiContext, request: Request, user: Principal, body: JobCreate, key: str | None
-) -> Response:
-    async def create() -> Response:
-        job = submission.new_job(body, user.user_id, utcnow())
-        await submission.store(context, [job])
-        return JSONBytesResponse(job_json(job.record()), status_code=201)
-
-    return await submission.idempotent(context, request, user, key, create)
-
-
-async def _submit_fast(request: StrictJSONRequest) -> Response | None:
-    """``POST /jobs`` when all is well: a known user's valid token, a body that validates, at
-    most one Idempotency-Key. This is every job's path, and FastAPI's dependency solving and
-    body validation cost more of the api's CPU than the job's own work (py-spy under wrk); the
-    checks here are the route's own, and whatever they doubt (every error) goes to the route."""
-    context: ApiContext = request.app.state.context
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    keys = request.headers.getlist("idempotency-key")
-    if scheme.lower() != "bearer" or len(keys) > 1 or (keys and not 0 < len(keys[0]) <= 255):
-        return None
-    try:
-        user = context.tokens.verify(token.strip())
-    except InvalidToken:
-        return None
-    if user.user_id not in context.known_users:
-        return None
-    await request.body()  # kept for the route; a refusal while reading (413) is the route's too
-    try:
-        body = JobCreate.model_validate(await request.json())
-    except Exception:  # not JSON, or not a valid job: the route says how
-        return None
-    if submission.check_payload(body, ("payload",)):
-        return None
-    return await _submit(context, request, user, body, keys[0] if keys else None)
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -96,7 +57,6 @@ async def _submit_fast(request: StrictJSONRequest) -> Response | None:
     responses=error_responses(400, 409, 422),
     summary="Submit a job",
 )
-@with_fast_path(_submit_fast)
 async def create_job(
     body: JobCreate,
     user: CurrentUser,
@@ -105,7 +65,7 @@ async def create_job(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     submission.raise_if_invalid(submission.check_payload(body, ("payload",)))
-    return await _submit(context, request, user, body, idempotency_key)
+    return await submission.submit_one(context, request, user, body, idempotency_key)
 
 
 @router.post(
