@@ -1,10 +1,11 @@
 """Strict JSON in, compact JSON out."""
 
 import json
+import uuid
 
 import pytest
 
-from cloudtask.contracts.jsoncodec import InvalidJSON, dumps, dumps_str, loads
+from cloudtask.contracts.jsoncodec import InvalidJSON, dumps, dumps_str, loads, uuid_value
 
 
 @pytest.mark.parametrize(
@@ -129,3 +130,13 @@ def test_nesting_deeper_than_the_limit_is_refused(data: str | bytes) -> None:
 def test_a_str_holding_a_lone_surrogate_is_read_as_before() -> None:
     # Not Unicode, so orjson refuses it; the standard library reads it as it did.
     assert loads('["\ud800"]') == ["\ud800"]
+
+
+class _DriverUUID(uuid.UUID):
+    """Like asyncpg's UUID: a subclass, which orjson does not write by itself."""
+
+
+def test_ids_are_written_as_their_text_whatever_their_class() -> None:
+    job_id = uuid.uuid4()
+    for value in (job_id, _DriverUUID(int=job_id.int)):
+        assert dumps({"id": uuid_value(value)}) == b'{"id":"%s"}' % str(job_id).encode()

@@ -35,7 +35,7 @@ def job_json(job: JobRecord) -> dict[str, Any]:
     """The ``Job`` body; for orjson only (see :func:`_stored`), so render it with
     ``jsoncodec.dumps``."""
     return {
-        "id": str(job.id),
+        "id": jsoncodec.uuid_value(job.id),
         "type": job.type,
         "payload": _stored(job.payload),
         "status": job.status.value,

@@ -8,6 +8,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from cloudtask.contracts.jsoncodec import uuid_value
 from cloudtask.contracts.timefmt import format_rfc3339
 
 
@@ -61,10 +62,9 @@ def job_created_body(
     """
     return orjson.dumps(
         {
-            # str(): orjson writes uuid.UUID itself but refuses subclasses such as the ids
-            # asyncpg returns (the scheduler's dispatches read theirs from the database).
-            "jobId": str(job_id),
-            "userId": str(user_id),
+            # The scheduler's dispatches read their ids from the database: asyncpg's UUIDs.
+            "jobId": uuid_value(job_id),
+            "userId": uuid_value(user_id),
             "type": type,
             "payload": orjson.Fragment(payload_json),
             "priority": priority,
