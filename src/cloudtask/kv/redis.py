@@ -39,6 +39,21 @@ local value = redis.call('INCR', KEYS[1])
 if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return value
 """
+# A worker's leases, written and their cancel flags read in one command: as a pipeline of a SET
+# per lease, redis-py spent a tenth of the worker's CPU packing commands and parsing replies.
+# ARGV[1] is the TTL in milliseconds and ARGV[i + 1] the value of KEYS[i]; the KEYS beyond the
+# values are read back (nil where absent).
+_SET_MANY_AND_GET = """
+local written = #ARGV - 1
+for i = 1, written do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+end
+local values = {}
+for i = written + 1, #KEYS do
+  values[i - written] = redis.call('GET', KEYS[i])
+end
+return values
+"""
 
 
 def _ms(seconds: float) -> int:
@@ -95,6 +110,7 @@ class RedisKV(KV):
         self._acquire = self._client.register_script(_ACQUIRE)
         self._release = self._client.register_script(_RELEASE)
         self._incr = self._client.register_script(_INCR)
+        self._set_many_and_get = self._client.register_script(_SET_MANY_AND_GET)
         self._subscriptions: list[_RedisSubscription] = []
 
     async def start(self) -> None:
@@ -140,13 +156,12 @@ class RedisKV(KV):
     async def set_many_and_get(
         self, items: dict[str, bytes], *, ttl: float, get_keys: Sequence[str]
     ) -> list[bytes | None]:
-        pipe = self._client.pipeline(transaction=False)
-        for key, value in items.items():
-            pipe.set(key, value, px=_ms(ttl))
-        if get_keys:
-            pipe.mget(get_keys)
-        replies = await self._call(pipe.execute())
-        return list(replies[-1]) if get_keys else []
+        if not items and not get_keys:
+            return []
+        values = await self._call(
+            self._set_many_and_get(keys=[*items, *get_keys], args=[_ms(ttl), *items.values()])
+        )
+        return list(values)
 
     async def delete(self, *keys: str) -> int:
         if not keys:
