@@ -3,8 +3,8 @@
 1. Decode. A message that cannot be parsed goes to ``jobs.dead`` with the reason; one redelivered
    more than ``max_deliveries`` times (it keeps killing its worker) is failed and dead-lettered.
 2. Run, in one of the worker's ``WORKER_CONCURRENCY`` slots, held until the handler ends (not
-   while the report waits for its confirm). The worker takes a lease on the attempt; a job
-   cancelled while it waited is skipped.
+   while the report waits for its confirm) and given to waiting deliveries highest priority
+   first. The worker takes a lease on the attempt; a job cancelled while it waited is skipped.
    Otherwise the handler starts, under the job's timeout. A handler still running after
    ``ANNOUNCE_AFTER`` makes the worker publish ``jobs.started`` (confirmed) and only then
    acknowledge the delivery, so the broker's delivery timeout (30 minutes by default) never cuts
@@ -40,6 +40,7 @@ from cloudtask.worker import execution
 from cloudtask.worker.execution import Outcome
 from cloudtask.worker.leases import RunningAttempts
 from cloudtask.worker.registry import HandlerRegistry
+from cloudtask.worker.slots import PrioritySlots
 
 log = logging.getLogger(__name__)
 REQUEUED = b"requeued"
@@ -69,7 +70,7 @@ class _Attempt:
 
 
 class Pipeline:
-    def __init__(self, deps: PipelineDeps, slots: asyncio.Semaphore) -> None:
+    def __init__(self, deps: PipelineDeps, slots: PrioritySlots) -> None:
         self.deps = deps
         self._slots = slots
         self.stopping = asyncio.Event()
@@ -115,7 +116,7 @@ class Pipeline:
     async def _process(self, delivery: Delivery, job: JobCreated) -> None:
         # A slot is held while the attempt runs, not while its report waits for the broker's
         # confirm: the next delivery starts meanwhile (the prefetch leaves room for both).
-        async with self._slots:
+        async with self._slots.held(job.priority):
             if self.stopping.is_set():
                 await _quietly(delivery.reject(requeue=True))
                 return

@@ -1,11 +1,12 @@
 """The worker service: consumes ``jobs.created`` and runs the pipeline on each delivery.
 
-Concurrency is a semaphore of ``WORKER_CONCURRENCY`` slots, held while an attempt runs. The
-prefetch (``WORKER_PREFETCH``, by default twice the concurrency) leaves room beside the running
-jobs for the finished ones whose reports wait for the broker's confirm, and for the next
-deliveries: a short job spends as long waiting for its report as it runs. On stop
-it takes no new deliveries, gives running jobs ``grace`` seconds to finish, then stops the rest and
-puts them back on ``jobs.created``; deliveries it held but had not started return to the queue.
+Concurrency is ``WORKER_CONCURRENCY`` slots, held while an attempt runs and given to the waiting
+deliveries highest priority first (``slots.py``). The prefetch (``WORKER_PREFETCH``, by default
+twice the concurrency) leaves room beside the running jobs for the finished ones whose reports
+wait for the broker's confirm, and for the next deliveries: a short job spends as long waiting
+for its report as it runs. On stop it takes no new deliveries, gives running jobs ``grace``
+seconds to finish, then stops the rest and puts them back on ``jobs.created``; deliveries it held
+but had not started return to the queue.
 """
 
 import asyncio
@@ -25,6 +26,7 @@ from cloudtask.settings import Settings
 from cloudtask.worker.leases import RunningAttempts
 from cloudtask.worker.pipeline import Pipeline, PipelineDeps
 from cloudtask.worker.registry import HandlerRegistry
+from cloudtask.worker.slots import PrioritySlots
 
 log = logging.getLogger(__name__)
 # Under load the reports of jobs ending within 2 ms of each other share a publish (and the
@@ -69,7 +71,7 @@ class WorkerService:
             max_deliveries=settings.max_deliveries,
         )
         self._active: set[asyncio.Task[Any]] = set()
-        self.pipeline = Pipeline(deps, asyncio.Semaphore(self.concurrency))
+        self.pipeline = Pipeline(deps, PrioritySlots(self.concurrency))
         self._consumer: Consumer | None = None
 
     async def start(self) -> None:
