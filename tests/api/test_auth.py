@@ -1,5 +1,7 @@
 """POST /auth/register and /auth/login."""
 
+import asyncio
+
 import jwt
 import pytest
 
@@ -114,6 +116,34 @@ async def test_the_eleventh_failed_login_within_the_window_is_429_even_when_righ
     await client.register(other, "password1")
     response = await client.http.post("/auth/login", json={"email": other, "password": "password1"})
     assert response.status_code == 200
+
+
+async def test_attempts_sent_together_check_no_more_passwords_than_the_limit(
+    client: Client,
+) -> None:
+    email = unique_email()
+    await client.register(email, "password1")
+
+    async def attempt() -> int:
+        body = {"email": email, "password": "wrong-one"}
+        return (await client.http.post("/auth/login", json=body)).status_code
+
+    statuses = await asyncio.gather(*(attempt() for _ in range(25)))
+    assert sorted(statuses) == [401] * 10 + [429] * 15
+
+
+async def test_successful_and_refused_logins_do_not_count_as_failures(client: Client) -> None:
+    email = unique_email()
+    await client.register(email, "password1")
+
+    async def login(password: str) -> int:
+        body = {"email": email, "password": password}
+        return (await client.http.post("/auth/login", json=body)).status_code
+
+    assert [await login("wrong-one") for _ in range(9)] == [401] * 9
+    assert [await login("password1") for _ in range(3)] == [200] * 3
+    assert await login("wrong-one") == 401  # the tenth failure
+    assert [await login(p) for p in ("password1", "wrong-one", "password1")] == [429] * 3
 
 
 async def test_failed_logins_for_unknown_emails_are_throttled_too(client: Client) -> None:

@@ -118,5 +118,17 @@ async def test_incr_sets_the_window_on_the_first_increment_only(kv: KV) -> None:
     assert remaining is not None and remaining > 599
 
 
+async def test_decr_takes_one_back_and_keeps_the_window(kv: KV) -> None:
+    assert await kv.incr("tries", ttl=SHORT_TTL) == 1
+    assert await kv.incr("tries", ttl=SHORT_TTL) == 2
+    assert await kv.decr("tries") == 1
+    assert await kv.decr("tries") == 0
+    remaining = await kv.ttl("tries")
+    assert remaining is not None and remaining <= SHORT_TTL
+    await expired(kv, "tries")
+    assert await kv.decr("tries") is None  # an expired counter is not brought back
+    assert await kv.get("tries") is None
+
+
 async def test_ping_is_true_when_the_store_is_up(kv: KV) -> None:
     assert await kv.ping() is True

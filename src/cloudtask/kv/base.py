@@ -55,6 +55,11 @@ class KV(ABC):
         (a fixed window that opens with the first increment)."""
 
     @abstractmethod
+    async def decr(self, key: str) -> int | None:
+        """Take one back from a counter of :meth:`incr` and return it, its expiry unchanged; a
+        counter that expired meanwhile stays gone (``None``)."""
+
+    @abstractmethod
     async def ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires, or ``None`` if it does not exist or never expires."""
 

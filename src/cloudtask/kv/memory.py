@@ -103,6 +103,14 @@ class MemoryKV(KV):
         self._values[key] = (str(value).encode(), self._values[key][1])
         return value
 
+    async def decr(self, key: str) -> int | None:
+        current = self._live(key)
+        if current is None:
+            return None
+        value = int(current) - 1
+        self._values[key] = (str(value).encode(), self._values[key][1])
+        return value
+
     async def ttl(self, key: str) -> float | None:
         if self._live(key) is None:
             return None

@@ -34,6 +34,10 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+_DECR = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return nil
+"""
 _INCR = """
 local value = redis.call('INCR', KEYS[1])
 if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
@@ -110,6 +114,7 @@ class RedisKV(KV):
         self._acquire = self._client.register_script(_ACQUIRE)
         self._release = self._client.register_script(_RELEASE)
         self._incr = self._client.register_script(_INCR)
+        self._decr = self._client.register_script(_DECR)
         self._set_many_and_get = self._client.register_script(_SET_MANY_AND_GET)
         self._subscriptions: list[_RedisSubscription] = []
 
@@ -170,6 +175,10 @@ class RedisKV(KV):
 
     async def incr(self, key: str, *, ttl: float) -> int:
         return int(await self._call(self._incr(keys=[key], args=[_ms(ttl)])))
+
+    async def decr(self, key: str) -> int | None:
+        value = await self._call(self._decr(keys=[key]))
+        return None if value is None else int(value)
 
     async def ttl(self, key: str) -> float | None:
         millis = int(await self._call(self._client.pttl(key)))

@@ -1,5 +1,6 @@
 """``/auth``: register and log in; both answer with a token."""
 
+import contextlib
 import logging
 import math
 import uuid
@@ -15,7 +16,7 @@ from cloudtask.contracts.api import AuthResponse, Credentials, Registration
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.queries import users as users_q
-from cloudtask.errors import AlreadyExists
+from cloudtask.errors import AlreadyExists, KVUnavailable
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/auth", tags=["auth"], route_class=StrictJSONRoute)
@@ -64,8 +65,12 @@ async def register(body: Registration, context: Context) -> JSONBytesResponse:
 )
 async def login(body: Credentials, context: Context) -> JSONBytesResponse:
     key = f"login-failures:{users_q.email_key(body.email)}"
-    failures = int(await context.kv.get(key) or 0)
-    if context.throttle.is_blocked(failures):
+    # Each attempt counts as a failure from its start and is taken back if it turns out not to be
+    # one, so that attempts sent together cannot check more passwords between them than the limit
+    # allows: reading the count first and adding to it after bcrypt let ten at once all through.
+    attempts = await context.kv.incr(key, ttl=context.throttle.window_seconds)
+    if context.throttle.is_blocked(attempts - 1):
+        await context.kv.decr(key)  # a refused attempt is not a failed one
         retry_after = await context.kv.ttl(key) or context.throttle.window_seconds
         context.metrics.logins.labels("throttled").inc()
         raise ApiError(
@@ -73,11 +78,17 @@ async def login(body: Credentials, context: Context) -> JSONBytesResponse:
             "Too many failed login attempts; try again later",
             headers={"Retry-After": str(max(math.ceil(retry_after), 1))},
         )
-    async with session.reading(context.db) as conn:
-        user = await users_q.find_by_email(conn, body.email)
-    verified = await context.passwords.verify(body.password, user.password_hash if user else None)
-    if user is None or not verified:
-        await context.kv.incr(key, ttl=context.throttle.window_seconds)
+    failed = False
+    try:
+        async with session.reading(context.db) as conn:
+            user = await users_q.find_by_email(conn, body.email)
+        hashed = user.password_hash if user else None
+        failed = user is None or not await context.passwords.verify(body.password, hashed)
+    finally:
+        if not failed:  # logged in, or not checked (the database was unreachable)
+            with contextlib.suppress(KVUnavailable):
+                await context.kv.decr(key)
+    if failed or user is None:
         context.metrics.logins.labels("invalid").inc()
         raise ApiError(401, "Invalid credentials", headers={"WWW-Authenticate": "Bearer"})
     context.metrics.logins.labels("ok").inc()
