@@ -172,3 +172,30 @@ async def test_unknown_paths_and_methods_get_the_error_body(client: Client) -> N
     assert_error(not_allowed, 405, "/jobs")
     assert "GET" in not_allowed.headers["Allow"]
     assert_error(await client.http.get("/auth/login"), 405, "/auth/login")
+
+
+MIXED_STAGES: list[tuple[str, dict[str, Any], list[str]]] = [
+    # A field its model refuses, and a payload or cron checked after the model.
+    ("/jobs", {"type": "sleep", "payload": {"seconds": 0}, "priority": 99},
+     ["priority", "payload.seconds"]),
+    ("/jobs/batch", {"jobs": [{"type": "echo"}, {"type": "sleep", "payload": {"seconds": 0}},
+                              {"type": "BAD"}]},
+     ["jobs[2].type", "jobs[1].payload.seconds"]),
+    ("/schedules", {"name": "", "cron": "bad", "type": "echo"}, ["name", "cron"]),
+    ("/schedules", {"name": "n", "cron": "* * * * *", "timezone": "X/Y", "type": "BAD"},
+     ["type", "timezone"]),
+    ("/schedules", {"name": "n", "cron": 5, "type": "sleep", "payload": {"seconds": 0}},
+     ["cron", "payload.seconds"]),
+    # A payload the model refused is named once, not again by the payload's own checks.
+    ("/jobs", {"type": "sleep", "payload": {"seconds": "x" * (256 * 1024)}}, ["payload"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "fields"), MIXED_STAGES)
+async def test_one_400_names_every_bad_field_whichever_check_finds_it(
+    client: Client, path: str, body: dict[str, Any], fields: list[str]
+) -> None:
+    token = await client.register()
+    response = await client.http.post(path, json=body, headers=client.auth(token))
+    error = assert_error(response, 400, path)
+    assert [detail["field"] for detail in error["details"]] == fields, error

@@ -32,16 +32,44 @@ def check_payload(
     body: JobCreate | ScheduleCreate, loc: tuple[str | int, ...]
 ) -> list[dict[str, str]]:
     """Problems with a built-in type's payload, as 400 details (custom types take any JSON)."""
-    model = BUILTIN_PAYLOADS.get(body.type)
+    return payload_details(body.type, body.payload, loc)
+
+
+def payload_details(
+    job_type: object, payload: Any, loc: tuple[str | int, ...]
+) -> list[dict[str, str]]:
+    """:func:`check_payload` on a body's raw values, which its model may have refused."""
+    model = BUILTIN_PAYLOADS.get(job_type) if isinstance(job_type, str) else None
     if model is None:
         return []
     try:
-        model.model_validate(body.payload)
+        model.model_validate(payload)
     except ValidationError as exc:
         return validation_details(
             [{**error, "loc": ("body", *loc, *error["loc"])} for error in exc.errors()]
         )
     return []
+
+
+def job_body_details(raw: Any) -> list[dict[str, str]]:
+    """The payload checks of ``POST /jobs`` on a raw body (see ``errors.with_body_checks``)."""
+    if not isinstance(raw, dict):
+        return []
+    return payload_details(raw.get("type"), raw.get("payload"), ("payload",))
+
+
+def batch_body_details(raw: Any) -> list[dict[str, str]]:
+    """The payload checks of ``POST /jobs/batch`` on a raw body, job by job."""
+    jobs = raw.get("jobs") if isinstance(raw, dict) else None
+    if not isinstance(jobs, list):
+        return []
+    details = []
+    for index, job in enumerate(jobs):
+        if isinstance(job, dict):
+            details += payload_details(
+                job.get("type"), job.get("payload"), ("jobs", index, "payload")
+            )
+    return details
 
 
 def new_job(body: JobCreate, user_id: uuid.UUID, now: datetime) -> jobs_q.NewJob:

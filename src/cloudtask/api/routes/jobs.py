@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from cloudtask.api import submission
 from cloudtask.api.deps import Context, CurrentUser
-from cloudtask.api.errors import ApiError, not_found
+from cloudtask.api.errors import ApiError, not_found, with_body_checks
 from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.responses import JSONBytesResponse
@@ -57,6 +57,7 @@ def _job_id(raw: str) -> uuid.UUID:
     responses=error_responses(400, 409, 422),
     summary="Submit a job",
 )
+@with_body_checks(submission.job_body_details)
 async def create_job(
     body: JobCreate,
     user: CurrentUser,
@@ -75,6 +76,7 @@ async def create_job(
     responses=error_responses(400, 409, 422),
     summary="Submit up to 1,000 jobs at once, all or none",
 )
+@with_body_checks(submission.batch_body_details)
 async def create_batch(
     body: JobBatchCreate,
     user: CurrentUser,

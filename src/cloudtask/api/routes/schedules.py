@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Path, status
@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from cloudtask.api import submission
 from cloudtask.api.deps import Context, CurrentUser
-from cloudtask.api.errors import ApiError, not_found
+from cloudtask.api.errors import ApiError, not_found, with_body_checks
 from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.responses import JSONBytesResponse
@@ -45,18 +45,30 @@ def _schedule_id(raw: str) -> uuid.UUID:
         raise not_found("Schedule") from None
 
 
+def _schedule_details(raw: Any) -> list[dict[str, str]]:
+    """The checks of a schedule's body that its model cannot make, as 400 details: the cron
+    expression, the time zone, and the payload by its job type."""
+    if not isinstance(raw, dict):
+        return []
+    details = []
+    expression, zone = raw.get("cron"), raw.get("timezone", "UTC")
+    if isinstance(expression, str):
+        try:
+            cron.check_cron(expression)
+        except cron.InvalidSchedule as exc:
+            details.append({"field": "cron", "location": "body", "message": str(exc)})
+    if isinstance(zone, str):
+        try:
+            cron.parse_zone(zone)
+        except cron.InvalidSchedule as exc:
+            details.append({"field": "timezone", "location": "body", "message": str(exc)})
+    return details + submission.payload_details(raw.get("type"), raw.get("payload"), ("payload",))
+
+
 def _checked_zone(body: ScheduleCreate) -> ZoneInfo:
     """The schedule's zone, once its cron, zone and payload passed; else a 400 naming each."""
-    details = []
-    try:
-        cron.check_cron(body.cron)
-    except cron.InvalidSchedule as exc:
-        details.append({"field": "cron", "location": "body", "message": str(exc)})
-    try:
-        cron.parse_zone(body.timezone)
-    except cron.InvalidSchedule as exc:
-        details.append({"field": "timezone", "location": "body", "message": str(exc)})
-    submission.raise_if_invalid(details + submission.check_payload(body, ("payload",)))
+    fields = {"cron": body.cron, "timezone": body.timezone, "type": body.type}
+    submission.raise_if_invalid(_schedule_details({**fields, "payload": body.payload}))
     return cron.parse_zone(body.timezone)
 
 
@@ -68,6 +80,7 @@ def _checked_zone(body: ScheduleCreate) -> ZoneInfo:
     summary="Create a recurring schedule",
     description=TIME_RULES,
 )
+@with_body_checks(_schedule_details)
 async def create_schedule(body: ScheduleCreate, user: CurrentUser, context: Context) -> Response:
     zone = _checked_zone(body)
     now = utcnow()
