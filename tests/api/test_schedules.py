@@ -195,6 +195,11 @@ async def test_another_users_unknown_and_malformed_ids_are_the_same_404(client: 
         for method, path in _paths(schedule_id):
             response = await client.http.request(method, path, headers=client.auth(intruder))
             messages.add(assert_error(response, 404, path)["message"])
+    # Nor does the owner find it at another spelling of its id than the API's.
+    for spelling in (f"{{{schedule['id']}}}", uuid.UUID(schedule["id"]).hex):
+        for method, path in _paths(spelling):
+            response = await client.http.request(method, path, headers=client.auth(owner))
+            messages.add(assert_error(response, 404, path)["message"])
     assert messages == {"Schedule not found"}
     assert await _list(client, intruder) == []
     mine = await client.http.get(f"/schedules/{schedule['id']}", headers=client.auth(owner))

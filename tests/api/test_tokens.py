@@ -94,3 +94,17 @@ async def test_another_users_job_is_404_exactly_like_an_unknown_one(client: Clie
     listing = await client.http.get("/jobs", headers=client.auth(bob))
     assert listing.json() == []
     assert (await client.get_job(alice, job["id"]))["status"] == "PENDING"
+
+
+async def test_a_job_is_found_only_at_its_id_as_the_api_writes_it(client: Client) -> None:
+    token = await client.register()
+    job_id = (await client.create_job(token))["id"]
+    hex_digits = uuid.UUID(job_id).hex
+    for spelling in (f"{{{job_id}}}", f"urn:uuid:{job_id}", hex_digits, f"{job_id[:-1]}"):
+        for method, suffix in (("GET", ""), ("POST", "/cancel"), ("POST", "/retry")):
+            path = f"/jobs/{spelling}{suffix}"
+            response = await client.http.request(method, path, headers=client.auth(token))
+            assert assert_error(response, 404)["message"] == "Job not found", path
+    upper = await client.http.get(f"/jobs/{job_id.upper()}", headers=client.auth(token))
+    assert upper.status_code == 200 and upper.json()["id"] == job_id
+    assert (await client.get_job(token, job_id))["status"] == "PENDING"

@@ -12,6 +12,7 @@ from cloudtask.api.deps import Context, CurrentUser
 from cloudtask.api.errors import ApiError, not_found, with_body_checks
 from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
+from cloudtask.api.path_ids import path_id
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.api.serialize import job_json
 from cloudtask.contracts.api import Job, JobBatchCreate, JobCreate
@@ -44,10 +45,7 @@ IdempotencyKey = Annotated[
 
 
 def _job_id(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise not_found() from None
+    return path_id(raw, "Job")
 
 
 @router.post(

@@ -13,6 +13,7 @@ from cloudtask.api.deps import Context, CurrentUser
 from cloudtask.api.errors import ApiError, not_found, with_body_checks
 from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
+from cloudtask.api.path_ids import path_id
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.api.serialize import schedule_json
 from cloudtask.contracts import jsoncodec
@@ -39,10 +40,7 @@ TIME_RULES = (
 
 
 def _schedule_id(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise not_found("Schedule") from None
+    return path_id(raw, "Schedule")
 
 
 def _schedule_details(raw: Any) -> list[dict[str, str]]:
