@@ -9,9 +9,12 @@ from cloudtask.worker.slots import PrioritySlots
 async def _hold(
     slots: PrioritySlots, priority: int, name: str, log: list[str], release: asyncio.Event
 ) -> None:
-    async with slots.held(priority):
+    await slots.acquire(priority)
+    try:
         log.append(name)
         await release.wait()
+    finally:
+        slots.release()
 
 
 async def _settle() -> None:
@@ -51,19 +54,18 @@ async def test_a_cancelled_waiter_is_skipped_and_no_slot_is_lost() -> None:
     then.set()
     await asyncio.gather(holder, waiter)
     assert log == ["first", "then"]
-    async with asyncio.timeout(1), slots.held(0):  # the slot is free again
-        pass
+    async with asyncio.timeout(1):  # the slot is free again
+        await slots.acquire(0)
 
 
 async def test_a_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> None:
     slots, log = PrioritySlots(1), list[str]()
     late, then = asyncio.Event(), asyncio.Event()
-    holding = slots.held(0)
-    await holding.__aenter__()
+    await slots.acquire(0)
     handed = asyncio.create_task(_hold(slots, 9, "late", log, late))
     waiter = asyncio.create_task(_hold(slots, 0, "then", log, then))
     await _settle()
-    await holding.__aexit__(None, None, None)  # hands the slot to ``handed``, not yet resumed
+    slots.release()  # hands the slot to ``handed``, not yet resumed
     handed.cancel()
     then.set()
     await asyncio.wait_for(waiter, 1)

@@ -106,6 +106,11 @@ class WorkerMetrics(ServiceMetrics):
             "Attempts put back on jobs.created because the worker stopped before they finished.",
             registry=self.registry,
         )
+        self.given_back = Counter(
+            "cloudtask_worker_deliveries_given_back_total",
+            "Deliveries given back to jobs.created after waiting for a slot (see WAIT_LIMIT).",
+            registry=self.registry,
+        )
         self.abandoned = Counter(
             "cloudtask_worker_abandoned_handlers_total",
             "Handlers that ignored cancellation after a timeout or cancel and kept running.",

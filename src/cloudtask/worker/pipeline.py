@@ -4,7 +4,9 @@
    more than ``max_deliveries`` times (it keeps killing its worker) is failed and dead-lettered.
 2. Run, in one of the worker's ``WORKER_CONCURRENCY`` slots, held until the handler ends (not
    while the report waits for its confirm) and given to waiting deliveries highest priority
-   first. The worker takes a lease on the attempt; a job cancelled while it waited is skipped.
+   first; one that waits ``WAIT_LIMIT`` is given back to the queue to be compared with the jobs
+   queued since. The worker takes a lease on the attempt; a job cancelled while it waited is
+   skipped.
    Otherwise the handler starts, under the job's timeout. A handler still running after
    ``ANNOUNCE_AFTER`` makes the worker publish ``jobs.started`` (confirmed) and only then
    acknowledge the delivery, so the broker's delivery timeout (30 minutes by default) never cuts
@@ -47,6 +49,10 @@ REQUEUED = b"requeued"
 # Long enough for a short job to end first (an echo takes microseconds, a local mail a few
 # milliseconds), short enough that RUNNING shows at once to someone watching a long one.
 ANNOUNCE_AFTER = 0.05
+# A delivery waits this long for a slot before it is given back to the queue (see
+# ``_wait_for_slot``): far longer than a busy worker's short jobs keep it waiting, so only a
+# worker whose slots hold long jobs gives deliveries back, about twice a second each.
+WAIT_LIMIT = 0.5
 
 
 @dataclass
@@ -116,11 +122,15 @@ class Pipeline:
     async def _process(self, delivery: Delivery, job: JobCreated) -> None:
         # A slot is held while the attempt runs, not while its report waits for the broker's
         # confirm: the next delivery starts meanwhile (the prefetch leaves room for both).
-        async with self._slots.held(job.priority):
+        if not await self._wait_for_slot(delivery, job):
+            return
+        try:
             if self.stopping.is_set():
                 await _quietly(delivery.reject(requeue=True))
                 return
             attempt = await self._attempt(delivery, job)
+        finally:
+            self._slots.release()
         if (job.job_id, job.attempt) in self._requeue:
             await self._put_back(job)
         else:
@@ -128,6 +138,29 @@ class Pipeline:
         if not attempt.announced:
             await _quietly(delivery.ack())
         await self.deps.running.drop(job.job_id, job.attempt)
+
+    async def _wait_for_slot(self, delivery: Delivery, job: JobCreated) -> bool:
+        """Take a slot; or, after ``WAIT_LIMIT``, give the delivery back to ``jobs.created`` and
+        return False. RabbitMQ orders by priority only the messages still queued: while this one
+        waits here, a higher one submitted since may wait there, and another worker may be idle.
+        Given back, the message is delivered again in priority order, to this worker or another.
+        It is published again before its delivery is acknowledged, so it is never lost."""
+        while True:
+            try:
+                async with asyncio.timeout(WAIT_LIMIT):
+                    await self._slots.acquire(job.priority)
+            except TimeoutError:
+                try:
+                    await self.deps.broker.publish(
+                        JOBS_CREATED, delivery.body, priority=job.priority
+                    )
+                except BrokerUnavailable:
+                    continue  # the broker is away: wait on
+                await _quietly(delivery.ack())  # if the channel went, its copy returns too
+                self.deps.metrics.given_back.inc()
+                return False
+            else:
+                return True
 
     async def _attempt(self, delivery: Delivery, job: JobCreated) -> "_Attempt":
         deps = self.deps

@@ -4,13 +4,14 @@ The worker holds more deliveries than it runs (the prefetch, and long jobs ackno
 delivery once announced), so when every slot is busy, deliveries wait here. RabbitMQ delivered
 them in priority order, but only among the messages queued at that moment: a job of priority 9
 submitted after the low ones already held would wait behind them in a first-come semaphore.
-Here a freed slot goes to the waiting job of the highest priority, the earliest of those first.
+Here a freed slot goes to the waiting job of the highest priority, the earliest of those first;
+and a delivery that waits too long is given back to the queue (``pipeline.WAIT_LIMIT``), so that
+jobs still in RabbitMQ are compared with it too.
 """
 
 import asyncio
 import heapq
 import itertools
-from types import TracebackType
 
 
 class PrioritySlots:
@@ -19,48 +20,28 @@ class PrioritySlots:
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
         self._arrivals = itertools.count()
 
-    def held(self, priority: int) -> "_Held":
-        """A slot for as long as the ``async with`` block runs."""
-        return _Held(self, priority)
-
     async def acquire(self, priority: int) -> None:
         if self._free > 0:  # then no one waits: a released slot goes to a waiter first
             self._free -= 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (-priority, next(self._arrivals), future))
+        entry = (-priority, next(self._arrivals), future)
+        heapq.heappush(self._waiting, entry)
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # handed a slot, then cancelled before taking it up
+            elif entry in self._waiting:  # waiters give up often (pipeline.WAIT_LIMIT)
+                self._waiting.remove(entry)
+                heapq.heapify(self._waiting)
             raise
 
     def release(self) -> None:
         """Hand the slot to the first waiter still waiting, or free it."""
         while self._waiting:
             *_, future = heapq.heappop(self._waiting)
-            if not future.done():  # a cancelled waiter's future is done: skipped
+            if not future.done():  # a waiter cancelled this turn is skipped
                 future.set_result(None)
                 return
         self._free += 1
-
-
-class _Held:
-    # A class rather than contextlib.asynccontextmanager: every job enters one.
-    __slots__ = ("_priority", "_slots")
-
-    def __init__(self, slots: PrioritySlots, priority: int) -> None:
-        self._slots = slots
-        self._priority = priority
-
-    async def __aenter__(self) -> None:
-        await self._slots.acquire(self._priority)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._slots.release()
