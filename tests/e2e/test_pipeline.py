@@ -148,3 +148,18 @@ def test_a_real_cron_firing_creates_exactly_one_job(procs: Processes) -> None:
     time.sleep(1)  # a second scheduler creating a duplicate would have done so by now
     listing = client.http.get("/jobs").json()
     assert [j["runAt"] for j in listing if j["scheduleId"] == schedule["id"]] == [job["runAt"]]
+
+
+def test_a_worker_without_a_types_handler_leaves_its_jobs_to_one_with_it(
+    procs: Processes,
+) -> None:
+    # As in a rolling deploy that adds a handler: one worker has it, the other not yet.
+    client = _stack(procs, *HANDLERS)
+    procs.start("worker", cwd=ROOT)
+    jobs = [client.submit(type="e2e.double", payload={"n": n}) for n in range(6)]
+    for n, job in enumerate(jobs):
+        done = client.wait(job["id"], "COMPLETED", "FAILED", timeout=30)
+        assert (done["status"], done["result"]) == ("COMPLETED", {"doubled": 2 * n})
+    unknown = client.submit(type="e2e.nowhere", payload={})
+    failed = client.wait(unknown["id"], "COMPLETED", "FAILED", timeout=30)
+    assert failed["error"] == "unknown job type: e2e.nowhere"

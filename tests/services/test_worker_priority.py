@@ -60,7 +60,7 @@ async def test_a_freed_slot_goes_to_the_highest_priority_due_job(
     registry = stack.worker.metrics.registry
 
     async def given_back() -> bool:  # each delivery held waiting, the low ones at least
-        given = metric(registry, "cloudtask_worker_deliveries_given_back_total")
+        given = metric(registry, "cloudtask_worker_deliveries_given_back_total", reason="waited")
         return given >= min(stack.worker.prefetch, len(jobs))
 
     try:

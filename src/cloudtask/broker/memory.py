@@ -40,6 +40,9 @@ class _Queue:
     heap: list[tuple[int, int, _Message]] = field(default_factory=list)
     consumers: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # Consumers in turn, as RabbitMQ serves them: the next message goes to the first with room,
+    # which then moves to the back (else the one that waited first would take every message).
+    turns: list["MemoryConsumer"] = field(default_factory=list)
 
 
 class MemoryDelivery(Delivery):
@@ -82,14 +85,32 @@ class MemoryConsumer(Consumer):
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task = asyncio.create_task(self._run())
 
+    def has_room(self) -> bool:
+        return len(self._unsettled) < self._prefetch
+
+    def _my_turn(self, queue: _Queue) -> bool:
+        first = next((consumer for consumer in queue.turns if consumer.has_room()), None)
+        return bool(queue.heap) and first is self
+
     async def _run(self) -> None:
         queue = self._broker.queue(self._queue)
+        queue.turns.append(self)
+        try:
+            await self._take_in_turn(queue)
+        finally:
+            queue.turns.remove(self)
+            async with queue.changed:  # the next in turn may have waited for this one
+                queue.changed.notify_all()
+
+    async def _take_in_turn(self, queue: _Queue) -> None:
         while True:
             async with queue.changed:
-                await queue.changed.wait_for(
-                    lambda: bool(queue.heap) and len(self._unsettled) < self._prefetch
-                )
+                await queue.changed.wait_for(lambda: self._my_turn(queue))
                 _, _, message = heapq.heappop(queue.heap)
+                queue.turns.remove(self)
+                queue.turns.append(self)
+                if queue.heap:
+                    queue.changed.notify_all()  # the next in turn takes the next message
             delivery = MemoryDelivery(self._broker, self._queue, message)
             self._unsettled.add(delivery)
             delivery.on_settle.append(lambda d=delivery: self._unsettled.discard(d))

@@ -23,5 +23,11 @@ def lease_key(job_id: UUID | str, attempt: int) -> str:
     return f"cloudtask:running:{job_id}:{attempt}"
 
 
+def handler_key(job_type: str) -> str:
+    """Held while some running worker has a handler for ``job_type``, renewed by its heartbeat:
+    a worker without one gives such a job back rather than failing it."""
+    return f"cloudtask:handlers:{job_type}"
+
+
 SCHEDULER_LEASE: Final = "cloudtask:scheduler"
 """Leadership lease among schedulers."""

@@ -34,6 +34,7 @@ from cloudtask.broker.base import Broker, Delivery
 from cloudtask.broker.grouping import GroupedPublisher
 from cloudtask.contracts.messages import JobCreated, JobFinished, JobStarted
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_DEAD, JOBS_STARTED
+from cloudtask.contracts.signals import handler_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.errors import BrokerUnavailable, KVUnavailable
 from cloudtask.kv.base import KV
@@ -122,6 +123,11 @@ class Pipeline:
     async def _process(self, delivery: Delivery, job: JobCreated) -> None:
         # A slot is held while the attempt runs, not while its report waits for the broker's
         # confirm: the next delivery starts meanwhile (the prefetch leaves room for both).
+        if job.type not in self.deps.handlers and await self._handled_elsewhere(job.type):
+            await asyncio.sleep(WAIT_LIMIT)  # not at once: the other workers may all be busy
+            if not await self._give_back(delivery, job, "handled_elsewhere"):
+                await _quietly(delivery.reject(requeue=True))
+            return
         if not await self._wait_for_slot(delivery, job):
             return
         try:
@@ -143,24 +149,35 @@ class Pipeline:
         """Take a slot; or, after ``WAIT_LIMIT``, give the delivery back to ``jobs.created`` and
         return False. RabbitMQ orders by priority only the messages still queued: while this one
         waits here, a higher one submitted since may wait there, and another worker may be idle.
-        Given back, the message is delivered again in priority order, to this worker or another.
-        It is published again before its delivery is acknowledged, so it is never lost."""
+        Given back, the message is delivered again in priority order, to this worker or another."""
         while True:
             try:
                 async with asyncio.timeout(WAIT_LIMIT):
                     await self._slots.acquire(job.priority)
             except TimeoutError:
-                try:
-                    await self.deps.broker.publish(
-                        JOBS_CREATED, delivery.body, priority=job.priority
-                    )
-                except BrokerUnavailable:
-                    continue  # the broker is away: wait on
-                await _quietly(delivery.ack())  # if the channel went, its copy returns too
-                self.deps.metrics.given_back.inc()
-                return False
+                if await self._give_back(delivery, job, "waited"):
+                    return False
             else:
                 return True
+
+    async def _give_back(self, delivery: Delivery, job: JobCreated, reason: str) -> bool:
+        """Publish the message again, then acknowledge the delivery (so it is never lost);
+        False if the broker is away and the delivery is still held."""
+        try:
+            await self.deps.broker.publish(JOBS_CREATED, delivery.body, priority=job.priority)
+        except BrokerUnavailable:
+            return False
+        await _quietly(delivery.ack())  # if the channel went, its copy returns to the queue too
+        self.deps.metrics.given_back.labels(reason).inc()
+        return True
+
+    async def _handled_elsewhere(self, job_type: str) -> bool:
+        """Whether a running worker has a handler for ``job_type`` (see ``WorkerService``). If
+        the store is unreachable, no one is known to: the job fails as of an unknown type."""
+        try:
+            return await self.deps.kv.get(handler_key(job_type)) is not None
+        except KVUnavailable:
+            return False
 
     async def _attempt(self, delivery: Delivery, job: JobCreated) -> "_Attempt":
         deps = self.deps

@@ -10,6 +10,7 @@ but had not started return to the queue.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -20,6 +21,8 @@ from typing import Any
 from cloudtask.broker.base import Broker, Consumer, Delivery
 from cloudtask.broker.grouping import GroupedPublisher
 from cloudtask.contracts.queues import JOBS_CREATED
+from cloudtask.contracts.signals import handler_key
+from cloudtask.errors import KVUnavailable
 from cloudtask.kv.base import KV
 from cloudtask.observability.metrics import WorkerMetrics
 from cloudtask.settings import Settings
@@ -56,6 +59,8 @@ class WorkerService:
         self.prefetch = settings.worker_prefetch or 2 * self.concurrency
         self.metrics = metrics or WorkerMetrics()
         self._broker = broker
+        self._kv = kv
+        self._handlers = handlers
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="cloudtask-job")
         self._running = RunningAttempts(kv, self.worker_id, settings.worker_lease_seconds)
         self._reports = GroupedPublisher(broker, name="worker-reports", linger=REPORT_LINGER)
@@ -73,10 +78,13 @@ class WorkerService:
         self._active: set[asyncio.Task[Any]] = set()
         self.pipeline = Pipeline(deps, PrioritySlots(self.concurrency))
         self._consumer: Consumer | None = None
+        self._advertising: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._reports.start()
         await self._running.start()
+        await self._advertise_handlers()  # before the first delivery: seen by the other workers
+        self._advertising = asyncio.create_task(self._keep_advertising(), name="handler-types")
         self._consumer = await self._broker.consume(
             JOBS_CREATED, self._handle, prefetch=self.prefetch
         )
@@ -100,6 +108,23 @@ class WorkerService:
         task.add_done_callback(self._active.discard)
         await asyncio.shield(task)
 
+    async def _advertise_handlers(self) -> None:
+        """Say in the key-value store which job types this worker has handlers for, for as long
+        as its leases last: a worker without a type's handler gives its jobs back to the queue
+        for this one rather than failing them (a rolling deploy adding a handler), while a type
+        that no running worker knows fails at once."""
+        worker = self.worker_id.encode()
+        items = {handler_key(handler.type): worker for handler in self._handlers}
+        try:
+            await self._kv.set_many(items, ttl=self._running.lease_seconds)
+        except KVUnavailable as exc:
+            log.warning("could not advertise the worker's job types: %s", exc)
+
+    async def _keep_advertising(self) -> None:
+        while True:
+            await asyncio.sleep(self._running.lease_seconds / 3)
+            await self._advertise_handlers()
+
     @property
     def busy(self) -> int:
         """Deliveries being handled now (running or waiting for a slot)."""
@@ -108,6 +133,10 @@ class WorkerService:
     async def stop(self, grace: float) -> None:
         """Stop taking jobs, let running ones finish within ``grace`` seconds, requeue the rest."""
         self.pipeline.stopping.set()
+        if self._advertising is not None:  # its keys expire with the leases' TTL
+            self._advertising.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._advertising
         if self._consumer is not None:
             await self._consumer.stop_receiving()
         if self._active:
