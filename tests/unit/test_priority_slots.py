@@ -71,3 +71,11 @@ async def test_a_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> Non
     await asyncio.wait_for(waiter, 1)
     assert log == ["then"]
     assert handed.cancelled()
+
+
+async def test_try_acquire_takes_only_a_free_slot() -> None:
+    slots = PrioritySlots(1)
+    assert slots.try_acquire() is True
+    assert slots.try_acquire() is False
+    slots.release()
+    assert slots.try_acquire() is True

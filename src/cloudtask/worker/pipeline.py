@@ -150,6 +150,8 @@ class Pipeline:
         return False. RabbitMQ orders by priority only the messages still queued: while this one
         waits here, a higher one submitted since may wait there, and another worker may be idle.
         Given back, the message is delivered again in priority order, to this worker or another."""
+        if self._slots.try_acquire():  # most jobs: no timer to set and cancel
+            return True
         while True:
             try:
                 async with asyncio.timeout(WAIT_LIMIT):

@@ -20,9 +20,15 @@ class PrioritySlots:
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
         self._arrivals = itertools.count()
 
-    async def acquire(self, priority: int) -> None:
+    def try_acquire(self) -> bool:
+        """Take a free slot if there is one, without waiting."""
         if self._free > 0:  # then no one waits: a released slot goes to a waiter first
             self._free -= 1
+            return True
+        return False
+
+    async def acquire(self, priority: int) -> None:
+        if self.try_acquire():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (-priority, next(self._arrivals), future)
