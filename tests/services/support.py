@@ -13,8 +13,10 @@ from cloudtask.contracts.queues import JOBS_DEAD
 from cloudtask.db import session
 from cloudtask.db.tables import jobs
 from cloudtask.worker.registry import HandlerRegistry
+from cloudtask.worker.service import WorkerService
 from tests.conftest import Backends
-from tests.helpers import eventually
+from tests.helpers import eventually, wait_for_status
+from tests.services.conftest import Stack
 
 
 async def job_row(backends: Backends, job_id: str) -> dict[str, Any]:
@@ -58,3 +60,22 @@ def registry_of(handlers: object, *names: str) -> HandlerRegistry:
     for name in names:
         registry.register(name, getattr(handlers, name))
     return registry
+
+
+async def finished_by_a_second_worker(
+    stack: Stack, handlers: HandlerRegistry, token: str, job_id: str
+) -> dict[str, Any]:
+    """Start a second worker with ``handlers`` on the stack's back ends, wait until the job has
+    finished, stop that worker; the job as the API then shows it."""
+    second = WorkerService(
+        stack.settings,
+        broker=stack.backends.broker,
+        kv=stack.backends.kv,
+        handlers=handlers,
+        worker_id="second-worker",
+    )
+    await second.start()
+    try:
+        return await wait_for_status(stack.client, token, job_id, "COMPLETED", "FAILED")
+    finally:
+        await second.stop(grace=1)

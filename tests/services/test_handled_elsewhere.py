@@ -6,10 +6,9 @@ from typing import Any
 
 from cloudtask.contracts.signals import handler_key
 from cloudtask.worker.registry import HandlerRegistry
-from cloudtask.worker.service import WorkerService
-from tests.helpers import eventually, wait_for_status
+from tests.helpers import eventually
 from tests.services.conftest import Stack
-from tests.services.support import metric
+from tests.services.support import finished_by_a_second_worker, metric
 
 
 def _tripled(payload: Any) -> Any:
@@ -36,16 +35,5 @@ async def test_a_type_only_another_worker_handles_waits_for_it(stack: Stack) -> 
 
     handlers = HandlerRegistry()
     handlers.register("elsewhere.triple", _tripled)
-    other = WorkerService(
-        stack.settings,
-        broker=stack.backends.broker,
-        kv=stack.backends.kv,
-        handlers=handlers,
-        worker_id="other-worker",
-    )
-    await other.start()
-    try:
-        done = await wait_for_status(stack.client, owner, job["id"], "COMPLETED", "FAILED")
-    finally:
-        await other.stop(grace=1)
+    done = await finished_by_a_second_worker(stack, handlers, owner, job["id"])
     assert (done["status"], done["result"], done["attempts"]) == ("COMPLETED", 21, 1)

@@ -10,10 +10,15 @@ from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED
 from cloudtask.worker import pipeline
 from cloudtask.worker.handlers import builtin_handlers
 from cloudtask.worker.registry import HandlerRegistry
-from cloudtask.worker.service import WorkerService
 from tests.helpers import eventually, wait_for_status
 from tests.services.conftest import Stack
-from tests.services.support import metric, next_dead_letter, wait_for_metric, wait_until_set
+from tests.services.support import (
+    finished_by_a_second_worker,
+    metric,
+    next_dead_letter,
+    wait_for_metric,
+    wait_until_set,
+)
 
 
 class Interruptible:
@@ -160,18 +165,7 @@ async def test_stopping_the_worker_puts_a_running_job_back_for_another_worker(
     assert (await stack.client.get_job(token, job["id"]))["status"] == status
 
     handlers = builtin_handlers(stack.settings).merged(stack_handlers)
-    second = WorkerService(
-        stack.settings,
-        broker=stack.backends.broker,
-        kv=stack.backends.kv,
-        handlers=handlers,
-        worker_id="second-worker",
-    )
-    await second.start()
-    try:
-        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
-    finally:
-        await second.stop(grace=1)
+    done = await finished_by_a_second_worker(stack, handlers, token, job["id"])
     assert done["status"] == "COMPLETED"
     assert done["result"] == {"finished": {"n": 1}}
     assert done["attempts"] == 1
