@@ -132,6 +132,37 @@ async def test_attempts_sent_together_check_no_more_passwords_than_the_limit(
     assert sorted(statuses) == [401] * 10 + [429] * 15
 
 
+async def test_right_passwords_sent_together_are_all_let_in(client: Client) -> None:
+    email = unique_email()
+    await client.register(email, "password1")
+
+    async def login(password: str) -> int:
+        body = {"email": email, "password": password}
+        return (await client.http.post("/auth/login", json=body)).status_code
+
+    # Checks in flight wait for each other's outcome; only failures count against the email.
+    assert await asyncio.gather(*(login("password1") for _ in range(20))) == [200] * 20
+    assert [await login("wrong-one") for _ in range(9)] == [401] * 9
+    assert await asyncio.gather(*(login("password1") for _ in range(6))) == [200] * 6
+    assert await login("wrong-one") == 401  # the tenth failure
+    assert await asyncio.gather(*(login("password1") for _ in range(3))) == [429] * 3
+
+
+async def test_attempts_after_some_failures_check_only_what_the_limit_leaves(
+    client: Client,
+) -> None:
+    email = unique_email()
+    await client.register(email, "password1")
+
+    async def login(password: str) -> int:
+        body = {"email": email, "password": password}
+        return (await client.http.post("/auth/login", json=body)).status_code
+
+    assert [await login("wrong-one") for _ in range(5)] == [401] * 5
+    statuses = await asyncio.gather(*(login("wrong-one") for _ in range(8)))
+    assert sorted(statuses) == [401] * 5 + [429] * 3
+
+
 async def test_successful_and_refused_logins_do_not_count_as_failures(client: Client) -> None:
     email = unique_email()
     await client.register(email, "password1")

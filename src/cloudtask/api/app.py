@@ -16,6 +16,7 @@ from cloudtask.api import errors, openapi
 from cloudtask.api.context import ApiContext
 from cloudtask.api.group_commit import GroupCommit
 from cloudtask.api.idempotency import IdempotencyStore
+from cloudtask.api.login_gate import LoginGate
 from cloudtask.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from cloudtask.api.routes import actuator, auth, jobs, schedules
 from cloudtask.api.security import PasswordHasher, TokenService
@@ -84,7 +85,7 @@ def create_app(
         tokens=TokenService(secret, settings.jwt_ttl_seconds),
         passwords=PasswordHasher(settings.bcrypt_rounds),
         idempotency=IdempotencyStore(kv),
-        throttle=LoginThrottle(),
+        logins=LoginGate(kv, LoginThrottle()),
         metrics=metrics,
     )
 

@@ -8,12 +8,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudtask.api.group_commit import GroupCommit
 from cloudtask.api.idempotency import IdempotencyStore
+from cloudtask.api.login_gate import LoginGate
 from cloudtask.api.security import PasswordHasher, TokenService
 from cloudtask.broker.base import Broker
 from cloudtask.kv.base import KV
 from cloudtask.observability.metrics import ApiMetrics
 from cloudtask.outbox import OutboxPublisher
-from cloudtask.policies.login_throttle import LoginThrottle
 from cloudtask.settings import Settings
 
 
@@ -47,6 +47,6 @@ class ApiContext:
     tokens: TokenService
     passwords: PasswordHasher
     idempotency: IdempotencyStore
-    throttle: LoginThrottle
+    logins: LoginGate
     metrics: ApiMetrics
     known_users: KnownUsers = field(default_factory=KnownUsers)

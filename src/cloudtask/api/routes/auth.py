@@ -1,8 +1,6 @@
 """``/auth``: register and log in; both answer with a token."""
 
-import contextlib
 import logging
-import math
 import uuid
 
 from fastapi import APIRouter, status
@@ -10,13 +8,14 @@ from fastapi import APIRouter, status
 from cloudtask.api.deps import Context
 from cloudtask.api.errors import ApiError
 from cloudtask.api.jsonbody import StrictJSONRoute
+from cloudtask.api.login_gate import LoginThrottled
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.contracts.api import AuthResponse, Credentials, Registration
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.queries import users as users_q
-from cloudtask.errors import AlreadyExists, KVUnavailable
+from cloudtask.errors import AlreadyExists
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/auth", tags=["auth"], route_class=StrictJSONRoute)
@@ -64,31 +63,20 @@ async def register(body: Registration, context: Context) -> JSONBytesResponse:
     summary="Exchange an email and password for a token",
 )
 async def login(body: Credentials, context: Context) -> JSONBytesResponse:
-    key = f"login-failures:{users_q.email_key(body.email)}"
-    # Each attempt counts as a failure from its start and is taken back if it turns out not to be
-    # one, so that attempts sent together cannot check more passwords between them than the limit
-    # allows: reading the count first and adding to it after bcrypt let ten at once all through.
-    attempts = await context.kv.incr(key, ttl=context.throttle.window_seconds)
-    if context.throttle.is_blocked(attempts - 1):
-        await context.kv.decr(key)  # a refused attempt is not a failed one
-        retry_after = await context.kv.ttl(key) or context.throttle.window_seconds
+    try:
+        async with context.logins.attempt(users_q.email_key(body.email)) as attempt:
+            async with session.reading(context.db) as conn:
+                user = await users_q.find_by_email(conn, body.email)
+            hashed = user.password_hash if user else None
+            attempt.failed = not await context.passwords.verify(body.password, hashed)
+    except LoginThrottled as throttled:
         context.metrics.logins.labels("throttled").inc()
         raise ApiError(
             429,
             "Too many failed login attempts; try again later",
-            headers={"Retry-After": str(max(math.ceil(retry_after), 1))},
-        )
-    failed = False
-    try:
-        async with session.reading(context.db) as conn:
-            user = await users_q.find_by_email(conn, body.email)
-        hashed = user.password_hash if user else None
-        failed = user is None or not await context.passwords.verify(body.password, hashed)
-    finally:
-        if not failed:  # logged in, or not checked (the database was unreachable)
-            with contextlib.suppress(KVUnavailable):
-                await context.kv.decr(key)
-    if failed or user is None:
+            headers={"Retry-After": str(throttled.retry_after)},
+        ) from None
+    if attempt.failed or user is None:
         context.metrics.logins.labels("invalid").inc()
         raise ApiError(401, "Invalid credentials", headers={"WWW-Authenticate": "Bearer"})
     context.metrics.logins.labels("ok").inc()
