@@ -108,14 +108,64 @@ async def test_malformed_json_is_400(client: Client, raw: bytes) -> None:
     assert assert_error(response, 400, "/jobs")["details"]
 
 
-async def test_json_is_read_whatever_the_content_type(client: Client) -> None:
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/json", "Application/JSON; charset=utf-8", "application/problem+json"],
+)
+async def test_a_body_declared_as_json_or_undeclared_is_read_as_json(
+    client: Client, content_type: str | None
+) -> None:
     token = await client.register()
-    response = await client.http.post(
-        "/jobs",
-        content=b'{"type": "echo"}',
-        headers={**client.auth(token), "Content-Type": "application/x-www-form-urlencoded"},
-    )
+    headers = client.auth(token) | ({"Content-Type": content_type} if content_type else {})
+    response = await client.http.post("/jobs", content=b'{"type": "echo"}', headers=headers)
     assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/jobs", b'{"type": "echo"}'), ("/jobs/batch", b'{"jobs": [{"type": "echo"}]}'),
+     ("/schedules", b'{"name": "n", "cron": "* * * * *", "type": "echo"}'),
+     ("/auth/login", b'{"email": "a@example.com", "password": "password1"}')],
+)  # fmt: skip
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_a_body_declared_as_something_else_is_400_naming_the_header(
+    client: Client, path: str, body: bytes, content_type: str
+) -> None:
+    token = await client.register()
+    headers = {**client.auth(token), "Content-Type": content_type}
+    response = await client.http.post(path, content=body, headers=headers)
+    details = assert_error(response, 400, path)["details"]
+    assert details == [
+        {"field": "Content-Type", "location": "header", "message": "must be application/json"}
+    ]
+    listed = await client.http.get("/jobs", headers=client.auth(token))
+    assert listed.json() == []
+
+
+async def test_a_request_without_a_body_is_not_judged_by_its_content_type(client: Client) -> None:
+    token = await client.register()
+    job = (await client.http.post("/jobs", json={"type": "echo", "delaySeconds": 60},
+                                  headers=client.auth(token))).json()  # fmt: skip
+    response = await client.http.post(
+        f"/jobs/{job['id']}/cancel", headers={**client.auth(token), "Content-Type": "text/plain"}
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "first"),
+    [("application/json", b'{"type": "echo",', "body"),
+     ("text/plain", b'{"type": "echo"}', "Content-Type")],
+)  # fmt: skip
+async def test_a_body_that_cannot_be_read_is_400_naming_the_bad_headers_too(
+    client: Client, content_type: str, body: bytes, first: str
+) -> None:
+    token = await client.register()
+    for key in ("", "k" * 256):
+        headers = {**client.auth(token), "Content-Type": content_type, "Idempotency-Key": key}
+        response = await client.http.post("/jobs", content=body, headers=headers)
+        details = assert_error(response, 400, "/jobs")["details"]
+        assert [d["field"] for d in details] == [first, "Idempotency-Key"]
 
 
 async def test_a_body_over_one_mebibyte_is_413(client: Client) -> None:

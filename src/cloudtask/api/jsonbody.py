@@ -3,18 +3,29 @@
 FastAPI parses bodies with ``json.loads``, which accepts ``NaN`` and ``Infinity``; these routes
 use :func:`cloudtask.contracts.jsoncodec.loads` instead, so such bodies are a 400 like any
 malformed JSON.
-The API speaks only JSON, so a body is read as JSON whatever its ``Content-Type`` says (``curl -d``
-sends ``application/x-www-form-urlencoded``).
+A body is read as JSON when its ``Content-Type`` is ``application/json`` or another
+``application/*+json`` type, or when the header is absent, as FastAPI reads it; a body declared as
+anything else (``text/plain``, a form, ``curl -d`` without ``-H``) is a 400 naming the header.
 """
 
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.dependencies.utils import request_params_to_args
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope
 
 from cloudtask.contracts import jsoncodec
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """``application/json`` or ``application/*+json``, parameters (a charset) aside."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 class StrictJSONRequest(Request):
@@ -36,11 +47,39 @@ class StrictJSONRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
+        takes_body = self.body_field is not None
+        header_params = self.dependant.header_params
+
         async def strict_handler(request: Request) -> Response:
             scope = request.scope
+            declared = request.headers.get("content-type")
+            # FastAPI would hand a body of another type to validation as bytes; the parser it
+            # is given here reads JSON only, so the header is checked first.
             scope["headers"] = [
                 (name, value) for name, value in scope["headers"] if name != b"content-type"
             ] + [(b"content-type", b"application/json")]
-            return await handler(StrictJSONRequest(scope, request.receive))
+            strict = StrictJSONRequest(scope, request.receive)
+            foreign = declared is not None and not is_json_media_type(declared)
+            try:
+                if takes_body and foreign and await strict.body():
+                    raise RequestValidationError([_CONTENT_TYPE_ERROR])
+                return await handler(strict)
+            except RequestValidationError as exc:
+                errors = exc.errors()
+                if not any(error.get("type") in _BODY_UNREAD for error in errors):
+                    raise
+                # FastAPI stops at a body it cannot read, before the parameters; the 400 names
+                # the route's bad headers too (an Idempotency-Key out of its range).
+                _, header_errors = request_params_to_args(header_params, strict.headers)
+                raise RequestValidationError([*errors, *header_errors], body=exc.body) from None
 
         return strict_handler
+
+
+_CONTENT_TYPE_ERROR = {
+    "type": "content_type",
+    "loc": ("header", "content-type"),
+    "msg": "must be application/json",
+}
+# The errors that leave the body unread, and with it the route's parameters unchecked.
+_BODY_UNREAD = frozenset({"json_invalid", "content_type"})

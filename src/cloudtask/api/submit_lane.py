@@ -5,8 +5,8 @@ Every job arrives this way, and py-spy on the api under wrk found half of its ti
 the layers between the server and the submission's own work: a dozen ASGI middleware and router
 calls, then the dependencies and body validation. The lane runs the route's own checks (a bearer
 token that verifies, a user this process knows, at most one Idempotency-Key of 1-255 characters,
-a declared length within the body limit, a body that is strict JSON and a valid job with a valid
-payload), then the route's own code, ``submission.submit_one``.
+a JSON Content-Type if any, a declared length within the body limit, a body that is strict JSON
+and a valid job with a valid payload), then the route's own code, ``submission.submit_one``.
 
 Whatever the checks doubt, which is every request that ends in a validation or authentication
 error, goes to the full app with its body already read, so those answers still come from one
@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloudtask.api import errors, submission
 from cloudtask.api.context import ApiContext
-from cloudtask.api.jsonbody import StrictJSONRequest
+from cloudtask.api.jsonbody import StrictJSONRequest, is_json_media_type
 from cloudtask.api.middleware import MAX_BODY_BYTES, record, replaying
 from cloudtask.api.security import InvalidToken, Principal
 from cloudtask.contracts import jsoncodec
@@ -79,7 +79,8 @@ class SubmitLane:
             return await errors.response_for(request, exc)
 
     def _credentials(self, scope: Scope) -> tuple[Principal, str | None] | None:
-        """The token's user, known to this process, and the Idempotency-Key if there is one."""
+        """The token's user, known to this process, and the Idempotency-Key if there is one, from
+        headers that pass the route's checks (a JSON body, if its type is declared)."""
         authorization: bytes | None = None
         keys: list[bytes] = []
         for name, value in scope["headers"]:
@@ -87,6 +88,8 @@ class SubmitLane:
                 authorization = value if authorization is None else authorization
             elif name == b"idempotency-key":
                 keys.append(value)
+            elif name == b"content-type" and not is_json_media_type(value.decode("latin-1")):
+                return None  # a body declared as something else: the route's 400
         if authorization is None or len(keys) > 1:
             return None
         scheme, _, token = authorization.decode("latin-1").partition(" ")
