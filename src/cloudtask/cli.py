@@ -17,7 +17,7 @@ from cloudtask.observability.health import standard_checks
 from cloudtask.observability.server import status_app
 from cloudtask.results.service import ResultsService
 from cloudtask.scheduler.service import SchedulerService
-from cloudtask.settings import Settings, SettingsError, load_settings
+from cloudtask.settings import Settings, SettingsError, load_settings, unknown_settings
 from cloudtask.worker.handlers import builtin_handlers
 from cloudtask.worker.registry import user_handlers
 from cloudtask.worker.service import WorkerService
@@ -98,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
+        for line in unknown_settings():
+            print(f"cloudtask: warning: {line}", file=sys.stderr)  # noqa: T201 - before logging
         _run(args, settings)
     except SettingsError as exc:
         print(f"cloudtask: {exc}", file=sys.stderr)  # noqa: T201 - the one-line start-up error

@@ -1,7 +1,9 @@
 """CloudTask's settings: environment variables prefixed ``CLOUDTASK_``, or a ``.env`` file.
 
-A misspelled ``CLOUDTASK_`` variable is an error rather than silently ignored, and a weak JWT secret
-stops a service at start. :func:`load_settings` is the one place settings are read.
+A ``CLOUDTASK_`` variable that names no setting is reported in one line (a misspelling, with the
+setting it resembles) and otherwise ignored, as other programs' variables that share the prefix
+must not stop a service; an invalid value or a weak JWT secret stops it at start.
+:func:`load_settings` is the one place settings are read.
 """
 
 import difflib
@@ -87,19 +89,26 @@ class Settings(BaseSettings):
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
-    """Read the settings, refusing unknown ``CLOUDTASK_`` variables and invalid values."""
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
-    for name in [*os.environ, *file_values]:
-        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
-            # Compared without the prefix, which every name shares and would make anything match.
-            fields = [known_name.removeprefix(ENV_PREFIX) for known_name in known]
-            hint = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), fields, n=1)
-            suggestion = f" (did you mean {ENV_PREFIX}{hint[0]}?)" if hint else ""
-            raise SettingsError(f"unknown setting {name}{suggestion}")
+    """Read the settings, refusing invalid values."""
     try:
         return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         error = exc.errors()[0]
         name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "settings"
         raise SettingsError(f"{name}: {error['msg']}") from None
+
+
+def unknown_settings(env_file: str | Path | None = ".env") -> list[str]:
+    """One line for each ``CLOUDTASK_`` variable (of the environment or ``env_file``) that names
+    no setting, with the setting it most resembles."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+    lines = []
+    for name in dict.fromkeys([*os.environ, *file_values]):
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            # Compared without the prefix, which every name shares and would make anything match.
+            fields = [known_name.removeprefix(ENV_PREFIX) for known_name in known]
+            hint = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), fields, n=1)
+            suggestion = f" (did you mean {ENV_PREFIX}{hint[0]}?)" if hint else ""
+            lines.append(f"ignoring {name}, which is not a setting{suggestion}")
+    return lines

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtask.settings import Settings, SettingsError, load_settings
+from cloudtask.settings import Settings, SettingsError, load_settings, unknown_settings
 
 STRONG_SECRET = "s" * 32
 
@@ -59,30 +59,42 @@ def test_the_env_file_in_the_working_directory_is_read_by_default(tmp_path: Path
     assert load_settings().worker_concurrency == 7
 
 
-def test_an_unknown_variable_is_refused_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLOUDTASK_JWT_SECRETT", STRONG_SECRET)
-    with pytest.raises(SettingsError) as caught:
-        load_settings()
-    message = str(caught.value)
-    assert "CLOUDTASK_JWT_SECRETT" in message
-    assert "did you mean CLOUDTASK_JWT_SECRET?" in message
+def test_an_unknown_variable_is_reported_with_a_suggestion_and_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLOUDTASK_JWT_SECRET", STRONG_SECRET)
+    monkeypatch.setenv("CLOUDTASK_WORKER_CONCURENCY", "4")
+    assert load_settings().worker_concurrency == 16
+    assert unknown_settings() == [
+        "ignoring CLOUDTASK_WORKER_CONCURENCY, which is not a setting"
+        " (did you mean CLOUDTASK_WORKER_CONCURRENCY?)"
+    ]
 
 
-def test_an_unknown_variable_in_the_env_file_is_refused_with_a_suggestion(
+def test_an_unknown_variable_in_the_env_file_is_reported_with_a_suggestion(
     tmp_path: Path,
 ) -> None:
-    path = env_file(tmp_path, "CLOUDTASK_WORKER_CONCURENCY=4\n")
-    with pytest.raises(SettingsError, match="CLOUDTASK_WORKER_CONCURENCY") as caught:
-        load_settings(path)
-    assert "did you mean CLOUDTASK_WORKER_CONCURRENCY?" in str(caught.value)
+    path = env_file(tmp_path, "CLOUDTASK_WORKER_CONCURENCY=4\nCLOUDTASK_JWT_SECRETT=x\n")
+    assert load_settings(path).worker_concurrency == 16
+    assert unknown_settings(path) == [
+        "ignoring CLOUDTASK_WORKER_CONCURENCY, which is not a setting"
+        " (did you mean CLOUDTASK_WORKER_CONCURRENCY?)",
+        "ignoring CLOUDTASK_JWT_SECRETT, which is not a setting"
+        " (did you mean CLOUDTASK_JWT_SECRET?)",
+    ]
 
 
-def test_an_unknown_variable_unlike_any_setting_is_still_refused(
+def test_an_unknown_variable_unlike_any_setting_is_reported_without_a_suggestion(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CLOUDTASK_ZZZ", "1")
-    with pytest.raises(SettingsError, match=r"unknown setting CLOUDTASK_ZZZ$"):
-        load_settings()
+    assert unknown_settings() == ["ignoring CLOUDTASK_ZZZ, which is not a setting"]
+
+
+def test_known_variables_are_not_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDTASK_WORKER_CONCURRENCY", "4")
+    monkeypatch.setenv("CLOUDTASKS", "not ours")
+    assert unknown_settings() == []
 
 
 @pytest.mark.parametrize(
