@@ -1,13 +1,13 @@
 """Running one handler under the job's timeout, and turning what happened into an outcome.
 
-Async handlers run on the event loop, sync ones in a thread pool. The timeout does not wait for a
-handler that ignores cancellation: the attempt is reported as timed out at once, and the stray
-task or thread is left to finish on its own (counted in metrics).
+Async handlers run on the event loop, sync ones in threads of their own (``threads.py``). The
+timeout does not wait for a handler that ignores cancellation: the attempt is reported as timed
+out at once, and the stray task or thread is left to finish on its own (counted in metrics).
 """
 
 import asyncio
+import concurrent.futures
 import contextvars
-import functools
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -41,12 +41,29 @@ def unknown_type(job_type: str) -> Outcome:
 CANCELLED = Outcome("cancelled", error="cancelled")
 
 
-def start(handler: Handler, payload: Any, executor: Executor) -> "asyncio.Future[Any]":
-    """Start the handler; the returned future ends with its result."""
+@dataclass(frozen=True)
+class Run:
+    """A handler started: ``future`` ends with its result (cancelling it stops an async handler,
+    or a sync one not yet begun); ``thread_call`` is a sync handler's call in its thread, which
+    goes on until the handler returns."""
+
+    future: "asyncio.Future[Any]"
+    thread_call: "concurrent.futures.Future[Any] | None" = None
+
+    @property
+    def still_running(self) -> bool:
+        """Whether the handler itself goes on, its future done or not."""
+        return not self.future.done() or (
+            self.thread_call is not None and not self.thread_call.done()
+        )
+
+
+def start(handler: Handler, payload: Any, executor: Executor) -> Run:
+    """Start the handler."""
     if handler.is_async:
-        return asyncio.ensure_future(handler.function(payload))
-    call = functools.partial(contextvars.copy_context().run, handler.function, payload)
-    return asyncio.get_running_loop().run_in_executor(executor, call)
+        return Run(asyncio.ensure_future(handler.function(payload)))
+    call = executor.submit(contextvars.copy_context().run, handler.function, payload)
+    return Run(asyncio.wrap_future(call), call)
 
 
 async def finish(run: "asyncio.Future[Any]", timeout: float, *, since: float) -> Outcome:

@@ -219,16 +219,16 @@ class Pipeline:
         deps.metrics.in_flight.inc()
         begun = time.perf_counter()
         run = execution.start(handler, job.payload, deps.executor)
-        deps.running.track(job.job_id, job.attempt, run)
+        deps.running.track(job.job_id, job.attempt, run.future)
         try:
-            if not await execution.settled_within(run, ANNOUNCE_AFTER):
+            if not await execution.settled_within(run.future, ANNOUNCE_AFTER):
                 await announce()
-            outcome = await execution.finish(run, job.timeout_seconds, since=begun)
+            outcome = await execution.finish(run.future, job.timeout_seconds, since=begun)
         finally:
             deps.running.untrack(job.job_id)
             deps.metrics.in_flight.dec()
             deps.metrics.job_duration.labels(label).observe(time.perf_counter() - begun)
-        if not run.done():
+        if run.still_running:
             deps.metrics.abandoned.inc()
         return outcome
 

@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cloudtask.broker.base import Broker, Consumer, Delivery
@@ -30,6 +29,7 @@ from cloudtask.worker.leases import RunningAttempts
 from cloudtask.worker.pipeline import Pipeline, PipelineDeps
 from cloudtask.worker.registry import HandlerRegistry
 from cloudtask.worker.slots import PrioritySlots
+from cloudtask.worker.threads import HandlerThreads
 
 log = logging.getLogger(__name__)
 # Under load the reports of jobs ending within 2 ms of each other share a publish (and the
@@ -61,7 +61,7 @@ class WorkerService:
         self._broker = broker
         self._kv = kv
         self._handlers = handlers
-        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="cloudtask-job")
+        self._executor = HandlerThreads(keep_idle=self.concurrency, name="cloudtask-job")
         self._running = RunningAttempts(kv, self.worker_id, settings.worker_lease_seconds)
         self._reports = GroupedPublisher(broker, name="worker-reports", linger=REPORT_LINGER)
         deps = PipelineDeps(
