@@ -3,9 +3,10 @@ the back ends and hands them to each service."""
 
 import argparse
 import importlib
+import math
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cloudtask import dev, log, serving
@@ -25,9 +26,36 @@ from cloudtask.worker.service import WorkerService
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - services listen on every interface, as in containers
 
 
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
+_PORT = _bounded_int(0, 65535)  # 0: any free port
+_CONCURRENCY = _bounded_int(1, 1024)  # CLOUDTASK_WORKER_CONCURRENCY's range
+
+
 def _add_http(parser: argparse.ArgumentParser, port: int, host: str = ALL_INTERFACES) -> None:
     parser.add_argument("--host", default=host, help=f"interface to listen on (default {host})")
-    parser.add_argument("--port", type=int, default=port, help=f"HTTP port (default {port})")
+    parser.add_argument("--port", type=_PORT, default=port, help=f"HTTP port (default {port})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_http(api, 8080)
     api.add_argument(
         "--workers",
-        type=int,
+        type=_bounded_int(1, 256),
         default=1,
         help="server processes sharing the port, to use more than one core (default 1)",
     )
@@ -49,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_http(worker, 9091)
     worker.add_argument(
         "--concurrency",
-        type=int,
+        type=_CONCURRENCY,
         help="jobs run at once (default CLOUDTASK_WORKER_CONCURRENCY, 16)",
     )
     worker.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         help="seconds running jobs get to finish on SIGTERM before they are requeued "
         "(default CLOUDTASK_WORKER_GRACE_SECONDS, 30)",
     )
@@ -84,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev_cmd.add_argument(
         "--db", default="./cloudtask-dev.db", help="SQLite file (default ./cloudtask-dev.db)"
     )
-    dev_cmd.add_argument("--concurrency", type=int, help="jobs the worker runs at once")
+    dev_cmd.add_argument("--concurrency", type=_CONCURRENCY, help="jobs the worker runs at once")
     dev_cmd.add_argument(
         "--import", dest="imports", action="append", default=[], metavar="MODULE",
         help="import MODULE, which registers job handlers (repeatable)",
@@ -121,7 +149,7 @@ def import_handler_modules(modules: Sequence[str]) -> None:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:
-    if getattr(args, "concurrency", None):
+    if getattr(args, "concurrency", None) is not None:
         settings = settings.model_copy(update={"worker_concurrency": args.concurrency})
     if getattr(args, "grace", None) is not None:
         settings = settings.model_copy(update={"worker_grace_seconds": args.grace})
