@@ -26,7 +26,22 @@ class MailBox:
     def __init__(self) -> None:
         self.envelopes: list[Any] = []
 
+    async def handle_RCPT(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        # A recipient's name says how the server answers it, as a real one might.
+        if address.startswith("deferred@"):
+            return "451 4.3.0 Mailbox busy, try again later"
+        if address.startswith("nobody@"):
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if b"Subject: spam" in envelope.content:
+            return "554 5.7.1 Message rejected as spam"
+        if b"Subject: later" in envelope.content:
+            return "452 4.3.1 Insufficient storage, try again later"
         self.envelopes.append(envelope)
         return "250 Message accepted for delivery"
 
@@ -127,6 +142,25 @@ async def test_an_email_job_delivers_one_message_to_the_smtp_server(
     assert message["To"] == "alice@example.com"
     assert message["Subject"] == "Quarterly report"
     assert message.get_content().strip() == "Numbers inside."
+    assert message["Date"].datetime.tzinfo is not None  # RFC 5322's origination date
+
+
+@pytest.mark.parametrize(
+    ("to", "subject", "attempts", "words"),
+    [("deferred@example.com", "hello", 2, "451"), ("alice@example.com", "later", 2, "452"),
+     ("nobody@example.com", "hello", 1, "550"), ("alice@example.com", "spam", 1, "554")],
+)  # fmt: skip
+async def test_an_smtp_refusal_is_retried_when_temporary_and_final_when_permanent(
+    stack: Stack, mailbox: tuple[MailBox, int], to: str, subject: str, attempts: int, words: str
+) -> None:
+    box, _ = mailbox
+    token = await stack.client.register()
+    payload = {"to": to, "subject": subject, "body": "x"}
+    job = await stack.client.create_job(token, type="email", payload=payload, maxAttempts=2)
+    done = await wait_for_status(stack.client, token, job["id"], "FAILED", "COMPLETED")
+    assert (done["status"], done["attempts"]) == ("FAILED", attempts), done
+    assert words in done["error"]
+    assert box.envelopes == []
 
 
 async def test_an_http_job_completes_with_the_status_code_and_body(

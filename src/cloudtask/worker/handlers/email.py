@@ -8,7 +8,7 @@ the message is written to a local mail folder instead, and the result says where
 import asyncio
 import uuid
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -38,6 +38,7 @@ class EmailHandler:
         message["To"] = mail.to
         message["Subject"] = mail.subject
         message["Message-ID"] = make_msgid(domain="cloudtask")
+        message["Date"] = formatdate(usegmt=True)  # RFC 5322 requires it
         message.set_content(mail.body)
         if self._url is not None:
             await self._send(message)
@@ -64,9 +65,16 @@ class EmailHandler:
                 timeout=self._timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            raise PermanentFailure(f"the SMTP server refused the recipient: {exc}") from None
+            codes = [refusal.code for refusal in exc.recipients]
+            if codes and all(_permanent(code) for code in codes):
+                raise PermanentFailure(f"the SMTP server refused the recipient: {exc}") from None
+            raise ConnectionError(f"SMTP: the server deferred the recipient: {exc}") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            if _permanent(exc.code):
+                raise PermanentFailure(f"the SMTP server refused the message: {exc}") from None
+            raise ConnectionError(f"SMTP: {type(exc).__name__}: {exc}") from None
         except aiosmtplib.SMTPException as exc:
-            # Connection trouble and temporary refusals: worth another attempt.
+            # Connection trouble: worth another attempt.
             raise ConnectionError(f"SMTP: {type(exc).__name__}: {exc}") from None
 
     def _save(self, message: EmailMessage) -> Path:
@@ -75,3 +83,8 @@ class EmailHandler:
         path = self._mail_dir / f"{uuid.uuid4()}.eml"
         path.write_bytes(message.as_bytes())
         return path
+
+
+def _permanent(code: int) -> bool:
+    """A 5xx reply refuses for good; a 4xx one (greylisting, a full mailbox) only for now."""
+    return 500 <= code < 600
