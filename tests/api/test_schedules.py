@@ -1,5 +1,6 @@
 """/schedules: create, read, list, pause, resume, delete; validation, ownership and tokens."""
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -7,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
 
+from cloudtask.contracts.api import ScheduleCreate
 from cloudtask.db import session
 from cloudtask.db.tables import schedules
 from tests.helpers import Client, assert_error
@@ -104,6 +106,24 @@ async def test_an_invalid_cron_is_a_400_naming_cron(client: Client) -> None:
     for cron in ["61 * * * *", "0 0 * * * *", "* * * *", "garbage", "@reboot", "0 0 31 2 *"]:
         assert await _refused(client, token, BODY | {"cron": cron}) == ["cron"], cron
     assert await _list(client, token) == []
+
+
+async def test_a_cron_outside_the_documented_shape_is_a_400_even_if_croniter_reads_it(
+    client: Client,
+) -> None:
+    token = await client.register()
+    shape = re.compile(ScheduleCreate.model_json_schema()["properties"]["cron"]["pattern"])
+    odd = ["@HOURLY", "@Daily", "0\t0 * * *", "0  0 * * *", " 0 0 * * *", "0 0 * * *\n"]
+    for cron in odd:
+        assert not shape.fullmatch(cron), cron
+        assert await _refused(client, token, BODY | {"cron": cron}) == ["cron"], cron
+    assert await _list(client, token) == []
+    for cron in ["@hourly", "0 0 * * MON-FRI", "*/5 * ? JAN,FEB 1#2", "0 0 L * *"]:
+        assert shape.fullmatch(cron), cron
+        response = await client.http.post(
+            "/schedules", json=BODY | {"cron": cron}, headers=client.auth(token)
+        )
+        assert response.status_code == 201, (cron, response.text)
 
 
 async def test_an_unknown_time_zone_is_a_400_naming_timezone(client: Client) -> None:

@@ -47,6 +47,13 @@ def parse_zone(name: str) -> ZoneInfo:
         ) from None
 
 
+def invalid_cron_message(expression: str) -> str:
+    return (
+        f"invalid cron expression {expression!r}: use five fields "
+        "(minute hour day-of-month month day-of-week) or a macro such as @hourly"
+    )
+
+
 def check_cron(expression: str) -> None:
     fields = expression.split()
     macro = len(fields) == 1 and expression.startswith("@")
@@ -55,10 +62,7 @@ def check_cron(expression: str) -> None:
         or any(_HASHED_OR_RANDOM.search(field) for field in fields)
         or not croniter.is_valid(expression)
     ):
-        raise InvalidSchedule(
-            f"invalid cron expression {expression!r}: use five fields "
-            "(minute hour day-of-month month day-of-week) or a macro such as @hourly"
-        )
+        raise InvalidSchedule(invalid_cron_message(expression))
     try:
         next_fire(expression, ZoneInfo("UTC"), datetime(2000, 1, 1, tzinfo=UTC))
     except (ValueError, KeyError, InvalidSchedule):

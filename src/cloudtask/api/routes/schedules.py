@@ -1,5 +1,6 @@
 """``/schedules``: recurring jobs on a cron expression in a time zone."""
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ from cloudtask.api.path_ids import path_id
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.api.serialize import schedule_json
 from cloudtask.contracts import jsoncodec
-from cloudtask.contracts.api import Schedule, ScheduleCreate
+from cloudtask.contracts.api import CRON_SHAPE, Schedule, ScheduleCreate
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.queries import schedules as schedules_q
@@ -43,6 +44,9 @@ def _schedule_id(raw: str) -> uuid.UUID:
     return path_id(raw, "Schedule")
 
 
+_CRON_SHAPE = re.compile(CRON_SHAPE)
+
+
 def _schedule_details(raw: Any) -> list[dict[str, str]]:
     """The checks of a schedule's body that its model cannot make, as 400 details: the cron
     expression, the time zone, and the payload by its job type."""
@@ -52,6 +56,10 @@ def _schedule_details(raw: Any) -> list[dict[str, str]]:
     expression, zone = raw.get("cron"), raw.get("timezone", "UTC")
     if isinstance(expression, str):
         try:
+            # The documented shape first: croniter also reads what it leaves out (@HOURLY,
+            # tabs, spaces around or between the fields), and the OpenAPI document says 400.
+            if not _CRON_SHAPE.fullmatch(expression):
+                raise cron.InvalidSchedule(cron.invalid_cron_message(expression))
             cron.check_cron(expression)
         except cron.InvalidSchedule as exc:
             details.append({"field": "cron", "location": "body", "message": str(exc)})
