@@ -122,10 +122,10 @@ def _timed_out(timeout: float) -> Outcome:
 
 
 def failure(exc: BaseException) -> Outcome:
-    message = sendable(str(exc) or type(exc).__name__)
+    name, text = type(exc).__name__, sendable(str(exc))
     if isinstance(exc, PermanentFailure):
-        return Outcome("failed", error=message, retryable=False)
-    return Outcome("failed", error=f"{type(exc).__name__}: {message}", retryable=True)
+        return Outcome("failed", error=text or name, retryable=False)
+    return Outcome("failed", error=f"{name}: {text}" if text else name, retryable=True)
 
 
 def _completed(result: Any) -> Outcome:
