@@ -253,3 +253,14 @@ async def test_a_schedule_that_can_no_longer_be_read_is_not_resumed(client: Clie
     assert "Gone/Away" in assert_error(response, 409, path)["message"]
     after = await client.http.get(f"/schedules/{schedule['id']}", headers=client.auth(token))
     assert after.json()["paused"] is True
+
+
+async def test_an_empty_or_long_text_field_is_told_in_a_strings_words(client: Client) -> None:
+    token = await client.register()
+    body = BODY | {"name": "", "timezone": "x" * 65}
+    response = await client.http.post("/schedules", json=body, headers=client.auth(token))
+    details = assert_error(response, 400, "/schedules")["details"]
+    assert {d["field"]: d["message"] for d in details} == {
+        "name": "String should have at least 1 character",
+        "timezone": "String should have at most 64 characters",
+    }

@@ -49,11 +49,9 @@ def _no_nul(value: str) -> str:
     return value
 
 
-Text = Annotated[
-    StrictStr,
-    AfterValidator(_no_nul),
-    Field(json_schema_extra={"pattern": r"^[^\x00]*$"}),  # documented; enforced by _no_nul
-]
+NO_NUL = AfterValidator(_no_nul)
+NO_NUL_DOC = Field(json_schema_extra={"pattern": r"^[^\x00]*$"})  # documented; NO_NUL enforces it
+Text = Annotated[StrictStr, NO_NUL, NO_NUL_DOC]
 """A string stored in a text column (payloads are JSON text, where U+0000 is escaped)."""
 
 
@@ -162,19 +160,18 @@ class JobBatchCreate(Body):
 class ScheduleCreate(Body):
     model_config = ConfigDict(json_schema_extra=_payload_rules)
 
-    name: Annotated[Text, Field(min_length=1, max_length=200)]
+    # The lengths come before the NUL check, so that a string too short or too long is told
+    # so in a string's words ("at least 1 character"), not in a list's.
+    name: Annotated[StrictStr, Field(min_length=1, max_length=200), NO_NUL, NO_NUL_DOC]
     cron: Annotated[
-        Text,
-        Field(
-            min_length=1,
-            max_length=200,
-            examples=["*/5 * * * *"],
-            # Documented, not enforced here: the API checks the expression itself and names
-            # both a bad cron and a bad time zone in one answer.
-            json_schema_extra={"pattern": CRON_SHAPE},
-        ),
+        StrictStr,
+        Field(min_length=1, max_length=200, examples=["*/5 * * * *"]),
+        NO_NUL,
+        # Documented, not enforced by the model: the API checks the expression itself and
+        # names both a bad cron and a bad time zone in one answer.
+        Field(json_schema_extra={"pattern": CRON_SHAPE}),
     ]
-    timezone: Annotated[Text, Field(min_length=1, max_length=64)] = "UTC"
+    timezone: Annotated[StrictStr, Field(min_length=1, max_length=64), NO_NUL, NO_NUL_DOC] = "UTC"
     type: Annotated[StrictStr, Field(pattern=TYPE_PATTERN)]
     payload: Payload = None
     priority: Annotated[int, Field(ge=0, le=9), IntegralFloat] = 5
