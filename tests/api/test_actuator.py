@@ -62,6 +62,8 @@ async def test_prometheus_counts_requests_by_route_and_jobs_by_type(client: Clie
     token = await client.register()
     await client.create_job(token, type="echo")
     await client.http.get("/jobs/not-a-job", headers=client.auth(token))
+    await client.http.get("/openapi.json")
+    await client.http.get("/no/such/path/42")
     response = await client.http.get("/actuator/prometheus")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -73,6 +75,9 @@ async def test_prometheus_counts_requests_by_route_and_jobs_by_type(client: Clie
         in text
     )
     assert "not-a-job" not in text
+    assert 'method="GET",route="/openapi.json",status="200"' in text
+    assert 'method="GET",route="unmatched",status="404"' in text
+    assert "/no/such/path" not in text
 
 
 async def test_openapi_documents_every_route_with_the_error_body(client: Client) -> None:

@@ -140,4 +140,8 @@ def record(metrics: ApiMetrics, method: str, route: str, status: int, start: flo
 def _route_template(scope: Scope) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    if isinstance(path, str):
+        return path
+    # Starlette's own routes (/openapi.json, /docs) name no route but set their endpoint; none
+    # of them takes a path parameter, so the path is their template.
+    return str(scope["path"]) if "endpoint" in scope else "unmatched"
