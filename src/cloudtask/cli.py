@@ -14,6 +14,7 @@ from cloudtask.api.app import create_app
 from cloudtask.backends import Backends, open_backends
 from cloudtask.db.engine import Plans
 from cloudtask.db.migrate import upgrade
+from cloudtask.observability import shared_values
 from cloudtask.observability.health import standard_checks
 from cloudtask.observability.server import status_app
 from cloudtask.results.service import ResultsService
@@ -166,9 +167,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     log.configure(args.command, settings.log_level, settings.log_format)
     if args.command == "api" and args.workers > 1:
         sock = serving.listening_socket(args.host, args.port)
-        serving.run_processes(
-            args.workers, lambda: serving.run(lambda: _api(settings, args.host, args.port, sock))
-        )
+
+        def child() -> None:
+            shared_values.use_shared_values()
+            serving.run(lambda: _api(settings, args.host, args.port, sock))
+
+        with shared_values.shared_directory():
+            serving.run_processes(args.workers, child)
         return
     commands = {"api": _api, "worker": _worker, "results": _results, "scheduler": _scheduler}
     serving.run(lambda: commands[args.command](settings, args.host, args.port))

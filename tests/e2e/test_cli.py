@@ -2,10 +2,12 @@
 
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.probes import metric
 from tests.e2e.processes import CLOUDTASK, Processes, clean_env, processes
 
 
@@ -120,9 +122,22 @@ def test_the_api_can_serve_one_port_from_several_processes(procs: Processes) -> 
     assert len({job["id"] for job in jobs}) == 20
     children = _children(api.proc.pid)
     assert len(children) == 2
+    # Each scrape reaches one process, and shows what both counted.
+    scrapes = [
+        metric(api.url, "cloudtask_jobs_created_total", "/actuator/prometheus", type="echo")
+        for _ in range(6)
+    ]
+    assert scrapes == [20.0] * 6
+    assert metric(api.url, "cloudtask_service_up", "/actuator/prometheus") == 1.0
+    (shared,) = {
+        path.parent
+        for path in Path(tempfile.gettempdir()).glob("cloudtask-metrics-*/counter_*.db")
+        if path.name == f"counter_{children[0]}.db"
+    }
     assert api.stop(timeout=30) == 0
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    assert not shared.exists()
 
 
 def _children(pid: int) -> list[int]:

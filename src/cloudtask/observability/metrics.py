@@ -27,6 +27,7 @@ class ServiceMetrics:
             "1 while the service runs.",
             ["service"],
             registry=self.registry,
+            multiprocess_mode="max",  # several api processes are one service (shared_values)
         )
         self.up.labels(service).set(1)
 

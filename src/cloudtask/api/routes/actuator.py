@@ -7,6 +7,7 @@ from starlette.responses import Response
 from cloudtask.api.deps import Context
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.contracts.api import Health
+from cloudtask.observability import shared_values
 from cloudtask.observability.health import health, standard_checks
 from cloudtask.observability.metrics import render_all
 
@@ -31,5 +32,7 @@ async def actuator_health(context: Context) -> Response:
     summary="Metrics in the Prometheus text format",
 )
 async def actuator_prometheus(request: Request, context: Context) -> Response:
+    if shared_values.in_use():  # one of several api processes: all of theirs
+        return Response(shared_values.render(), media_type=CONTENT_TYPE_LATEST)
     services = [context.metrics, *request.app.state.extra_metrics]
     return Response(render_all(services), media_type=CONTENT_TYPE_LATEST)
