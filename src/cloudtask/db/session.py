@@ -17,17 +17,36 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+        if (
+            isinstance(exc, OperationalError | InterfaceError)
+            or exc.connection_invalidated
+            or _server_unavailable(getattr(exc.orig, "sqlstate", None))
+        ):
             raise DatabaseUnavailable(f"database: {type(exc.orig).__name__}") from None
         raise
     except (OSError, TimeoutError) as exc:
         raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        # From the statements run on the asyncpg connection itself (the submission's hot path).
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        # From the statements run on the asyncpg connection itself (the submission's hot path);
+        # a connection the server dropped mid-statement leaves its state machine mid-way.
         raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
+    except asyncpg.PostgresError as exc:
+        if _server_unavailable(exc.sqlstate):
+            raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
+        raise
     except PoolTimeout:
         # Every pooled connection stayed busy past the pool's timeout: overloaded, for now.
         raise DatabaseUnavailable("database: no connection free in the pool") from None
+
+
+# SQLSTATE classes of a server going away, coming back or full: 08 connection exception, 53
+# insufficient resources (too many connections), 57 operator intervention ("the database system
+# is shutting down", "... is starting up"). A restart answers with these, not a refused socket.
+_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57"})
+
+
+def _server_unavailable(sqlstate: object) -> bool:
+    return isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_CLASSES
 
 
 async def driver(conn: AsyncConnection) -> asyncpg.Connection:

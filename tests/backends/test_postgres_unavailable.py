@@ -1,0 +1,106 @@
+"""A PostgreSQL that drops its connections (shutting down, restarting, or an operator's
+pg_terminate_backend, all SQLSTATE 57P01) is unavailable for now, not a failed statement: the
+api answers 503 and the results-processor returns the events to their queue."""
+
+import asyncio
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+
+from cloudtask.db import session
+from cloudtask.db.engine import create_engine
+from cloudtask.errors import DatabaseUnavailable
+
+
+async def _terminate_the_others(pg_url: str) -> None:
+    """What a fast shutdown does to every session: end it with 57P01 (admin_shutdown)."""
+    connection = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+    try:
+        await connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize("opening", [session.autocommit, session.reading, session.transaction])
+async def test_a_statement_cut_by_an_admin_shutdown_is_database_unavailable(
+    pg_url: str, opening: object
+) -> None:
+    engine = create_engine(pg_url)
+
+    async def cut() -> None:
+        async with opening(engine) as conn:  # type: ignore[operator]
+            running = asyncio.ensure_future(conn.execute(text("SELECT pg_sleep(10)")))
+            await asyncio.sleep(0.3)
+            await _terminate_the_others(pg_url)
+            await running
+
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await cut()
+        async with session.reading(engine) as conn:  # a fresh connection works again
+            assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_driver_statement_cut_by_an_admin_shutdown_is_database_unavailable(
+    pg_url: str,
+) -> None:
+    engine = create_engine(pg_url)
+
+    async def cut() -> None:
+        async with session.autocommit(engine) as conn:
+            driver = await session.driver(conn)
+            running = asyncio.ensure_future(driver.execute("SELECT pg_sleep(10)"))
+            await asyncio.sleep(0.3)
+            await _terminate_the_others(pg_url)
+            await running
+
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await cut()
+    finally:
+        await engine.dispose()
+
+
+class StartingUpServer:
+    """Answers every PostgreSQL connection as a server still starting up does: the startup
+    packet gets ErrorResponse 57P03 ("the database system is starting up"), then the end."""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                length = int.from_bytes(await reader.readexactly(4), "big")
+                code = int.from_bytes((await reader.readexactly(length - 4))[:4], "big")
+                if code == 80877103:  # SSLRequest: no TLS here; the startup packet follows
+                    writer.write(b"N")
+                    continue
+                fields = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0"
+                writer.write(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+                await writer.drain()
+                return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+async def test_a_server_still_starting_up_is_database_unavailable() -> None:
+    server = await asyncio.start_server(StartingUpServer().serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    engine = create_engine(f"postgresql://cloudtask@127.0.0.1:{port}/cloudtask")
+
+    async def connect() -> None:
+        async with session.autocommit(engine) as conn:
+            await conn.execute(text("SELECT 1"))
+
+    try:
+        async with server:
+            with pytest.raises(DatabaseUnavailable):
+                await connect()
+    finally:
+        await engine.dispose()
