@@ -1,6 +1,7 @@
 """POST /auth/register and /auth/login."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import jwt
 import pytest
@@ -124,21 +125,8 @@ async def test_the_eleventh_failed_login_within_the_window_is_429_even_when_righ
     assert response.status_code == 200
 
 
-async def test_attempts_sent_together_check_no_more_passwords_than_the_limit(
-    client: Client,
-) -> None:
-    email = unique_email()
-    await client.register(email, "password1")
-
-    async def attempt() -> int:
-        body = {"email": email, "password": "wrong-one"}
-        return (await client.http.post("/auth/login", json=body)).status_code
-
-    statuses = await asyncio.gather(*(attempt() for _ in range(25)))
-    assert sorted(statuses) == [401] * 10 + [429] * 15
-
-
-async def test_right_passwords_sent_together_are_all_let_in(client: Client) -> None:
+async def _registered(client: Client) -> Callable[[str], Awaitable[int]]:
+    """A new user's email, as a function that logs in with a password and gives the status."""
     email = unique_email()
     await client.register(email, "password1")
 
@@ -146,6 +134,19 @@ async def test_right_passwords_sent_together_are_all_let_in(client: Client) -> N
         body = {"email": email, "password": password}
         return (await client.http.post("/auth/login", json=body)).status_code
 
+    return login
+
+
+async def test_attempts_sent_together_check_no_more_passwords_than_the_limit(
+    client: Client,
+) -> None:
+    login = await _registered(client)
+    statuses = await asyncio.gather(*(login("wrong-one") for _ in range(25)))
+    assert sorted(statuses) == [401] * 10 + [429] * 15
+
+
+async def test_right_passwords_sent_together_are_all_let_in(client: Client) -> None:
+    login = await _registered(client)
     # Checks in flight wait for each other's outcome; only failures count against the email.
     assert await asyncio.gather(*(login("password1") for _ in range(20))) == [200] * 20
     assert [await login("wrong-one") for _ in range(9)] == [401] * 9
@@ -157,26 +158,14 @@ async def test_right_passwords_sent_together_are_all_let_in(client: Client) -> N
 async def test_attempts_after_some_failures_check_only_what_the_limit_leaves(
     client: Client,
 ) -> None:
-    email = unique_email()
-    await client.register(email, "password1")
-
-    async def login(password: str) -> int:
-        body = {"email": email, "password": password}
-        return (await client.http.post("/auth/login", json=body)).status_code
-
+    login = await _registered(client)
     assert [await login("wrong-one") for _ in range(5)] == [401] * 5
     statuses = await asyncio.gather(*(login("wrong-one") for _ in range(8)))
     assert sorted(statuses) == [401] * 5 + [429] * 3
 
 
 async def test_successful_and_refused_logins_do_not_count_as_failures(client: Client) -> None:
-    email = unique_email()
-    await client.register(email, "password1")
-
-    async def login(password: str) -> int:
-        body = {"email": email, "password": password}
-        return (await client.http.post("/auth/login", json=body)).status_code
-
+    login = await _registered(client)
     assert [await login("wrong-one") for _ in range(9)] == [401] * 9
     assert [await login("password1") for _ in range(3)] == [200] * 3
     assert await login("wrong-one") == 401  # the tenth failure
