@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol, cast
@@ -87,6 +88,7 @@ def run_processes(count: int, child: Callable[[], None]) -> None:
     or connection exists in this process."""
     context = multiprocessing.get_context("fork")
     stopping = False
+    parent = os.getpid()
 
     def stop(_signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -99,6 +101,7 @@ def run_processes(count: int, child: Callable[[], None]) -> None:
         # Not the parent's handlers: the child stops itself (see serve) on the signals.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _stop_when_orphaned(parent)
         child()
 
     processes = [context.Process(target=start_child) for _ in range(count)]
@@ -116,6 +119,20 @@ def run_processes(count: int, child: Callable[[], None]) -> None:
                 processes[index].start()
         if stopping and not any(process.is_alive() for process in processes):
             return
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """Stop this process as SIGTERM does once ``parent`` is gone: a parent killed on its own
+    (SIGKILL, which it cannot pass on) must not leave its children serving the port that a
+    restarted parent would then find taken."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        log.warning("the parent process is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def server(app: Any, host: str, port: int, *, handle_signals: bool = True) -> uvicorn.Server:

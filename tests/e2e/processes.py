@@ -1,5 +1,6 @@
 """Starting ``cloudtask`` commands as real processes, the way an operator would."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -82,6 +83,12 @@ class Process:
         self.proc.wait(10)
         self.close()
 
+    def kill_group(self) -> None:
+        """SIGKILL the process and every one it started (its session), as a test ends."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.kill()
@@ -142,8 +149,7 @@ class Processes:
         for client in self.clients:
             client.close()
         for process in reversed(self.started):
-            if process.proc.poll() is None:
-                process.kill()
+            process.kill_group()
             process.close()
 
 

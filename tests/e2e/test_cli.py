@@ -3,6 +3,7 @@
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,18 @@ def test_the_api_can_serve_one_port_from_several_processes(procs: Processes) -> 
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
     assert not shared.exists()
+
+
+def test_api_processes_whose_parent_was_killed_stop_by_themselves(procs: Processes) -> None:
+    api = procs.start("api", "--workers", "2")
+    children = _children(api.proc.pid)
+    assert len(children) == 2
+    api.kill()  # SIGKILL: the parent cannot pass it on
+    deadline = time.monotonic() + 20
+    while alive := [pid for pid in children if Path(f"/proc/{pid}").exists() and not _zombie(pid)]:
+        assert time.monotonic() < deadline, f"still running: {alive}"
+        time.sleep(0.2)
+    assert "the parent process is gone; stopping" in api.log()
 
 
 def _children(pid: int) -> list[int]:
