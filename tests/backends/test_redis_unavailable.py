@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from cloudtask.errors import KVUnavailable
 from cloudtask.kv.redis import RedisKV
@@ -38,3 +39,37 @@ async def test_writing_an_unreachable_store_raises_kv_unavailable(unreachable: R
 async def test_ping_reports_an_unreachable_store_as_down(unreachable: RedisKV) -> None:
     async with asyncio.timeout(5):
         assert await unreachable.ping() is False
+
+
+async def _close_connections_to(redis_url: str) -> int:
+    """What a Redis restart does to a client's pooled connections: the server closes them.
+    Only this database's (this test process's) connections, so other tests are unaffected."""
+    db = int(redis_url.rsplit("/", 1)[1])
+    admin = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/0")
+    try:
+        own = await admin.client_id()
+        victims = [
+            int(client["id"])
+            for client in await admin.client_list()
+            if int(client["db"]) == db and int(client["id"]) != own
+        ]
+        for victim in victims:
+            await admin.client_kill_filter(_id=victim)
+        return len(victims)
+    finally:
+        await admin.aclose()
+
+
+async def test_connections_the_server_closed_are_replaced_without_failing_a_command(
+    redis_url: str,
+) -> None:
+    kv = RedisKV(redis_url)
+    await kv.start()
+    try:
+        keys = [f"restart-{n}" for n in range(6)]
+        assert await asyncio.gather(*(kv.incr(key, ttl=60) for key in keys)) == [1] * 6
+        assert await _close_connections_to(redis_url) >= 2
+        assert await asyncio.gather(*(kv.incr(key, ttl=60) for key in keys)) == [2] * 6
+        await kv.delete(*keys)
+    finally:
+        await kv.close()

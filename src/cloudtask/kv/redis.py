@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from cloudtask.errors import KVUnavailable
@@ -103,13 +106,26 @@ class _RedisSubscription(Subscription):
             await self._task
 
 
+def _retry_once() -> Retry:
+    """A command whose pooled connection turns out closed (Redis restarted since it was last
+    used) is sent again, once, on a new connection, instead of failing: without it, every
+    connection of the pool failed one command after a restart, with Redis up again. A client
+    made by ``from_url`` retries nothing unless told (its connections take no default)."""
+    backoff = ExponentialBackoff(cap=0.2, base=0.02)
+    return Retry(backoff, retries=1, supported_errors=(RedisConnectionError,))
+
+
 class RedisKV(KV):
     def __init__(self, url: str, *, timeout: float = 2.0) -> None:
         self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+            retry=_retry_once(),
         )
         self._subscriber_client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=timeout, health_check_interval=30
+            url, socket_connect_timeout=timeout, health_check_interval=30, retry=_retry_once()
         )
         self._acquire = self._client.register_script(_ACQUIRE)
         self._release = self._client.register_script(_RELEASE)
