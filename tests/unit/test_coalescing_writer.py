@@ -110,3 +110,19 @@ async def test_ending_the_stream_sends_what_is_kept_first(connected: Connected, 
     assert bytes(connected.peer.received) == b"last words"
     connected.writer.close()  # nothing is sent twice
     assert connected.sends == [b"last words"]
+
+
+async def test_what_is_kept_for_a_lost_connection_is_dropped_without_an_error(
+    connected: Connected,
+) -> None:
+    errors: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        connected.writer.write(b"never sent")
+        connected.writer.transport.abort()  # the connection is lost within this turn
+        await asyncio.sleep(0.05)  # the turn ends: the kept bytes would be sent now
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+    assert connected.sends == []

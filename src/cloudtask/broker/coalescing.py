@@ -63,6 +63,10 @@ class CoalescingWriter(asyncio.StreamWriter):
             data = b"".join(self._kept) if len(self._kept) > 1 else self._kept[0]
             self._kept.clear()
             self._kept_size = 0
+            if self.transport.is_closing():
+                # The connection is lost (aiormq finds out on its own and reconnects): what
+                # was kept for it has nowhere to go, and uvloop would raise from this callback.
+                return
             super().write(data)
 
     async def drain(self) -> None:

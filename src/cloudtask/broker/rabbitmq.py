@@ -40,6 +40,8 @@ from cloudtask.errors import BrokerUnavailable
 log = logging.getLogger(__name__)
 
 BROKER_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError)
+# How long a stop waits for each step that needs RabbitMQ; a service must stop while it is down.
+STOP_TIMEOUT = 5.0
 
 
 def queue_arguments(name: str) -> dict[str, Any]:
@@ -174,15 +176,21 @@ class RabbitConsumer(Consumer):
         if not self._stopped:
             self._stopped = True
             self._channel.reopen_callbacks.discard(self.resubscribe)
+            # A robust channel waits for its reconnection before it hands out its underlay: with
+            # RabbitMQ down, a stop would wait as long. A lost connection took the subscription
+            # with it anyway (TimeoutError is one of BROKER_ERRORS).
             with contextlib.suppress(*BROKER_ERRORS):
-                underlay = await self._channel.get_underlay_channel()
-                await underlay.basic_cancel(self._tag)
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    underlay = await self._channel.get_underlay_channel()
+                    await underlay.basic_cancel(self._tag)
 
     async def cancel(self) -> None:
         await self.stop_receiving()
-        # Closing the channel returns its unacknowledged deliveries to the queue.
+        # Closing the channel returns its unacknowledged deliveries to the queue (as losing the
+        # connection already did, if it is lost).
         with contextlib.suppress(*BROKER_ERRORS):
-            await self._channel.close()
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await self._channel.close()
 
 
 class RabbitMQBroker(Broker):
@@ -247,7 +255,8 @@ class RabbitMQBroker(Broker):
         self._consumers.clear()
         if self._connection is not None:
             with contextlib.suppress(*BROKER_ERRORS):
-                await self._connection.close()
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await self._connection.close()
         self._connection = self._channel = None
         self._connected.clear()
 
