@@ -11,6 +11,8 @@ published twice changes nothing twice.
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -26,6 +28,7 @@ from cloudtask.errors import BrokerUnavailable, DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 BATCH = 500
+DEFERRED_LOG_EVERY = 10.0  # seconds between warnings about messages left for the relay
 
 
 def _outgoing(rows: Sequence[outbox_q.OutboxRow]) -> list[OutgoingMessage]:
@@ -54,6 +57,8 @@ class OutboxPublisher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
+        self._deferred_count = 0
+        self._deferred_logged_at = -math.inf
 
     def submit(self, rows: Sequence[outbox_q.OutboxRow]) -> None:
         """Queue committed rows for publishing; returns at once."""
@@ -104,20 +109,26 @@ class OutboxPublisher:
                 await self._broker.publish_many(outgoing)
                 published = len(outgoing)
         except BrokerUnavailable as exc:
-            log.warning(
-                "outbox messages left for the relay",
-                extra={
-                    "action": "outbox.deferred",
-                    "count": outbox_q.message_count(rows),
-                    "reason": str(exc),
-                },
-            )
+            self._deferred(outbox_q.message_count(rows), str(exc))
         except DatabaseUnavailable as exc:
             # Perhaps published but not removed: the relay publishes them again, and consumers
             # are idempotent, so this costs a duplicate and loses nothing.
             log.warning("could not settle published outbox rows: %s", exc)
         if published:
             self._on_published(published)
+
+    def _deferred(self, count: int, reason: str) -> None:
+        # While RabbitMQ is down every submission lands here: one line per DEFERRED_LOG_EVERY
+        # seconds with the messages deferred since the last one, not a line per request.
+        self._deferred_count += count
+        now = time.monotonic()
+        if now - self._deferred_logged_at < DEFERRED_LOG_EVERY:
+            return
+        log.warning(
+            "outbox messages left for the relay",
+            extra={"action": "outbox.deferred", "count": self._deferred_count, "reason": reason},
+        )
+        self._deferred_count, self._deferred_logged_at = 0, now
 
     async def relay(self) -> int:
         """Publish messages that were not confirmed within ``relay_after`` seconds. Returns how

@@ -2,6 +2,7 @@
 relay, and a row a relay holds is not published twice."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,23 @@ async def test_rows_a_failed_publish_could_not_send_are_left_for_the_relay(
     assert await relay.relay() == 3
     assert sorted(await _published(backends)) == ["0", "1", "2"]
     assert await scheduling.outbox_messages(backends) == 0
+
+
+async def test_messages_left_for_the_relay_are_logged_once_per_interval_not_per_row(
+    backends: Backends, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = await _stored(backends, 4, priorities=4)  # four rows, each published on its own
+    down = RabbitMQBroker(CLOSED_PORT_URL, connect_timeout=1)
+    publisher = OutboxPublisher(backends.db, down)
+    with caplog.at_level(logging.WARNING, logger="cloudtask.outbox"):
+        async with _running(publisher):
+            for row in rows:
+                publisher.submit([row])
+                await asyncio.sleep(0)
+                await publisher.drain()
+    deferred = [r for r in caplog.records if r.getMessage() == "outbox messages left for the relay"]
+    assert [getattr(r, "count", None) for r in deferred] == [1]  # the first, then quiet
+    assert await scheduling.outbox_messages(backends) == 4
 
 
 async def test_rows_a_relay_holds_are_left_to_it(backends: Backends) -> None:
