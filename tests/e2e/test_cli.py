@@ -151,6 +151,12 @@ def test_api_processes_whose_parent_was_killed_stop_by_themselves(procs: Process
         assert time.monotonic() < deadline, f"still running: {alive}"
         time.sleep(0.2)
     assert "the parent process is gone; stopping" in api.log()
+    # Its metrics directory outlived it; the next api of several processes removes it.
+    (left,) = Path(tempfile.gettempdir()).glob(f"cloudtask-metrics-{api.proc.pid}-*")
+    second = procs.start("api", "--workers", "2")
+    assert not left.exists()
+    assert second.stop(timeout=30) == 0  # and removes its own
+    assert not list(Path(tempfile.gettempdir()).glob(f"cloudtask-metrics-{second.proc.pid}-*"))
 
 
 def _children(pid: int) -> list[int]:
