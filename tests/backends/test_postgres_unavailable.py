@@ -1,8 +1,10 @@
-"""A PostgreSQL that drops its connections (shutting down, restarting, or an operator's
-pg_terminate_backend, all SQLSTATE 57P01) is unavailable for now, not a failed statement: the
-api answers 503 and the results-processor returns the events to their queue."""
+"""A PostgreSQL that drops its connections (a fast shutdown, or an operator's pg_terminate_backend)
+or answers that it is still starting up (SQLSTATE 57P03) is unavailable for now, not a failed
+statement: the api answers 503 and the results-processor returns the events to their queue."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -11,6 +13,8 @@ from sqlalchemy import text
 from cloudtask.db import session
 from cloudtask.db.engine import create_engine
 from cloudtask.errors import DatabaseUnavailable
+
+Statement = Callable[[], Awaitable[Any]]
 
 
 async def _terminate_the_others(pg_url: str) -> None:
@@ -25,6 +29,14 @@ async def _terminate_the_others(pg_url: str) -> None:
         await connection.close()
 
 
+async def _cut_mid_statement(pg_url: str, statement: Statement) -> None:
+    """Run ``statement`` (a ``pg_sleep``) and end every other session meanwhile."""
+    running = asyncio.ensure_future(statement())
+    await asyncio.sleep(0.3)
+    await _terminate_the_others(pg_url)
+    await running
+
+
 @pytest.mark.parametrize("opening", [session.autocommit, session.reading, session.transaction])
 async def test_a_statement_cut_by_an_admin_shutdown_is_database_unavailable(
     pg_url: str, opening: object
@@ -33,10 +45,7 @@ async def test_a_statement_cut_by_an_admin_shutdown_is_database_unavailable(
 
     async def cut() -> None:
         async with opening(engine) as conn:  # type: ignore[operator]
-            running = asyncio.ensure_future(conn.execute(text("SELECT pg_sleep(10)")))
-            await asyncio.sleep(0.3)
-            await _terminate_the_others(pg_url)
-            await running
+            await _cut_mid_statement(pg_url, lambda: conn.execute(text("SELECT pg_sleep(10)")))
 
     try:
         with pytest.raises(DatabaseUnavailable):
@@ -55,10 +64,7 @@ async def test_a_driver_statement_cut_by_an_admin_shutdown_is_database_unavailab
     async def cut() -> None:
         async with session.autocommit(engine) as conn:
             driver = await session.driver(conn)
-            running = asyncio.ensure_future(driver.execute("SELECT pg_sleep(10)"))
-            await asyncio.sleep(0.3)
-            await _terminate_the_others(pg_url)
-            await running
+            await _cut_mid_statement(pg_url, lambda: driver.execute("SELECT pg_sleep(10)"))
 
     try:
         with pytest.raises(DatabaseUnavailable):

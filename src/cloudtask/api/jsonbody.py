@@ -59,19 +59,23 @@ class StrictJSONRoute(APIRoute):
                 (name, value) for name, value in scope["headers"] if name != b"content-type"
             ] + [(b"content-type", b"application/json")]
             strict = StrictJSONRequest(scope, request.receive)
-            foreign = declared is not None and not is_json_media_type(declared)
-            try:
-                if takes_body and foreign and await strict.body():
-                    raise RequestValidationError([_CONTENT_TYPE_ERROR])
-                return await handler(strict)
-            except RequestValidationError as exc:
-                errors = exc.errors()
-                if not any(error.get("type") in _BODY_UNREAD for error in errors):
-                    raise
+
+            def unread(errors: list[Any], body: Any) -> RequestValidationError:
                 # FastAPI stops at a body it cannot read, before the parameters; the 400 names
                 # the route's bad headers too (an Idempotency-Key out of its range).
                 _, header_errors = request_params_to_args(header_params, strict.headers)
-                raise RequestValidationError([*errors, *header_errors], body=exc.body) from None
+                return RequestValidationError([*errors, *header_errors], body=body)
+
+            foreign = declared is not None and not is_json_media_type(declared)
+            if takes_body and foreign and await strict.body():
+                raise unread([_CONTENT_TYPE_ERROR], None)
+            try:
+                return await handler(strict)
+            except RequestValidationError as exc:
+                errors = list(exc.errors())
+                if not any(error.get("type") == "json_invalid" for error in errors):
+                    raise
+                raise unread(errors, exc.body) from None
 
         return strict_handler
 
@@ -81,5 +85,3 @@ _CONTENT_TYPE_ERROR = {
     "loc": ("header", "content-type"),
     "msg": "must be application/json",
 }
-# The errors that leave the body unread, and with it the route's parameters unchecked.
-_BODY_UNREAD = frozenset({"json_invalid", "content_type"})

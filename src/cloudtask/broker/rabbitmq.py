@@ -178,9 +178,10 @@ class RabbitConsumer(Consumer):
             self._channel.reopen_callbacks.discard(self.resubscribe)
             # A robust channel waits for its reconnection before it hands out its underlay: with
             # RabbitMQ down, a stop would wait as long. A lost connection took the subscription
-            # with it anyway (TimeoutError is one of BROKER_ERRORS).
+            # with it, so a closed channel needs nothing, and an open one gets a bounded wait
+            # (TimeoutError is one of BROKER_ERRORS).
             if self._channel.is_closed:
-                return  # the connection is lost, and the subscription with it
+                return
             with contextlib.suppress(*BROKER_ERRORS):
                 async with asyncio.timeout(STOP_TIMEOUT):
                     underlay = await self._channel.get_underlay_channel()

@@ -19,11 +19,9 @@ from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's name for it
+PREFIX = "cloudtask-metrics-"  # then the parent's pid, so that a dead parent's can be found
 
 _in_use = False
-
-
-PREFIX = "cloudtask-metrics-"
 
 
 @contextlib.contextmanager
