@@ -6,10 +6,20 @@ from typing import Any
 
 import httpx
 
+from tests.openapi_check import assert_conforms, check_for
+
 
 class ApiClient:
     def __init__(self, base_url: str) -> None:
         self.http = httpx.Client(base_url=base_url, timeout=10)
+        # Every answer is checked against the served OpenAPI document, as in the in-process tiers.
+        check = check_for(self.http.get("/openapi.json").json())
+
+        def conforms(response: httpx.Response) -> None:
+            response.read()
+            assert_conforms(check, response)
+
+        self.http.event_hooks["response"] = [conforms]
         email = f"e2e-{secrets.token_hex(5)}@example.com"
         response = self.http.post("/auth/register", json={"email": email, "password": "password1"})
         assert response.status_code == 201, response.text

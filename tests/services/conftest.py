@@ -19,6 +19,7 @@ from cloudtask.worker.registry import HandlerRegistry
 from cloudtask.worker.service import WorkerService
 from tests.conftest import Backends
 from tests.helpers import Client, fail_on_5xx
+from tests.openapi_check import conformance_hook
 
 
 @dataclass
@@ -70,7 +71,7 @@ async def stack(
             async with httpx.AsyncClient(
                 transport=transport,
                 base_url="http://cloudtask.test",
-                event_hooks={"response": [fail_on_5xx]},
+                event_hooks={"response": [fail_on_5xx, conformance_hook(app.openapi())]},
             ) as http:
                 yield Stack(Client(http, backends), backends, settings, worker, results, scheduler)
         finally:
