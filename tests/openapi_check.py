@@ -53,6 +53,12 @@ class OpenAPICheck:
         problems += self._body_problems(spec, response, (path, method, status))
         return [f"{where}: {problem}" for problem in problems]
 
+    def request_problems(self, method: str, path: str, body: Any) -> list[str]:
+        """What in a JSON request ``body`` for the documented ``path`` its schema refuses."""
+        media = "application/json"
+        pointer = _pointer("paths", path, method.lower(), "requestBody", "content", media, "schema")
+        return [error.message for error in self._validator(pointer).iter_errors(body)]
+
     def _body_problems(
         self, spec: dict[str, Any], response: httpx.Response, operation: tuple[str, str, str]
     ) -> list[str]:

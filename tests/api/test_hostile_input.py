@@ -21,6 +21,7 @@ from cloudtask.db.tables import jobs, users
 from cloudtask.settings import Settings
 from tests.conftest import JWT_SECRET, Backends
 from tests.helpers import Client, assert_error, unique_email
+from tests.openapi_check import OpenAPICheck
 
 SCHEDULE = {"name": "nightly", "cron": "0 3 * * *", "type": "echo"}
 
@@ -256,3 +257,33 @@ async def test_the_email_address_rule_means_the_same_to_the_server_as_to_its_sch
             headers=client.auth(token),
         )
         assert [d["field"] for d in assert_error(response, 400)["details"]] == ["payload.to"]
+
+
+# Bodies on the edge of a rule: the published request schema and the server must agree on each.
+EDGE_BODIES: list[tuple[str, dict[str, Any]]] = [
+    ("/auth/register", {"email": "a" * 64 + "@example.com", "password": "long-enough"}),
+    ("/auth/register", {"email": "a" * 65 + "@example.com", "password": "long-enough"}),
+    ("/auth/register", {"email": "a.b@example.com", "password": "long-enough"}),
+    ("/auth/register", {"email": "a..b@example.com", "password": "long-enough"}),
+    ("/jobs", {"type": "http", "payload": {"url": "http://x", "headers": {"X-Ok": "v"}}}),
+    ("/jobs", {"type": "http", "payload": {"url": "http://x", "headers": {"bad key": "v"}}}),
+    ("/jobs", {"type": "http", "payload": {"url": "http://x", "headers": {"": "v"}}}),
+    ("/jobs", {"type": "echo", "runAt": "2030-01-01T00:00:00Z"}),
+    ("/jobs", {"type": "echo", "runAt": "2030-01-01 00:00:00Z"}),
+    ("/jobs", {"type": "echo", "runAt": "2030-06-15T12:34:60Z"}),
+    ("/jobs", {"type": "echo", "runAt": "2030-02-30T00:00:00Z"}),
+]
+
+
+async def test_the_request_schemas_refuse_exactly_what_the_server_refuses(client: Client) -> None:
+    check = OpenAPICheck((await client.http.get("/openapi.json")).json())
+    token = await client.register()
+    for path, body in EDGE_BODIES:
+        response = await client.http.post(path, json=body, headers=client.auth(token))
+        assert response.status_code in (201, 400), response.text
+        refused_by_schema = check.request_problems("POST", path, body)
+        assert bool(refused_by_schema) == (response.status_code == 400), (
+            body,
+            response.text,
+            refused_by_schema,
+        )

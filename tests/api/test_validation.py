@@ -50,7 +50,10 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
     ({"type": "http", "payload": {"url": "http://x", "headers": {"X-A": "caf\u00e9"}}},
      "payload.headers.X-A"),
     ({"type": "http", "payload": {"url": "http://x", "headers": {"Bad Name": "v"}}},
-     "payload.headers.Bad Name.[key]"),
+     "payload.headers.Bad Name"),
+    ({"type": "http", "payload": {"url": "http://x", "headers": {"": "v"}}}, "payload.headers."),
+    ({"type": "echo", "runAt": "2030-01-01 00:00:00Z"}, "runAt"),
+    ({"type": "echo", "runAt": "2030-06-15T12:34:60Z"}, "runAt"),
     ({"type": "http", "payload": {"url": "http://x", "headers": {"X-A": 1}}},
      "payload.headers.X-A"),
 ]  # fmt: skip
@@ -199,6 +202,25 @@ async def test_a_bad_query_parameter_is_400_naming_it(
     response = await client.http.get("/jobs", params=params, headers=client.auth(token))
     error = assert_error(response, 400, "/jobs")
     assert [(d["field"], d["location"]) for d in error["details"]] == [(name, "query")]
+
+
+async def test_a_repeated_idempotency_key_header_is_400_and_stores_nothing(
+    client: Client,
+) -> None:
+    token = await client.register()
+    headers = [*client.auth(token).items(), ("Idempotency-Key", "k-a"), ("Idempotency-Key", "k-b")]
+    for path, body in (("/jobs", {"type": "echo"}), ("/jobs/batch", {"jobs": [{"type": "echo"}]})):
+        response = await client.http.post(path, json=body, headers=headers)
+        error = assert_error(response, 400, path)
+        assert [(d["field"], d["location"]) for d in error["details"]] == [
+            ("Idempotency-Key", "header")
+        ]
+    assert (await client.http.get("/jobs", headers=client.auth(token))).json() == []
+    for key in ("k-a", "k-b"):  # neither key was taken
+        once = {**client.auth(token), "Idempotency-Key": key}
+        response = await client.http.post("/jobs", json={"type": "echo"}, headers=once)
+        assert response.status_code == 201
+        assert "Idempotent-Replayed" not in response.headers
 
 
 @pytest.mark.parametrize("key", ["", "k" * 256])

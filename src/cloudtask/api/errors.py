@@ -28,6 +28,7 @@ _PATTERN_HINTS = {
     "cursor": "is not a cursor this API issued (take it from the Link header)",
     "cron": "must be a cron expression of five fields (minute hour day-of-month month "
     "day-of-week) or a macro such as @hourly",
+    "headers": "is not a header name (letters, digits and !#$%&'*+-.^_`|~)",
 }
 
 
@@ -94,6 +95,9 @@ def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, st
         loc = list(error.get("loc", ()))
         location = _LOCATIONS.get(str(loc[0]), "body") if loc else "body"
         rest = loc[1:]
+        key_error = bool(rest) and rest[-1] == "[key]"
+        if key_error:  # a mapping's key failed its rule: name the key, and say so by its map
+            rest = rest[:-1]
         if error.get("type") == "json_invalid":
             field, message = "body", f"Malformed JSON: {error.get('ctx', {}).get('error', '')}"
         else:
@@ -102,7 +106,7 @@ def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, st
                 field = _header_name(field)
             message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
             if error.get("type") == "string_pattern_mismatch":
-                last = str(rest[-1]) if rest else field
+                last = str(rest[-2] if key_error and len(rest) > 1 else rest[-1]) if rest else field
                 message = _PATTERN_HINTS.get(last, "does not have the expected format")
         details.append({"field": field, "location": location, "message": message})
     return details

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from cloudtask.api.context import ApiContext
-from cloudtask.api.errors import ApiError, validation_details
+from cloudtask.api.errors import ApiError, bad_request, validation_details
 from cloudtask.api.idempotency import fingerprint
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.api.security import Principal
@@ -133,6 +133,9 @@ async def idempotent(
     """Run ``create`` once per Idempotency-Key; replay its answer for the same key and body."""
     if key is None:
         return await create()
+    if len(request.headers.getlist("idempotency-key")) > 1:
+        # Which one would the retry send? Refused rather than one of them picked.
+        raise bad_request("Idempotency-Key", "header", "must be sent once, not repeated")
     body: Any = await request.json()
     print_ = fingerprint(request.method, request.url.path, body)
     replay = await context.idempotency.begin(user.user_id, key, print_)

@@ -38,6 +38,9 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # A dot-atom local part (no leading, trailing or doubled dot) and a domain of two labels or more.
 EMAIL_PATTERN = rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+$"
 MAX_LOCAL_PART = 64
+# The same with the local part's bound, for the document: ECMA-262 patterns have lookahead,
+# pydantic's do not (``_short_local_part`` enforces the bound).
+EMAIL_PATTERN_DOC = rf"^(?=[^@]{{1,{MAX_LOCAL_PART}}}@){EMAIL_PATTERN[1:]}"
 
 Rfc3339 = Annotated[datetime, BeforeValidator(parse_rfc3339)]
 
@@ -99,6 +102,7 @@ class Registration(Credentials):
         StrictStr,
         Field(max_length=254, pattern=EMAIL_PATTERN, examples=["ada@example.com"]),
         AfterValidator(_short_local_part),
+        Field(json_schema_extra={"pattern": EMAIL_PATTERN_DOC}),
     ]
     password: Annotated[StrictStr, Field(min_length=8, max_length=128)]
 

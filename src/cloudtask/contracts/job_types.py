@@ -48,10 +48,12 @@ class HttpPayload(_Payload):
         StrictStr, Field(max_length=8192, pattern=r"^[hH][tT][tT][pP][sS]?://[^\x00-\x1f\x7f]*$")
     ]
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    # A name outside the pattern is refused, as the schema says with additionalProperties (a
+    # key matching no patternProperties would otherwise be allowed by JSON Schema).
     headers: dict[
         Annotated[StrictStr, Field(pattern=HEADER_NAME)],
         Annotated[StrictStr, Field(pattern=HEADER_VALUE)],
-    ] = Field(default_factory=dict)
+    ] = Field(default_factory=dict, json_schema_extra={"additionalProperties": False})
     body: Any = None
 
 

@@ -4,9 +4,7 @@ import functools
 import re
 from datetime import UTC, datetime, timedelta
 
-_RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def parse_rfc3339(value: object) -> datetime:
@@ -21,7 +19,9 @@ def parse_rfc3339(value: object) -> datetime:
         )
     match = _RFC3339.match(value)
     if match is None:
-        raise ValueError("must be an RFC 3339 time with an offset, such as 2030-01-01T00:00:00Z")
+        raise ValueError(
+            "must be an RFC 3339 time: date, T, time and offset, such as 2030-01-01T00:00:00Z"
+        )
     date, clock, fraction, offset = match.groups()
     fraction = (fraction or "")[:7]  # Python keeps microseconds; finer digits are dropped
     offset = "+00:00" if offset in ("Z", "z") else offset
@@ -33,9 +33,17 @@ def parse_rfc3339(value: object) -> datetime:
     except ValueError:
         raise ValueError("is not a valid calendar time") from None
     try:
-        return (parsed + timedelta(seconds=1) if leap else parsed).astimezone(UTC)
+        utc = parsed.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
         raise ValueError("is out of range: in UTC it must fall within years 1 to 9999") from None
+    if not leap:
+        return utc
+    # A leap second is inserted at the end of a UTC day: 23:59:60 in UTC, never 12:34:60.
+    if (utc.hour, utc.minute) != (23, 59):
+        raise ValueError("is not a valid calendar time: a leap second is 23:59:60 in UTC")
+    if utc.year == 9999 and utc.month == 12 and utc.day == 31:
+        raise ValueError("is out of range: in UTC it must fall within years 1 to 9999")
+    return utc + timedelta(seconds=1)
 
 
 def format_rfc3339(value: datetime | None) -> str | None:
