@@ -3,13 +3,18 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+import httpx
+from sqlalchemy import select, update
 
+from cloudtask.api.app import create_app
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.contracts.signals import cancel_key
 from cloudtask.db.tables import jobs
+from cloudtask.kv.redis import RedisKV
+from cloudtask.settings import Settings
+from tests.conftest import Backends
 from tests.helpers import Client, assert_error, eventually
 
 JOB_FIELDS = {
@@ -260,3 +265,39 @@ async def test_one_bad_job_rejects_the_whole_batch(client: Client) -> None:
         assert_error(response, 400)
     listing = await client.http.get("/jobs", headers=client.auth(token))
     assert listing.json() == []
+
+
+async def test_a_cancel_the_workers_cannot_hear_is_503_and_changes_nothing(
+    client: Client, backends: Backends, settings: Settings
+) -> None:
+    # This api process cannot reach the key-value store the workers read cancellations from:
+    # cancelling in the database alone would let a queued copy run, or a running one go on.
+    token = await client.register()
+    waiting = await client.create_job(token)
+    running = await client.create_job(token)
+    async with client.backends.db.begin() as conn:
+        await conn.execute(
+            update(jobs).where(jobs.c.id == uuid.UUID(running["id"])).values(status="RUNNING")
+        )
+    down = RedisKV("redis://127.0.0.1:1/0", timeout=0.2)
+    app = create_app(settings, db=backends.db, broker=backends.broker, kv=down)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://cloudtask.test"
+            ) as cut_off,
+        ):
+            for job in (waiting, running):
+                path = f"/jobs/{job['id']}/cancel"
+                assert_error(await cut_off.post(path, headers=client.auth(token)), 503, path)
+    finally:
+        await down.close()
+    assert (await client.get_job(token, waiting["id"]))["status"] == "PENDING"
+    async with client.backends.db.connect() as conn:
+        ids = [uuid.UUID(job["id"]) for job in (waiting, running)]
+        query = select(jobs.c.cancel_requested).where(jobs.c.id.in_(ids))
+        asked = (await conn.execute(query)).scalars().all()
+    assert asked == [False, False]
+    response = await client.http.post(f"/jobs/{waiting['id']}/cancel", headers=client.auth(token))
+    assert response.json()["status"] == "CANCELLED"

@@ -1,5 +1,6 @@
 """``/jobs``: submit, list, read, cancel and retry a user's jobs."""
 
+import contextlib
 import logging
 import uuid
 from typing import Annotated
@@ -179,21 +180,24 @@ async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Respon
             if existing is None:
                 raise not_found()
             raise ApiError(409, f"Job is already {existing.status.value}")
-    await _signal_cancel(context, target)
+        # Before the commit: workers read cancellations from the key-value store alone, so a
+        # cancel they cannot hear is not made (503, nothing changed) rather than made in the
+        # database while the queued copy runs anyway or the running one goes on.
+        await _signal_cancel(context, target)
     return JSONBytesResponse(job_json(job))
 
 
 async def _signal_cancel(context: Context, job_id: uuid.UUID) -> None:
-    # The database already says CANCELLED (or cancel requested); this tells the workers, so a
-    # queued copy is skipped and a running one is stopped.
+    """Tell the workers: a queued copy is skipped, a running one is stopped. If the flag is set
+    but the notice is not sent, the cancel fails and the flag is taken back, as far as the store
+    still answers (a flag left behind would make a worker skip a job that is not cancelled)."""
+    await context.kv.set(cancel_key(job_id), b"1", ttl=CANCEL_TTL)
     try:
-        await context.kv.set(cancel_key(job_id), b"1", ttl=CANCEL_TTL)
         await context.kv.publish(CANCEL_CHANNEL, str(job_id).encode())
     except KVUnavailable:
-        log.warning(
-            "could not signal a cancellation to the workers",
-            extra={"action": "job.cancel_unsignalled", "jobId": str(job_id)},
-        )
+        with contextlib.suppress(KVUnavailable):
+            await context.kv.delete(cancel_key(job_id))
+        raise
 
 
 @router.post(
