@@ -191,6 +191,8 @@ async def test_a_body_over_one_mebibyte_is_413(client: Client) -> None:
 @pytest.mark.parametrize(
     ("params", "name"),
     [({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"limit": "ten"}, "limit"),
+     ({"limit": "5.0"}, "limit"), ({"limit": "+5"}, "limit"), ({"limit": " 5"}, "limit"),
+     ({"limit": "1_0"}, "limit"), ({"limit": "\u0665"}, "limit"), ({"limit": ""}, "limit"),
      ({"status": "DONE"}, "status"), ({"type": "Bad Type"}, "type"),
      ({"cursor": "not-a-cursor"}, "cursor"), ({"cursor": "v1.abc"}, "cursor"),
      ({"cursor": "v1." + "9" * 19}, "cursor")],

@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, status
+from pydantic import BeforeValidator
 from starlette.responses import Response
 
 from cloudtask.api import submission
@@ -101,6 +102,14 @@ async def create_batch(
 CURSOR_PATTERN = r"^v1\.[0-9]{1,18}$"
 
 
+def _decimal_digits(value: object) -> object:
+    # A query string is text, read as an integer only when it is written as one: not "5.0",
+    # "+5", " 5", "1_0" or other scripts' digits, all of which int() would take.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number written in digits, such as 50")
+    return value
+
+
 def _encode_cursor(seq: int) -> str:
     return f"v1.{seq}"
 
@@ -123,7 +132,7 @@ async def list_jobs(
     request: Request,
     job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
     job_type: Annotated[str | None, Query(alias="type", pattern=TYPE_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=500), BeforeValidator(_decimal_digits)] = 50,
     cursor: Annotated[
         str | None,
         Query(pattern=CURSOR_PATTERN, description="From the `Link` header of the previous page."),
