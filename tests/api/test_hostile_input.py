@@ -127,6 +127,22 @@ async def test_nesting_up_to_the_limit_is_accepted_and_deeper_is_a_400(client: C
     assert len(listed) == 1
 
 
+async def test_a_batch_takes_the_payloads_post_jobs_takes_and_no_deeper(client: Client) -> None:
+    token = await client.register()
+    headers = {**client.auth(token), "Content-Type": "application/json", "Idempotency-Key": "k"}
+    # {"jobs": [job]} puts each job's body two levels down: the limit moves with it.
+    fits = f'{{"jobs": [{{"type": "echo", "payload": {_nested(MAX_DEPTH - 1)}}}]}}'
+    response = await client.http.post("/jobs/batch", content=fits.encode(), headers=headers)
+    assert response.status_code == 201, response.text
+    replayed = await client.http.post("/jobs/batch", content=fits.encode(), headers=headers)
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.json() == response.json()
+    deep = f'{{"jobs": [{{"type": "echo", "payload": {_nested(MAX_DEPTH)}}}]}}'
+    response = await client.http.post("/jobs/batch", content=deep.encode(), headers=headers)
+    assert "nested" in assert_error(response, 400, "/jobs/batch")["details"][0]["message"]
+    assert len((await client.http.get("/jobs", headers=client.auth(token))).json()) == 1
+
+
 async def test_a_well_signed_token_of_a_user_that_does_not_exist_is_401(client: Client) -> None:
     ghost = TokenService(JWT_SECRET, 3600).issue(uuid.uuid4(), "ghost@example.com")
     headers = client.auth(ghost)

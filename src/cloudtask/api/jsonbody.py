@@ -9,7 +9,7 @@ anything else (``text/plain``, a form, ``curl -d`` without ``-H``) is a 400 nami
 """
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.dependencies.utils import request_params_to_args
@@ -18,6 +18,8 @@ from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope
 
 from cloudtask.contracts import jsoncodec
+
+E = TypeVar("E", bound=Callable[..., Any])
 
 
 def is_json_media_type(content_type: str) -> bool:
@@ -29,9 +31,11 @@ def is_json_media_type(content_type: str) -> bool:
 
 
 class StrictJSONRequest(Request):
+    max_depth = jsoncodec.MAX_DEPTH
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = jsoncodec.loads(await self.body())
+            self._json = jsoncodec.loads(await self.body(), max_depth=self.max_depth)
         return self._json
 
     @classmethod
@@ -49,6 +53,7 @@ class StrictJSONRoute(APIRoute):
 
         takes_body = self.body_field is not None
         header_params = self.dependant.header_params
+        max_depth = jsoncodec.MAX_DEPTH + getattr(self.endpoint, "body_nesting", 0)
 
         async def strict_handler(request: Request) -> Response:
             scope = request.scope
@@ -59,6 +64,7 @@ class StrictJSONRoute(APIRoute):
                 (name, value) for name, value in scope["headers"] if name != b"content-type"
             ] + [(b"content-type", b"application/json")]
             strict = StrictJSONRequest(scope, request.receive)
+            strict.max_depth = max_depth
 
             def unread(errors: list[Any], body: Any) -> RequestValidationError:
                 # FastAPI stops at a body it cannot read, before the parameters; the 400 names
@@ -78,6 +84,18 @@ class StrictJSONRoute(APIRoute):
                 raise unread(errors, exc.body) from None
 
         return strict_handler
+
+
+def nests_bodies(levels: int) -> Callable[[E], E]:
+    """Mark an endpoint whose body holds other routes' bodies ``levels`` deeper (a batch's
+    ``{"jobs": [...]}``): its nesting limit is as much higher, so that what one route accepts
+    inside its body, the other accepts inside each of its own."""
+
+    def mark(endpoint: E) -> E:
+        endpoint.body_nesting = levels  # type: ignore[attr-defined]
+        return endpoint
+
+    return mark
 
 
 _CONTENT_TYPE_ERROR = {

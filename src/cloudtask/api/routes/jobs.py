@@ -12,7 +12,7 @@ from starlette.responses import Response
 from cloudtask.api import submission
 from cloudtask.api.deps import Context, CurrentUser
 from cloudtask.api.errors import ApiError, not_found, with_body_checks
-from cloudtask.api.jsonbody import StrictJSONRoute
+from cloudtask.api.jsonbody import StrictJSONRoute, nests_bodies
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.path_ids import path_id
 from cloudtask.api.responses import JSONBytesResponse
@@ -77,6 +77,7 @@ async def create_job(
     summary="Submit up to 1,000 jobs at once, all or none",
 )
 @with_body_checks(submission.batch_body_details)
+@nests_bodies(2)  # each job's body is in {"jobs": [...]}
 async def create_batch(
     body: JobBatchCreate,
     user: CurrentUser,
