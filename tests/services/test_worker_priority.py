@@ -1,7 +1,10 @@
-"""A busy worker starts the due jobs highest priority first, whichever it already holds: those
-waiting in it for a slot take them in priority order, and a delivery that waits too long is given
-back to the queue, where RabbitMQ (or the in-memory broker) compares it with the jobs submitted
-since. One slot here, held by a long job while low, middle and high jobs arrive, in that order."""
+"""A busy worker starts the due jobs highest priority first, whichever it already holds, and
+those of one priority in the order they were submitted: those waiting in it for a slot take them
+in that order, and a delivery that waits too long goes back to its place in the queue, where
+RabbitMQ (or the in-memory broker) compares it with the jobs submitted since. One slot here, held
+by a long job while low, middle and high jobs arrive, in that order, three of each; the jobs
+go back to the queue more times than ``MAX_DELIVERIES`` allows a job that kills its worker, and
+none is taken for one."""
 
 import asyncio
 from typing import Any
@@ -43,7 +46,8 @@ def stack_handlers(handlers: Handlers) -> HandlerRegistry:
 
 @pytest.fixture(params=[None, 8], ids=["default-prefetch", "prefetch-8"])
 def stack_settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    return settings.model_copy(update={"worker_concurrency": 1, "worker_prefetch": request.param})
+    update = {"worker_concurrency": 1, "worker_prefetch": request.param, "max_deliveries": 2}
+    return settings.model_copy(update=update)
 
 
 async def test_a_freed_slot_goes_to_the_highest_priority_due_job(
@@ -53,15 +57,15 @@ async def test_a_freed_slot_goes_to_the_highest_priority_due_job(
     blocker = await stack.client.create_job(token, type="blocker", payload="blocker")
     await wait_for_status(stack.client, token, blocker["id"], "RUNNING")
     jobs = [
-        await stack.client.create_job(token, type="noted", payload=level, priority=priority)
+        await stack.client.create_job(token, type="noted", payload=f"{level}{n}", priority=priority)
         for level, priority in LEVELS
-        for _ in range(2)
+        for n in range(3)
     ]
     registry = stack.worker.metrics.registry
 
-    async def given_back() -> bool:  # each delivery held waiting, the low ones at least
+    async def given_back() -> bool:  # each delivery held waiting returned 3 times at least
         given = metric(registry, "cloudtask_worker_deliveries_given_back_total", reason="waited")
-        return given >= min(stack.worker.prefetch, len(jobs))
+        return given >= 3 * min(stack.worker.prefetch, len(jobs))
 
     try:
         await eventually(given_back)
@@ -69,4 +73,5 @@ async def test_a_freed_slot_goes_to_the_highest_priority_due_job(
         handlers.release.set()
     for job in jobs:
         await wait_for_status(stack.client, token, job["id"], "COMPLETED")
-    assert handlers.started == ["high", "high", "mid", "mid", "low", "low"]
+    assert handlers.started == [f"{level}{n}" for level in ("high", "mid", "low") for n in range(3)]
+    assert metric(registry, "cloudtask_worker_dead_lettered_total", reason="redelivered") == 0

@@ -41,6 +41,70 @@ async def test_waiters_get_freed_slots_by_priority_then_arrival() -> None:
     assert log == ["a", "b", "high1", "high2", "mid", "low"]
 
 
+async def test_waiters_of_one_priority_get_slots_earliest_enqueued_first() -> None:
+    # A delivery returned to the queue arrives again, behind later jobs: its enqueuing time, not
+    # its arrival, puts it back in line.
+    slots, order = PrioritySlots(1), list[str]()
+    await slots.acquire(5)
+    waiters = [
+        asyncio.create_task(_take(slots, priority, enqueued, name, order))
+        for name, priority, enqueued in (
+            ("second", 5, 2.0), ("third", 5, 3.0), ("first", 5, 1.0), ("high", 9, 9.0)
+        )
+    ]  # fmt: skip
+    await _settle()
+    slots.release()
+    await asyncio.gather(*waiters)
+    assert order == ["high", "first", "second", "third"]
+
+
+async def test_turned_away_waiters_get_false_and_their_items_in_slot_order() -> None:
+    slots: PrioritySlots[str] = PrioritySlots(1)
+    await slots.acquire(5)
+    waiters = {
+        name: asyncio.create_task(slots.acquire(priority, enqueued, name))
+        for name, priority, enqueued in (("late", 5, 2.0), ("early", 5, 1.0), ("high", 9, 3.0))
+    }
+    await _settle()
+    assert slots.waiting_since() is not None
+    assert slots.turn_away() == ["high", "early", "late"]
+    assert [await waiter for waiter in waiters.values()] == [False, False, False]
+    assert slots.turn_away() == []
+    assert slots.waiting_since() is None
+    slots.release()  # no one waits: the slot is free again
+    assert slots.try_acquire()
+    assert not slots.try_acquire()
+
+
+async def test_waiting_since_is_when_the_longest_waiter_still_waiting_began() -> None:
+    slots: PrioritySlots[str] = PrioritySlots(1)
+    await slots.acquire(5)
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(slots.acquire(9))
+    await _settle()
+    began = loop.time()
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(slots.acquire(0))
+    await _settle()
+    since = slots.waiting_since()
+    assert since is not None and since <= began
+    slots.release()  # the first (higher priority) takes it: the second is the longest now
+    assert await first
+    later = slots.waiting_since()
+    assert later is not None and later >= began + 0.04
+    second.cancel()
+    await _settle()
+    assert slots.waiting_since() is None
+
+
+async def _take(
+    slots: PrioritySlots, priority: int, enqueued: float, name: str, order: list[str]
+) -> None:
+    await slots.acquire(priority, enqueued)
+    order.append(name)
+    slots.release()
+
+
 async def test_a_cancelled_waiter_is_skipped_and_no_slot_is_lost() -> None:
     slots, log = PrioritySlots(1), list[str]()
     first, gone, then = asyncio.Event(), asyncio.Event(), asyncio.Event()

@@ -1,8 +1,9 @@
 """An in-process broker for ``cloudtask dev`` and tests: priority queues, prefetch, manual acks.
 
 It behaves like the RabbitMQ broker where CloudTask can tell the difference: higher priorities are
-delivered first, unacknowledged deliveries return to their queue (marked redelivered) when a
-consumer is cancelled or its handler fails, and nothing survives the process.
+delivered first, unacknowledged deliveries return to their place in their queue (marked
+redelivered) when rejected, when a consumer is cancelled or its handler fails, and nothing
+survives the process.
 """
 
 import asyncio
@@ -32,6 +33,7 @@ class _Message:
     headers: Mapping[str, Any]
     priority: int
     redelivered: bool = False
+    seq: int | None = None  # its place in the queue, kept when it is requeued
 
 
 @dataclass
@@ -155,8 +157,10 @@ class MemoryBroker(Broker):
     def enqueue(self, name: str, message: _Message) -> None:
         queue = self.queue(name)
         priority = min(max(message.priority, 0), queue.max_priority)
-        # FIFO within a priority, as RabbitMQ does.
-        heapq.heappush(queue.heap, (-priority, next(self._seq), message))
+        # FIFO within a priority, and a requeued message back in its place, as RabbitMQ does.
+        if message.seq is None:
+            message.seq = next(self._seq)
+        heapq.heappush(queue.heap, (-priority, message.seq, message))
 
     async def notify(self, name: str) -> None:
         queue = self.queue(name)

@@ -109,7 +109,7 @@ class WorkerMetrics(ServiceMetrics):
         )
         self.given_back = Counter(
             "cloudtask_worker_deliveries_given_back_total",
-            "Deliveries given back to jobs.created, by reason (waited: for a slot, past "
+            "Deliveries returned to jobs.created, by reason (waited: for a slot, past "
             "WAIT_LIMIT; handled_elsewhere: a type only other workers have a handler for).",
             ["reason"],
             registry=self.registry,

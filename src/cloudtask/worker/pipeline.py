@@ -1,11 +1,12 @@
 """What the worker does with one delivery of ``jobs.created``: decode → run → report.
 
-1. Decode. A message that cannot be parsed goes to ``jobs.dead`` with the reason; one redelivered
-   more than ``max_deliveries`` times (it keeps killing its worker) is failed and dead-lettered.
+1. Decode. A message that cannot be parsed goes to ``jobs.dead`` with the reason.
 2. Run, in one of the worker's ``WORKER_CONCURRENCY`` slots, held until the handler ends (not
    while the report waits for its confirm) and given to waiting deliveries highest priority
-   first; one that waits ``WAIT_LIMIT`` is given back to the queue to be compared with the jobs
-   queued since. The worker takes a lease on the attempt; a job cancelled while it waited is
+   first, earliest enqueued first within one; when one has waited ``WAIT_LIMIT``, all that wait
+   go back to the queue, in that order, to be compared with the jobs queued since. An attempt
+   given a slot ``max_deliveries`` times (it keeps killing its worker) is failed and
+   dead-lettered. The worker takes a lease on the attempt; a job cancelled while it waited is
    skipped.
    Otherwise the handler starts, under the job's timeout. A handler still running after
    ``ANNOUNCE_AFTER`` makes the worker publish ``jobs.started`` (confirmed) and only then
@@ -50,9 +51,9 @@ REQUEUED = b"requeued"
 # Long enough for a short job to end first (an echo takes microseconds, a local mail a few
 # milliseconds), short enough that RUNNING shows at once to someone watching a long one.
 ANNOUNCE_AFTER = 0.05
-# A delivery waits this long for a slot before it is given back to the queue (see
-# ``_wait_for_slot``): far longer than a busy worker's short jobs keep it waiting, so only a
-# worker whose slots hold long jobs gives deliveries back, about twice a second each.
+# The deliveries waiting for a slot go back to the queue once the first has waited this long
+# (see ``_wait_for_slot``): far longer than a busy worker's short jobs keep it waiting, so only a
+# worker whose slots hold long jobs returns deliveries, about twice a second each.
 WAIT_LIMIT = 0.5
 
 
@@ -77,11 +78,12 @@ class _Attempt:
 
 
 class Pipeline:
-    def __init__(self, deps: PipelineDeps, slots: PrioritySlots) -> None:
+    def __init__(self, deps: PipelineDeps, slots: PrioritySlots[Delivery]) -> None:
         self.deps = deps
         self._slots = slots
         self.stopping = asyncio.Event()
         self._requeue: set[tuple[object, int]] = set()
+        self._returning: asyncio.Task[None] | None = None
 
     async def __call__(self, delivery: Delivery) -> None:
         job = await self._decode(delivery)
@@ -104,21 +106,26 @@ class Pipeline:
             await self._dead_letter(delivery, f"unparseable message: {where}: {error['msg']}")
             self.deps.metrics.dead_lettered.labels("unparseable").inc()
             return None
-        if delivery.redelivered and await self._delivered_too_often(job):
-            reason = f"delivered {self.deps.max_deliveries} times without finishing"
-            now = utcnow()
-            await self._report(job, now, Outcome("failed", error=reason))
-            await self._dead_letter(delivery, reason)
-            self.deps.metrics.dead_lettered.labels("redelivered").inc()
-            return None
         return job
 
-    async def _delivered_too_often(self, job: JobCreated) -> bool:
+    async def _delivered_too_often(self, delivery: Delivery, job: JobCreated) -> bool:
+        """Whether this attempt was given a slot ``max_deliveries`` times without finishing.
+        Counted once the delivery has a slot, not as it arrives: a delivery that went back to
+        the queue while it waited did not kill a worker, and nothing awaited between arrival
+        and slot lets a later delivery overtake an earlier one to a free slot."""
+        if not delivery.redelivered:
+            return False
         key = f"cloudtask:deliveries:{job.job_id}:{job.attempt}"
         try:
             return await self.deps.kv.incr(key, ttl=24 * 3600) >= self.deps.max_deliveries
         except KVUnavailable:
             return False
+
+    async def _give_up(self, delivery: Delivery, job: JobCreated) -> None:
+        reason = f"delivered {self.deps.max_deliveries} times without finishing"
+        await self._report(job, utcnow(), Outcome("failed", error=reason))
+        await self._dead_letter(delivery, reason)
+        self.deps.metrics.dead_lettered.labels("redelivered").inc()
 
     async def _process(self, delivery: Delivery, job: JobCreated) -> None:
         # A slot is held while the attempt runs, not while its report waits for the broker's
@@ -134,9 +141,14 @@ class Pipeline:
             if self.stopping.is_set():
                 await _quietly(delivery.reject(requeue=True))
                 return
-            attempt = await self._attempt(delivery, job)
+            poisoned = await self._delivered_too_often(delivery, job)
+            if not poisoned:
+                attempt = await self._attempt(delivery, job)
         finally:
             self._slots.release()
+        if poisoned:
+            await self._give_up(delivery, job)
+            return
         if (job.job_id, job.attempt) in self._requeue:
             await self._put_back(job)
         else:
@@ -146,21 +158,43 @@ class Pipeline:
         await self.deps.running.drop(job.job_id, job.attempt)
 
     async def _wait_for_slot(self, delivery: Delivery, job: JobCreated) -> bool:
-        """Take a slot; or, after ``WAIT_LIMIT``, give the delivery back to ``jobs.created`` and
-        return False. RabbitMQ orders by priority only the messages still queued: while this one
-        waits here, a higher one submitted since may wait there, and another worker may be idle.
-        Given back, the message is delivered again in priority order, to this worker or another."""
+        """Take a slot; or return False when the delivery went back to ``jobs.created``. RabbitMQ
+        orders by priority only the messages still queued: while this one waits here, a higher
+        one submitted since may wait there, and another worker may be idle. So every delivery
+        waiting here when the longest waiting has waited ``WAIT_LIMIT`` goes back to the queue,
+        and is delivered again in order, to this worker or another."""
         if self._slots.try_acquire():  # most jobs: no timer to set and cancel
             return True
-        while True:
-            try:
-                async with asyncio.timeout(WAIT_LIMIT):
-                    await self._slots.acquire(job.priority)
-            except TimeoutError:
-                if await self._give_back(delivery, job, "waited"):
-                    return False
-            else:
-                return True
+        if self._returning is None or self._returning.done():
+            self._returning = asyncio.create_task(self._return_waiting())
+        return await self._slots.acquire(job.priority, job.enqueued_at.timestamp(), delivery)
+
+    async def _return_waiting(self) -> None:
+        """While deliveries wait for a slot: once the longest waiting has waited ``WAIT_LIMIT``,
+        send every one back to the queue."""
+        loop = asyncio.get_running_loop()
+        while (since := self._slots.waiting_since()) is not None:
+            if (left := since + WAIT_LIMIT - loop.time()) > 0:
+                await asyncio.sleep(left)
+                continue
+            # RabbitMQ puts rejected messages back ahead of the rest of their priority, in the
+            # order they come (and hands one to a consumer with room at once): earliest first.
+            for delivery in self._slots.turn_away():
+                try:
+                    await self._return_to_place(delivery)
+                except Exception:  # the rest still go back; this one with its channel at worst
+                    log.exception("could not return a waiting delivery to the queue")
+
+    async def returns_done(self) -> None:
+        """Wait until the deliveries being returned to the queue are (worker shutdown)."""
+        if self._returning is not None:
+            await asyncio.shield(self._returning)
+
+    async def _return_to_place(self, delivery: Delivery) -> None:
+        """Reject the delivery back into ``jobs.created``: RabbitMQ puts it ahead of the
+        messages of its priority still queued (the in-memory broker in its place)."""
+        await _quietly(delivery.reject(requeue=True))  # a lost channel requeues it too
+        self.deps.metrics.given_back.labels("waited").inc()
 
     async def _give_back(self, delivery: Delivery, job: JobCreated, reason: str) -> bool:
         """Publish the message again, then acknowledge the delivery (so it is never lost);

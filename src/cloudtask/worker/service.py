@@ -144,6 +144,8 @@ class WorkerService:
         if self._active:
             self.pipeline.requeue_running()
             await asyncio.wait(set(self._active), timeout=10)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.pipeline.returns_done(), timeout=10)
         if self._consumer is not None:
             await self._consumer.cancel()
         await self._reports.stop()  # after the jobs: their reports go out through it
