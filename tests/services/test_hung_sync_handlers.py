@@ -65,7 +65,7 @@ async def test_jobs_after_handlers_that_timed_out_and_hang_still_run(
     ]
     for job in hung:
         done = await wait_for_status(stack.client, token, job["id"], "FAILED")
-        assert done["error"] == "timed out after 1 seconds"
+        assert done["error"] == "timed out after 1 second"
     # Both threads still block; a pool of two would keep these waiting until they time out.
     await _quick_jobs_complete(stack, token)
     await wait_for_metric(stack.worker.metrics.registry, ABANDONED, 2)

@@ -142,7 +142,7 @@ async def test_an_async_handler_running_past_its_timeout_is_stopped_and_fails(
     )
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert done["status"] == "FAILED"
-    assert done["error"] == "timed out after 1 seconds"
+    assert done["error"] == "timed out after 1 second"
     assert done["attempts"] == 1
     assert handlers.slow_cancelled
 
@@ -156,7 +156,7 @@ async def test_an_async_handler_that_blocks_the_loop_past_its_timeout_counts_as_
     )
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert done["status"] == "FAILED"
-    assert done["error"] == "timed out after 1 seconds"
+    assert done["error"] == "timed out after 1 second"
     assert done["result"] is None
 
 

@@ -118,7 +118,8 @@ async def settled_within(run: "asyncio.Future[Any]", timeout: float) -> bool:
 
 
 def _timed_out(timeout: float) -> Outcome:
-    return Outcome("timeout", error=f"timed out after {_seconds(timeout)} seconds", retryable=True)
+    unit = "second" if timeout == 1 else "seconds"
+    return Outcome("timeout", error=f"timed out after {_seconds(timeout)} {unit}", retryable=True)
 
 
 def failure(exc: BaseException) -> Outcome:
