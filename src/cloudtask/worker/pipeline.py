@@ -141,12 +141,12 @@ class Pipeline:
             if self.stopping.is_set():
                 await _quietly(delivery.reject(requeue=True))
                 return
-            poisoned = await self._delivered_too_often(delivery, job)
-            if not poisoned:
+            attempt = None
+            if not await self._delivered_too_often(delivery, job):
                 attempt = await self._attempt(delivery, job)
         finally:
             self._slots.release()
-        if poisoned:
+        if attempt is None:
             await self._give_up(delivery, job)
             return
         if (job.job_id, job.attempt) in self._requeue:
