@@ -102,3 +102,11 @@ def test_formatted_times_parse_back_to_the_same_instant() -> None:
 
 def test_utcnow_is_aware_utc() -> None:
     assert utcnow().utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "9999-12-31T23:59:60Z"]
+)
+def test_times_beyond_the_years_utc_can_hold_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        parse_rfc3339(text)

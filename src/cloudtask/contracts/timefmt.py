@@ -34,16 +34,14 @@ def parse_rfc3339(value: object) -> datetime:
         raise ValueError("is not a valid calendar time") from None
     try:
         utc = parsed.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        if not leap:
+            return utc
+        # A leap second is inserted at the end of a UTC day: 23:59:60 in UTC, never 12:34:60.
+        if (utc.hour, utc.minute) != (23, 59):
+            raise ValueError("is not a valid calendar time: a leap second is 23:59:60 in UTC")
+        return utc + timedelta(seconds=1)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC; 9999's last leap
         raise ValueError("is out of range: in UTC it must fall within years 1 to 9999") from None
-    if not leap:
-        return utc
-    # A leap second is inserted at the end of a UTC day: 23:59:60 in UTC, never 12:34:60.
-    if (utc.hour, utc.minute) != (23, 59):
-        raise ValueError("is not a valid calendar time: a leap second is 23:59:60 in UTC")
-    if utc.year == 9999 and utc.month == 12 and utc.day == 31:
-        raise ValueError("is out of range: in UTC it must fall within years 1 to 9999")
-    return utc + timedelta(seconds=1)
 
 
 def format_rfc3339(value: datetime | None) -> str | None:

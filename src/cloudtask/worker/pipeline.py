@@ -132,8 +132,7 @@ class Pipeline:
         # confirm: the next delivery starts meanwhile (the prefetch leaves room for both).
         if job.type not in self.deps.handlers and await self._handled_elsewhere(job.type):
             await asyncio.sleep(WAIT_LIMIT)  # not at once: the other workers may all be busy
-            if not await self._give_back(delivery, job, "handled_elsewhere"):
-                await _quietly(delivery.reject(requeue=True))
+            await self._leave_to_others(delivery, job)
             return
         if not await self._wait_for_slot(delivery, job):
             return
@@ -196,16 +195,17 @@ class Pipeline:
         await _quietly(delivery.reject(requeue=True))  # a lost channel requeues it too
         self.deps.metrics.given_back.labels("waited").inc()
 
-    async def _give_back(self, delivery: Delivery, job: JobCreated, reason: str) -> bool:
-        """Publish the message again, then acknowledge the delivery (so it is never lost);
-        False if the broker is away and the delivery is still held."""
+    async def _leave_to_others(self, delivery: Delivery, job: JobCreated) -> None:
+        """Publish the message again at the back of the queue, for a worker with its type's
+        handler, then acknowledge the delivery (so it is never lost); with the broker away,
+        reject it back instead."""
         try:
             await self.deps.broker.publish(JOBS_CREATED, delivery.body, priority=job.priority)
         except BrokerUnavailable:
-            return False
+            await _quietly(delivery.reject(requeue=True))
+            return
         await _quietly(delivery.ack())  # if the channel went, its copy returns to the queue too
-        self.deps.metrics.given_back.labels(reason).inc()
-        return True
+        self.deps.metrics.given_back.labels("handled_elsewhere").inc()
 
     async def _handled_elsewhere(self, job_type: str) -> bool:
         """Whether a running worker has a handler for ``job_type`` (see ``WorkerService``). If
