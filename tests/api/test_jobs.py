@@ -4,6 +4,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import jwt
 from sqlalchemy import select, update
 
 from cloudtask.api.app import create_app
@@ -11,11 +12,14 @@ from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.contracts.signals import cancel_key
+from cloudtask.db import session
+from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.tables import jobs
 from cloudtask.kv.redis import RedisKV
 from cloudtask.settings import Settings
-from tests.conftest import Backends
+from tests.conftest import JWT_SECRET, Backends
 from tests.helpers import Client, assert_error, eventually
+from tests.services import scheduling
 
 JOB_FIELDS = {
     "id", "type", "payload", "status", "priority", "attempts", "maxAttempts", "timeoutSeconds",
@@ -138,6 +142,40 @@ async def test_pages_follow_the_link_header_until_none_remain(client: Client) ->
             assert "type=echo" in url and "limit=3" in url
     assert pages == 3
     assert seen == list(reversed(created))
+
+
+async def test_jobs_are_listed_by_creation_time_also_when_written_in_another_order(
+    client: Client,
+) -> None:
+    # A single job stamped on arrival can be written after a batch stamped later: the listing
+    # follows createdAt, the time it shows, and jobs of one moment (a batch) newest written first.
+    token = await client.register()
+    user_id = uuid.UUID(jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["sub"])
+    start = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    offsets = [2.0, 0.0, 1.0, 1.0, 0.000001, 3.0]  # seconds after start, in order of writing
+    written = []
+    for n, offset in enumerate(offsets):
+        job = scheduling.due_job(user_id, payload=str(n))
+        job.created_at = job.run_at = start + timedelta(seconds=offset)
+        written.append(job)
+    async with session.autocommit(client.backends.db) as conn:
+        await jobs_q.submit(conn, written)
+    expected = [str(written[n].id) for n in (5, 0, 3, 2, 4, 1)]
+
+    listing = await client.http.get("/jobs", headers=client.auth(token))
+    assert [job["id"] for job in listing.json()] == expected
+    created = [_time(job["createdAt"]) for job in listing.json()]
+    assert created == sorted(created, reverse=True)
+    for query in ("limit=1", "limit=2&status=PENDING", "limit=4&type=echo"):
+        seen: list[str] = []
+        url: str | None = f"/jobs?{query}"
+        while url is not None:
+            response = await client.http.get(url, headers=client.auth(token))
+            assert response.status_code == 200, response.text
+            seen += [job["id"] for job in response.json()]
+            link = response.headers.get("Link")
+            url = None if link is None else link[1 : link.index(">")]
+        assert seen == expected
 
 
 async def test_cancelling_a_waiting_job_makes_it_cancelled_and_tells_the_workers(

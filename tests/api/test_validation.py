@@ -194,8 +194,9 @@ async def test_a_body_over_one_mebibyte_is_413(client: Client) -> None:
      ({"limit": "5.0"}, "limit"), ({"limit": "+5"}, "limit"), ({"limit": " 5"}, "limit"),
      ({"limit": "1_0"}, "limit"), ({"limit": "\u0665"}, "limit"), ({"limit": ""}, "limit"),
      ({"status": "DONE"}, "status"), ({"type": "Bad Type"}, "type"),
-     ({"cursor": "not-a-cursor"}, "cursor"), ({"cursor": "v1.abc"}, "cursor"),
-     ({"cursor": "v1." + "9" * 19}, "cursor")],
+     ({"cursor": "not-a-cursor"}, "cursor"), ({"cursor": "v2.abc.1"}, "cursor"),
+     ({"cursor": "v2.1." + "9" * 19}, "cursor"), ({"cursor": "v2." + "9" * 18 + ".1"}, "cursor"),
+     ({"cursor": "v2.253402300800000000.1"}, "cursor"), ({"cursor": "v1.5"}, "cursor")],
 )  # fmt: skip
 async def test_a_bad_query_parameter_is_400_naming_it(
     client: Client, params: dict[str, Any], name: str
@@ -273,3 +274,14 @@ async def test_one_400_names_every_bad_field_whichever_check_finds_it(
     response = await client.http.post(path, json=body, headers=client.auth(token))
     error = assert_error(response, 400, path)
     assert [detail["field"] for detail in error["details"]] == fields, error
+
+
+async def test_a_cursor_at_the_edge_of_its_range_is_read(client: Client) -> None:
+    token = await client.register()
+    job = await client.create_job(token)
+    for cursor, listed in (("v2.253402300799999999.1", [job["id"]]), ("v2.0.0", [])):
+        response = await client.http.get(
+            "/jobs", params={"cursor": cursor}, headers=client.auth(token)
+        )
+        assert response.status_code == 200, response.text
+        assert [j["id"] for j in response.json()] == listed

@@ -42,7 +42,7 @@ users = Table(
 jobs = Table(
     "jobs",
     metadata,
-    # seq orders a user's jobs newest first and serves as the pagination cursor.
+    # seq breaks ties between jobs created in the same microsecond (a batch), in insertion order.
     Column("seq", BigIntId, primary_key=True, autoincrement=True),
     Column("id", Uuid, nullable=False, unique=True),
     Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
@@ -67,9 +67,23 @@ jobs = Table(
     Column("started_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
 )
-Index("ix_jobs_user_id_seq", jobs.c.user_id, jobs.c.seq)
-Index("ix_jobs_user_id_status_seq", jobs.c.user_id, jobs.c.status, jobs.c.seq)
-Index("ix_jobs_user_id_type_seq", jobs.c.user_id, jobs.c.type, jobs.c.seq)
+# A user's jobs are listed newest first by (created_at, seq), the pagination cursor, alone or of
+# one status or type.
+Index("ix_jobs_user_id_created_at_seq", jobs.c.user_id, jobs.c.created_at, jobs.c.seq)
+Index(
+    "ix_jobs_user_id_status_created_at_seq",
+    jobs.c.user_id,
+    jobs.c.status,
+    jobs.c.created_at,
+    jobs.c.seq,
+)
+Index(
+    "ix_jobs_user_id_type_created_at_seq",
+    jobs.c.user_id,
+    jobs.c.type,
+    jobs.c.created_at,
+    jobs.c.seq,
+)
 Index(
     "ix_jobs_due",
     jobs.c.run_at,

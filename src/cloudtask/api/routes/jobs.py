@@ -3,10 +3,11 @@
 import contextlib
 import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, status
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 from starlette.responses import Response
 
 from cloudtask.api import submission
@@ -100,7 +101,12 @@ async def create_batch(
     return await submission.idempotent(context, request, user, idempotency_key, create)
 
 
-CURSOR_PATTERN = r"^v1\.[0-9]{1,18}$"
+# A cursor names the last job of a page by its place in the listing's order: its creation time
+# (microseconds since the epoch) and its insertion sequence.
+CURSOR_PATTERN = r"^v2\.[0-9]{1,18}\.[0-9]{1,18}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_LAST_MICROSECOND = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 
 
 def _decimal_digits(value: object) -> object:
@@ -111,13 +117,21 @@ def _decimal_digits(value: object) -> object:
     return value
 
 
-def _encode_cursor(seq: int) -> str:
-    return f"v1.{seq}"
+def _encode_cursor(job: jobs_q.JobRecord) -> str:
+    return f"v2.{(job.created_at - _EPOCH) // _MICROSECOND}.{job.seq}"
 
 
-def _decode_cursor(cursor: str) -> int:
-    # The Query pattern already checked the shape.
-    return int(cursor.removeprefix("v1."))
+def _decode_cursor(cursor: str) -> jobs_q.ListPosition:
+    # The Query pattern and _issued_cursor already checked the shape and the range.
+    _, micros, seq = cursor.split(".")
+    return jobs_q.ListPosition(_EPOCH + int(micros) * _MICROSECOND, int(seq))
+
+
+def _issued_cursor(cursor: str | None) -> str | None:
+    # Eighteen digits reach past the last time a datetime holds.
+    if cursor is not None and int(cursor.split(".")[1]) > _LAST_MICROSECOND:
+        raise ValueError("is not a cursor this API issued (take it from the Link header)")
+    return cursor
 
 
 @router.get(
@@ -137,22 +151,23 @@ async def list_jobs(
     cursor: Annotated[
         str | None,
         Query(pattern=CURSOR_PATTERN, description="From the `Link` header of the previous page."),
+        AfterValidator(_issued_cursor),
     ] = None,
 ) -> Response:
-    before = _decode_cursor(cursor) if cursor is not None else None
+    after = _decode_cursor(cursor) if cursor is not None else None
     async with session.reading(context.db) as conn:
         records = await jobs_q.list_for_user(
             conn,
             user.user_id,
             limit=limit + 1,
-            before_seq=before,
+            after=after,
             status=job_status,
             job_type=job_type,
         )
     page = records[:limit]
     headers = {}
     if len(records) > limit:
-        next_url = request.url.include_query_params(cursor=_encode_cursor(page[-1].seq))
+        next_url = request.url.include_query_params(cursor=_encode_cursor(page[-1]))
         headers["Link"] = f'<{next_url}>; rel="next"'
     return JSONBytesResponse([job_json(job) for job in page], headers=headers)
 

@@ -7,11 +7,11 @@ a committed job is always eventually published.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import Row, case, insert, select, update
+from sqlalchemy import Row, case, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -44,6 +44,13 @@ JOB_COLUMNS = (
     jobs.c.started_at,
     jobs.c.finished_at,
 )
+
+
+class ListPosition(NamedTuple):
+    """Where a listing stands: the last job listed, by the order jobs are listed in."""
+
+    created_at: datetime
+    seq: int
 
 
 # Not frozen, like NewJob below: a frozen dataclass sets each field through object.__setattr__,
@@ -336,20 +343,20 @@ async def list_for_user(
     user_id: UUID,
     *,
     limit: int,
-    before_seq: int | None = None,
+    after: ListPosition | None = None,
     status: JobStatus | None = None,
     job_type: str | None = None,
 ) -> list[JobRecord]:
-    """A user's jobs, newest first, starting below ``before_seq`` (the cursor)."""
+    """A user's jobs, newest first, starting past ``after`` (the cursor)."""
     query = select(*JOB_COLUMNS).where(jobs.c.user_id == user_id)
     if status is not None:
         query = query.where(jobs.c.status == status)
     if job_type is not None:
         query = query.where(jobs.c.type == job_type)
-    if before_seq is not None:
-        query = query.where(jobs.c.seq < before_seq)
-    rows = await conn.execute(query.order_by(jobs.c.seq.desc()).limit(limit))
-    return [JobRecord.from_row(row) for row in rows]
+    if after is not None:
+        query = query.where(tuple_(jobs.c.created_at, jobs.c.seq) < tuple(after))
+    query = query.order_by(jobs.c.created_at.desc(), jobs.c.seq.desc()).limit(limit)
+    return [JobRecord.from_row(row) for row in await conn.execute(query)]
 
 
 async def cancel(
