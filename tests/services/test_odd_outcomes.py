@@ -101,7 +101,7 @@ async def test_an_error_message_holding_a_nul_character_still_fails_the_job(
     job = await stack.client.create_job(token, type="nul", payload={}, maxAttempts=1)
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert done["status"] == "FAILED"
-    assert done["error"].startswith("ValueError: before")
+    assert done["error"].startswith("before")
     assert done["error"].endswith("after")
 
 
@@ -112,7 +112,7 @@ async def test_an_error_message_that_is_not_valid_unicode_still_fails_the_job(
     job = await stack.client.create_job(token, type="surrogate", payload={}, maxAttempts=1)
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert done["status"] == "FAILED"
-    assert done["error"].startswith("ValueError: half a pair: ")
+    assert done["error"].startswith("half a pair: ")
     assert len(stack.worker.pipeline.deps.running) == 0
 
 

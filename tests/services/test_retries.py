@@ -2,6 +2,7 @@
 says retrying cannot help, and stopped when they run past their timeout."""
 
 import asyncio
+import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -98,7 +99,7 @@ async def test_a_failed_attempt_waits_as_scheduled_then_the_retry_completes(
     waiting_job = await eventually(waiting, interval=0.005)
     assert waiting_job["status"] == "SCHEDULED"
     assert waiting_job["attempts"] == 1
-    assert waiting_job["error"] == "ConnectionError: first try fails"
+    assert waiting_job["error"] == "first try fails"
     assert waiting_job["finishedAt"] is None
     failed_at = handlers.flaky_failed_at[0]
     run_at = _time(waiting_job["runAt"])
@@ -122,15 +123,27 @@ async def test_a_permanent_failure_fails_the_job_at_once(stack: Stack) -> None:
 
 
 async def test_a_job_failing_every_attempt_ends_failed_after_its_last_attempt(
-    stack: Stack,
+    stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = await stack.client.register()
-    job = await stack.client.create_job(token, type="broken", payload={}, maxAttempts=2)
-    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    with caplog.at_level(logging.INFO, logger="cloudtask.worker"):
+        job = await stack.client.create_job(token, type="broken", payload={}, maxAttempts=2)
+        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert done["status"] == "FAILED"
     assert done["attempts"] == 2
-    assert done["error"] == "RuntimeError: still broken"
+    # The job says what went wrong; the worker's log also has the exception's class and traceback.
+    assert done["error"] == "still broken"
     assert done["finishedAt"] is not None
+    logged = [
+        record.exc_info
+        for record in caplog.records
+        if record.getMessage() == "job finished" and getattr(record, "jobId", None) == job["id"]
+    ]
+    assert [(info[0], str(info[1])) for info in logged if info] == [
+        (RuntimeError, "still broken"),
+        (RuntimeError, "still broken"),
+    ]
+    assert all(info and info[2] is not None for info in logged)
 
 
 async def test_an_async_handler_running_past_its_timeout_is_stopped_and_fails(

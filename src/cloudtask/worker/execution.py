@@ -28,6 +28,7 @@ class Outcome:
     result: Any = None
     error: str | None = None
     retryable: bool = False
+    exception: BaseException | None = None  # for the worker's log: the class and the traceback
 
     @property
     def completed(self) -> bool:
@@ -123,10 +124,12 @@ def _timed_out(timeout: float) -> Outcome:
 
 
 def failure(exc: BaseException) -> Outcome:
-    name, text = type(exc).__name__, sendable(str(exc))
-    if isinstance(exc, PermanentFailure):
-        return Outcome("failed", error=text or name, retryable=False)
-    return Outcome("failed", error=f"{name}: {text}" if text else name, retryable=True)
+    # The job's error is the exception's message, as a client reads it; the worker's log has the
+    # class and the traceback. An exception without a message is named by its class.
+    error = sendable(str(exc)) or type(exc).__name__
+    return Outcome(
+        "failed", error=error, retryable=not isinstance(exc, PermanentFailure), exception=exc
+    )
 
 
 def _completed(result: Any) -> Outcome:

@@ -282,7 +282,14 @@ class Pipeline:
         self.deps.metrics.jobs_processed.labels(
             self.deps.metrics.job_type(job.type), outcome.kind
         ).inc()
-        _log("job finished", job, self.deps.worker_id, outcome=outcome.kind, error=outcome.error)
+        _log(
+            "job finished",
+            job,
+            self.deps.worker_id,
+            exc_info=outcome.exception,
+            outcome=outcome.kind,
+            error=outcome.error,
+        )
 
     async def _put_back(self, job: JobCreated) -> None:
         self._requeue.discard((job.job_id, job.attempt))
@@ -329,7 +336,13 @@ async def _quietly(step: Awaitable[None]) -> None:
         return
 
 
-def _log(message: str, job: JobCreated, worker_id: str, **extra: object) -> None:
+def _log(
+    message: str,
+    job: JobCreated,
+    worker_id: str,
+    exc_info: BaseException | None = None,
+    **extra: object,
+) -> None:
     if not log.isEnabledFor(logging.INFO):  # twice per job: skip building the fields
         return
     fields = {
@@ -340,4 +353,4 @@ def _log(message: str, job: JobCreated, worker_id: str, **extra: object) -> None
         "type": job.type,
     }
     fields.update({k: v for k, v in extra.items() if v is not None})
-    log.info(message, extra=fields)
+    log.info(message, extra=fields, exc_info=exc_info)
