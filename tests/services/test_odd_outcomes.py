@@ -45,6 +45,18 @@ class Handlers:
     async def unserializable(self, payload: Any) -> Any:
         return {"handle": object()}
 
+    async def interrupt(self, payload: Any) -> Any:
+        raise KeyboardInterrupt
+
+    async def exit(self, payload: Any) -> Any:
+        raise SystemExit(3)
+
+    async def self_cancel(self, payload: Any) -> Any:
+        raise asyncio.CancelledError("the library gave up")
+
+    def sync_interrupt(self, payload: Any) -> Any:
+        raise KeyboardInterrupt
+
     async def wait(self, payload: Any) -> Any:
         self.waiting.set()
         await self.release.wait()
@@ -59,8 +71,9 @@ def handlers() -> Handlers:
 @pytest.fixture
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
     return registry_of(
-        handlers, "nul", "surrogate", "deep", "nan", "infinite", "unserializable", "wait"
-    )
+        handlers, "nul", "surrogate", "deep", "nan", "infinite", "unserializable", "wait",
+        "interrupt", "exit", "self_cancel", "sync_interrupt",
+    )  # fmt: skip
 
 
 async def test_a_result_nested_deeper_than_json_may_be_fails_the_job_instead_of_losing_it(
@@ -92,6 +105,24 @@ async def test_a_result_json_cannot_carry_fails_the_job_instead_of_being_changed
     job = await stack.client.create_job(token, type=kind, payload={}, maxAttempts=1)
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert (done["status"], done["error"], done["result"]) == ("FAILED", error, None)
+
+
+@pytest.mark.parametrize(
+    ("job_type", "error"),
+    [("interrupt", "KeyboardInterrupt"), ("exit", "3"), ("self_cancel", "the library gave up"),
+     ("sync_interrupt", "KeyboardInterrupt")],
+)  # fmt: skip
+async def test_a_handler_raising_a_base_exception_fails_its_attempts_and_the_worker_goes_on(
+    stack: Stack, job_type: str, error: str
+) -> None:
+    # On the event loop, KeyboardInterrupt and SystemExit would stop the worker; a CancelledError
+    # no one asked for would read as a cancelled job. Each is an exception of the handler's.
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type=job_type, payload={}, maxAttempts=2)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED", "CANCELLED")
+    assert (done["status"], done["attempts"], done["error"]) == ("FAILED", 2, error)
+    after = await stack.client.create_job(token, type="deep", payload={})
+    assert (await wait_for_status(stack.client, token, after["id"], "FAILED"))["attempts"] == 1
 
 
 async def test_an_error_message_holding_a_nul_character_still_fails_the_job(

@@ -59,10 +59,31 @@ class Run:
         )
 
 
+class HandlerInterrupted(Exception):
+    """An async handler raised ``KeyboardInterrupt``, ``SystemExit`` or a ``CancelledError`` no one
+    asked for. On the event loop the first two would stop the worker, and the third would read
+    as a cancelled job; each fails the attempt instead, as any other exception does."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(str(raised) or type(raised).__name__)
+
+
+async def _guarded(handler: Handler, payload: Any) -> Any:
+    try:
+        return await handler.function(payload)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # the worker stopped it: timeout or cancel
+            raise
+        raise HandlerInterrupted(exc) from exc
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise HandlerInterrupted(exc) from exc
+
+
 def start(handler: Handler, payload: Any, executor: Executor) -> Run:
     """Start the handler."""
     if handler.is_async:
-        return Run(asyncio.ensure_future(handler.function(payload)))
+        return Run(asyncio.ensure_future(_guarded(handler, payload)))
     call = executor.submit(contextvars.copy_context().run, handler.function, payload)
     return Run(asyncio.wrap_future(call), call)
 
