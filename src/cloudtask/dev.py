@@ -5,13 +5,22 @@ import asyncio
 import logging
 import secrets
 import sys
+import time
 from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudtask import serving
 from cloudtask.api.app import create_app
+from cloudtask.broker.base import Broker, OutgoingMessage
 from cloudtask.broker.memory import MemoryBroker
+from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_STARTED
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db import session
 from cloudtask.db.engine import create_engine
 from cloudtask.db.migrate import upgrade_async
+from cloudtask.db.queries import dispatch as dispatch_q
+from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.kv.memory import MemoryKV
 from cloudtask.results.service import ResultsService
 from cloudtask.scheduler.service import SchedulerService
@@ -44,6 +53,35 @@ def _prepare(db_path: Path) -> Path:
     return db_path
 
 
+async def requeue_pending(engine: AsyncEngine, broker: Broker) -> int:
+    """Queue every PENDING job again: the in-process broker starts empty, and the jobs it held
+    when the last process stopped (due, published, not yet run) are in the database alone. Their
+    messages still in the outbox are replaced, so that each is queued once. Returns how many."""
+    now = utcnow()
+    async with session.transaction(engine) as conn:
+        await outbox_q.remove_queue(conn, JOBS_CREATED)
+        waiting = await dispatch_q.pending(conn)
+    await broker.publish_many(
+        [
+            OutgoingMessage(JOBS_CREATED, job.message(now).body.encode(), job.priority)
+            for job in waiting
+        ]
+    )
+    return len(waiting)
+
+
+async def _drain_reports(broker: MemoryBroker, timeout: float = 5.0) -> None:
+    """Give the results-processor the reports of the jobs that ended during shutdown: they
+    would go with the in-process broker, and the jobs would run again after a restart."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = [await broker.stats(queue) for queue in (JOBS_STARTED, JOBS_COMPLETED)]
+        if not any(queue.messages for queue in stats):
+            await asyncio.sleep(0.2)  # the last ones taken are being written
+            return
+        await asyncio.sleep(0.05)
+
+
 async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
     db_path = await asyncio.to_thread(_prepare, db_path)
     secret = await asyncio.to_thread(dev_secret, db_path, settings)
@@ -53,6 +91,8 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
     broker, kv = MemoryBroker(), MemoryKV()
     await broker.start()
     await kv.start()
+    if requeued := await requeue_pending(engine, broker):
+        log.info("pending jobs queued again", extra={"action": "dev.requeued", "jobs": requeued})
     mail_dir = db_path.parent / "cloudtask-mail"
     handlers = builtin_handlers(settings, mail_dir=mail_dir).merged(user_handlers)
     worker = WorkerService(settings, broker=broker, kv=kv, handlers=handlers)
@@ -80,6 +120,7 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
     finally:
         await scheduler.stop()
         await worker.stop(settings.worker_grace_seconds)
+        await _drain_reports(broker)
         await results.stop()
         await broker.close()
         await kv.close()

@@ -116,6 +116,35 @@ def test_cloudtask_dev_runs_jobs_of_every_outcome(tmp_path: Path) -> None:
         assert dev.stop() == 0
 
 
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_cloudtask_dev_runs_the_jobs_it_held_after_a_restart(tmp_path: Path, stop: str) -> None:
+    # The in-process broker goes with the process: the jobs queued in it, and the reports of
+    # jobs that ended while it stopped, are in the database alone.
+    db = str(tmp_path / "dev.db")
+    with processes(clean_env(bcrypt_rounds="4"), tmp_path) as group:
+        dev = group.start("dev", "--db", db, "--concurrency", "1")
+        client = group.client(dev)
+        running = client.submit(type="sleep", payload={"seconds": 2})
+        client.wait(running["id"], "RUNNING")
+        queued = [client.submit(type="echo", payload=n) for n in range(3)]
+        assert [client.get(job["id"])["status"] for job in queued] == ["PENDING"] * 3
+        if stop == "SIGTERM":
+            assert dev.stop() == 0  # the running job ends within the grace period
+        else:
+            dev.kill()
+
+        again = group.start("dev", "--db", db, "--concurrency", "1")
+        restarted = group.client(again)
+        restarted.http.headers["Authorization"] = client.http.headers["Authorization"]
+        if stop == "SIGTERM":  # reported before the stop, not run again after it
+            assert restarted.get(running["id"])["status"] == "COMPLETED"
+        for n, job in enumerate(queued):
+            assert restarted.wait(job["id"], "COMPLETED", "FAILED")["result"] == n
+        done = restarted.wait(running["id"], "COMPLETED", timeout=60)
+        assert done["result"] == "Slept for 2 seconds"
+        assert again.stop() == 0
+
+
 def test_the_api_can_serve_one_port_from_several_processes(procs: Processes) -> None:
     api = procs.start("api", "--workers", "2")
     client = procs.client(api)

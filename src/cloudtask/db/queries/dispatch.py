@@ -111,6 +111,17 @@ async def dispatch_due(
     return due, outbox_rows
 
 
+async def pending(conn: AsyncConnection) -> list[Attempt]:
+    """Every PENDING job's attempt, as it was handed to the workers: highest priority first,
+    then oldest first."""
+    rows = await conn.execute(
+        select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt)
+        .where(jobs.c.status == JobStatus.PENDING)
+        .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq)
+    )
+    return [_attempt(row, row.dispatch_attempt) for row in rows]
+
+
 async def running_since(conn: AsyncConnection, before: datetime, limit: int) -> list[Attempt]:
     """RUNNING attempts that started before ``before``, oldest first."""
     rows = await conn.execute(

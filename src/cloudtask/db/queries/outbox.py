@@ -173,6 +173,11 @@ async def remove(conn: AsyncConnection, ids: Sequence[int]) -> None:
         await conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
 
 
+async def remove_queue(conn: AsyncConnection, queue: str) -> None:
+    """Drop every message waiting for ``queue``."""
+    await conn.execute(delete(outbox).where(outbox.c.queue == queue))
+
+
 async def backlog(conn: AsyncConnection) -> tuple[int, datetime | None]:
     """How many messages wait, and when the oldest was written."""
     query = select(func.coalesce(func.sum(outbox.c.messages), 0), func.min(outbox.c.created_at))
