@@ -1,6 +1,7 @@
 """Job handlers that end-to-end tests load into workers with ``--import tests.e2e.handlers``."""
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -36,3 +37,9 @@ async def hang(payload: Any) -> str:
     # Blocks the worker's event loop: it can neither time the job out nor renew its leases.
     time.sleep(float(payload.get("seconds", 30)))  # noqa: ASYNC251 - hanging is the point
     return "woke up"
+
+
+@job_handler("e2e.crash")
+def crash(payload: Any) -> Any:
+    """Kills its worker, as a segfault or the kernel's OOM killer would."""
+    os._exit(70)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.e2e.client import ApiClient
 from tests.e2e.probes import job_row, metric
-from tests.e2e.processes import Processes
+from tests.e2e.processes import Process, Processes
 
 ROOT = Path(__file__).parents[2]
 HANDLERS = ["--import", "tests.e2e.handlers"]
@@ -34,6 +34,38 @@ def test_a_job_survives_its_worker_being_killed(procs: Processes) -> None:
     row = job_row(procs.env["CLOUDTASK_DATABASE_URL"], job["id"])
     assert row["redeliveries"] == 1
     assert row["attempts"] == 1
+
+
+def test_a_job_that_kills_its_worker_is_failed_and_the_jobs_beside_it_run(
+    procs: Processes, tmp_path: Path
+) -> None:
+    procs.env["CLOUDTASK_MAX_DELIVERIES"] = "3"
+    api = procs.start("api")
+    procs.start("results")
+    procs.start("scheduler")
+    client = procs.client(api)
+    poison = client.submit(type="e2e.crash", payload={})
+    beside = [client.submit(type="e2e.double", payload={"n": n}) for n in range(6)]
+    # Workers started one after another, as a supervisor restarts them, until one lives.
+    deaths = 0
+    while client.get(poison["id"])["status"] != "FAILED":
+        assert deaths < 6, "the job that kills its worker was never failed"
+        worker = Process(
+            ["worker", *HANDLERS, "--port", "0"], procs.env, tmp_path / f"w{deaths}.log", ROOT
+        )
+        procs.started.append(worker)
+        deadline = time.monotonic() + 30
+        while worker.proc.poll() is None and client.get(poison["id"])["status"] != "FAILED":
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.1)
+        if worker.proc.poll() is not None:
+            assert worker.proc.returncode == 70, worker.log()
+            deaths += 1
+    failed = client.get(poison["id"])
+    assert failed["error"] == "delivered 3 times without finishing"
+    for n, job in enumerate(beside):
+        assert client.wait(job["id"], "COMPLETED", "FAILED")["result"] == {"doubled": 2 * n}
+    assert deaths == 3
 
 
 def test_a_custom_handler_module_runs_its_jobs_and_a_running_one_can_be_cancelled(

@@ -1,8 +1,12 @@
 """An attempt whose deliveries keep ending without a report (it kills its worker) is failed and
 dead-lettered by the worker once given a slot ``MAX_DELIVERIES`` times; a delivery that merely
-went back to the queue is never counted (``test_worker_priority``)."""
+went back to the queue is never counted (``test_worker_priority``). An attempt lost with its
+worker before runs alone, so that the jobs beside it are not counted with it
+(``tests/e2e/test_pipeline.py`` kills real workers)."""
 
+import asyncio
 import uuid
+from typing import Any
 
 from cloudtask.broker.memory import MemoryBroker
 from cloudtask.contracts.messages import JobCreated, JobFinished
@@ -13,6 +17,7 @@ from cloudtask.worker.handlers import builtin_handlers
 from cloudtask.worker.service import WorkerService
 from tests.conftest import Backends
 from tests.helpers import eventually
+from tests.services.support import registry_of
 
 
 async def test_an_attempt_delivered_max_deliveries_times_is_failed_and_dead_lettered(
@@ -46,3 +51,72 @@ async def test_an_attempt_delivered_max_deliveries_times_is_failed_and_dead_lett
     assert event.error == "delivered 3 times without finishing"
     assert dead.body == job.encode()
     assert dead.headers["x-death-reason"] == event.error
+
+
+class Overlaps:
+    """A handler that notes how many attempts ran at once while each ran."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most: dict[str, int] = {}
+
+    async def hold(self, payload: Any) -> Any:
+        self.running += 1
+        try:
+            self.most[payload] = self.running
+            await asyncio.sleep(0.2)
+            self.most[payload] = max(self.most[payload], self.running)
+        finally:
+            self.running -= 1
+        return payload
+
+
+async def test_attempts_lost_with_their_worker_before_run_alone(
+    backends: Backends, settings: Settings
+) -> None:
+    broker = MemoryBroker()
+    await broker.start()
+    names = ["fresh-1", "fresh-2", "lost-1", "lost-2"]
+    jobs = {
+        name: JobCreated(
+            job_id=uuid.uuid4(),
+            user_id=uuid.uuid4(),
+            type="hold",
+            payload=name,
+            enqueued_at=utcnow(),
+        )
+        for name in names
+    }
+    for job in jobs.values():
+        await broker.publish(JOBS_CREATED, job.encode())
+    taken = [await broker.get(JOBS_CREATED) for _ in names]
+    for delivery in taken:  # each comes back redelivered, as from a worker that died
+        assert delivery is not None
+        await delivery.reject(requeue=True)
+    for name in ("lost-1", "lost-2"):  # and these were given a slot once more, and lost again
+        await backends.kv.incr(f"cloudtask:deliveries:{jobs[name].job_id}:1", ttl=60)
+    overlaps = Overlaps()
+    worker = WorkerService(
+        settings.model_copy(update={"worker_concurrency": 4}),
+        broker=broker,
+        kv=backends.kv,
+        handlers=registry_of(overlaps, "hold"),
+    )
+    await worker.start()
+    finished: list[JobFinished] = []
+
+    async def all_finished() -> bool:
+        while (delivery := await broker.get(JOBS_COMPLETED)) is not None:
+            finished.append(JobFinished.model_validate_json(delivery.body))
+            await delivery.ack()
+        return len(finished) == len(names)
+
+    try:
+        await eventually(all_finished, timeout=10)
+    finally:
+        await worker.stop(grace=1)
+        await broker.close()
+    assert sorted((event.result, event.status) for event in finished) == [
+        (name, "COMPLETED") for name in sorted(names)
+    ]
+    assert overlaps.most == {"fresh-1": 2, "fresh-2": 2, "lost-1": 1, "lost-2": 1}

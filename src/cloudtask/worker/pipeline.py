@@ -6,7 +6,8 @@
    first, earliest enqueued first within one; when one has waited ``WAIT_LIMIT``, all that wait
    go back to the queue, in that order, to be compared with the jobs queued since. An attempt
    given a slot ``max_deliveries`` times (it keeps killing its worker) is failed and
-   dead-lettered. The worker takes a lease on the attempt; a job cancelled while it waited is
+   dead-lettered; one counted before runs alone (``gate``), so that the jobs beside it are not
+   counted with it. The worker takes a lease on the attempt; a job cancelled while it waited is
    skipped.
    Otherwise the handler starts, under the job's timeout. A handler still running after
    ``ANNOUNCE_AFTER`` makes the worker publish ``jobs.started`` (confirmed) and only then
@@ -42,6 +43,7 @@ from cloudtask.kv.base import KV
 from cloudtask.observability.metrics import WorkerMetrics
 from cloudtask.worker import execution
 from cloudtask.worker.execution import Outcome
+from cloudtask.worker.gate import RunGate
 from cloudtask.worker.leases import RunningAttempts
 from cloudtask.worker.registry import HandlerRegistry
 from cloudtask.worker.slots import PrioritySlots
@@ -81,6 +83,7 @@ class Pipeline:
     def __init__(self, deps: PipelineDeps, slots: PrioritySlots[Delivery]) -> None:
         self.deps = deps
         self._slots = slots
+        self._gate = RunGate()
         self.stopping = asyncio.Event()
         self._requeue: set[tuple[object, int]] = set()
         self._returning: asyncio.Task[None] | None = None
@@ -108,18 +111,34 @@ class Pipeline:
             return None
         return job
 
-    async def _delivered_too_often(self, delivery: Delivery, job: JobCreated) -> bool:
-        """Whether this attempt was given a slot ``max_deliveries`` times without finishing.
-        Counted once the delivery has a slot, not as it arrives: a delivery that went back to
-        the queue while it waited did not kill a worker, and nothing awaited between arrival
-        and slot lets a later delivery overtake an earlier one to a free slot."""
-        if not delivery.redelivered:
-            return False
-        key = f"cloudtask:deliveries:{job.job_id}:{job.attempt}"
+    async def _lost_before(self, job: JobCreated) -> bool:
+        """Whether this attempt, delivered again, was counted by ``_delivered_too_often``
+        before: it was lost with a worker at least twice. It then runs alone (``gate``), so
+        that the count of a job that keeps killing its worker is not the count of the jobs that
+        ran beside it too, and only it is failed."""
         try:
-            return await self.deps.kv.incr(key, ttl=24 * 3600) >= self.deps.max_deliveries
+            counted = await self.deps.kv.get(_deliveries_key(job))
         except KVUnavailable:
             return False
+        if counted is None:
+            return False
+        extra = {"action": "job.alone", "jobId": str(job.job_id), "attempt": job.attempt}
+        log.warning("attempt runs alone: it was lost with its worker before", extra=extra)
+        return True
+
+    async def _delivered_too_often(self, delivery: Delivery, job: JobCreated) -> bool:
+        """Whether this attempt was given a slot ``max_deliveries`` times without finishing.
+        Counted once the delivery has a slot and may run, not as it arrives: a delivery that
+        went back to the queue while it waited did not kill a worker, nor did one that waited
+        while another ran alone; and nothing awaited between arrival and slot lets a later
+        delivery overtake an earlier one to a free slot."""
+        if not delivery.redelivered:
+            return False
+        try:
+            counted = await self.deps.kv.incr(_deliveries_key(job), ttl=24 * 3600)
+        except KVUnavailable:
+            return False
+        return counted >= self.deps.max_deliveries
 
     async def _give_up(self, delivery: Delivery, job: JobCreated) -> None:
         reason = f"delivered {self.deps.max_deliveries} times without finishing"
@@ -137,12 +156,18 @@ class Pipeline:
         if not await self._wait_for_slot(delivery, job):
             return
         try:
-            if self.stopping.is_set():
-                await _quietly(delivery.reject(requeue=True))
-                return
-            attempt = None
-            if not await self._delivered_too_often(delivery, job):
-                attempt = await self._attempt(delivery, job)
+            alone = delivery.redelivered and await self._lost_before(job)
+            if alone or not self._gate.try_enter():
+                await self._gate.enter(alone=alone)
+            try:
+                if self.stopping.is_set():
+                    await _quietly(delivery.reject(requeue=True))
+                    return
+                attempt = None
+                if not await self._delivered_too_often(delivery, job):
+                    attempt = await self._attempt(delivery, job)
+            finally:
+                self._gate.leave(alone=alone)
         finally:
             self._slots.release()
         if attempt is None:
@@ -334,6 +359,10 @@ async def _quietly(step: Awaitable[None]) -> None:
         await step
     except BrokerUnavailable:
         return
+
+
+def _deliveries_key(job: JobCreated) -> str:
+    return f"cloudtask:deliveries:{job.job_id}:{job.attempt}"
 
 
 def _log(
