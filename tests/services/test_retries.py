@@ -160,6 +160,23 @@ async def test_an_async_handler_running_past_its_timeout_is_stopped_and_fails(
     assert handlers.slow_cancelled
 
 
+async def test_a_sleep_as_long_as_its_timeout_completes(stack: Stack) -> None:
+    # Timers fire a little late: a handler that waits exactly its timeout ends just past it.
+    token = await stack.client.register()
+    jobs = [
+        await stack.client.create_job(
+            token, type="sleep", payload={"seconds": 1}, timeoutSeconds=1, maxAttempts=1
+        )
+        for _ in range(8)
+    ]
+    for job in jobs:
+        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+        assert (done["status"], done["result"]) == (
+            "COMPLETED",
+            "Slept for 1 seconds",
+        )  # the contract's words
+
+
 async def test_an_async_handler_that_blocks_the_loop_past_its_timeout_counts_as_timed_out(
     stack: Stack,
 ) -> None:

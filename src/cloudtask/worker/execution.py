@@ -18,6 +18,9 @@ from cloudtask.errors import PermanentFailure
 from cloudtask.worker.registry import Handler
 
 MAX_RESULT_BYTES = 1024 * 1024
+# A handler that waits exactly its timeout (``sleep`` of 300 s under the default 300) ends a few
+# milliseconds past it, as timers fire late; it is not stopped for that.
+TIMEOUT_SLACK = 0.05
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ async def finish(run: "asyncio.Future[Any]", timeout: float, *, since: float) ->
     """
     ended: list[float] = []
     run.add_done_callback(lambda _: ended.append(time.perf_counter()))
-    left = max(0.0, since + timeout - time.perf_counter())
+    timeout_with_slack = timeout + TIMEOUT_SLACK
+    left = max(0.0, since + timeout_with_slack - time.perf_counter())
     if not await settled_within(run, left):
         run.cancel()
         return _timed_out(timeout)
@@ -107,7 +111,7 @@ async def finish(run: "asyncio.Future[Any]", timeout: float, *, since: float) ->
     # A future already done when this began has its callback still to run: now is when the loop
     # got back to it, which is what the callback would say (a handler that blocked the loop).
     ended_at = ended[0] if ended else time.perf_counter()
-    if ended_at - since > timeout:
+    if ended_at - since > timeout_with_slack:
         return _timed_out(timeout)
     if exc is not None:
         return failure(exc)
