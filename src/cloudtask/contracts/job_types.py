@@ -5,8 +5,9 @@ not a failed job; the worker checks it again, because anyone may publish to ``jo
 """
 
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 SLEEP: Final = "sleep"
 ECHO: Final = "echo"
@@ -42,10 +43,25 @@ class EmailPayload(_Payload):
     body: StrictStr = ""
 
 
+def _has_host_and_port(url: str) -> str:
+    # What the pattern cannot say: every attempt at a URL without a host, or with a port that is
+    # not a number from 0 to 65535, would fail the same way.
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - parsed on access
+    except ValueError:
+        raise ValueError("has a port that is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("has no host")
+    return url
+
+
 class HttpPayload(_Payload):
     # No control characters: the HTTP client refuses them in a URL.
     url: Annotated[
-        StrictStr, Field(max_length=8192, pattern=r"^[hH][tT][tT][pP][sS]?://[^\x00-\x1f\x7f]*$")
+        StrictStr,
+        Field(max_length=8192, pattern=r"^[hH][tT][tT][pP][sS]?://[^\x00-\x1f\x7f]*$"),
+        AfterValidator(_has_host_and_port),
     ]
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
     # A name outside the pattern is refused, as the schema says with additionalProperties (a

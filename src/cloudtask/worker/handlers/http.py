@@ -25,9 +25,7 @@ class HttpHandler:
         self._max_bytes = settings.http_max_response_bytes
 
     def is_allowed(self, url: str) -> bool:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        with_port = f"{host}:{parts.port}" if parts.port else host
+        host, with_port = _host(url)
         return host in self._allowed or with_port in self._allowed
 
     async def __call__(self, payload: Any) -> dict[str, Any]:
@@ -36,8 +34,8 @@ class HttpHandler:
         except ValidationError as exc:
             raise PermanentFailure(f"invalid http payload: {exc.errors()[0]['msg']}") from None
         if not self.is_allowed(request.url):
-            host = urlsplit(request.url).hostname
-            raise PermanentFailure(f"host {host!r} is not in CLOUDTASK_HTTP_ALLOWED_HOSTS")
+            _, with_port = _host(request.url)
+            raise PermanentFailure(f"host {with_port!r} is not in CLOUDTASK_HTTP_ALLOWED_HOSTS")
         content = None
         headers = dict(request.headers)
         if request.body is not None:
@@ -64,3 +62,11 @@ class HttpHandler:
                 raise PermanentFailure(f"the response is larger than {self._max_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks).decode(reply.encoding or "utf-8", errors="replace")
+
+
+def _host(url: str) -> tuple[str, str]:
+    """The URL's host, and the host with its port if it names one (``HttpPayload`` checked
+    that it has a host and a valid port)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return host, f"{host}:{parts.port}" if parts.port else host
