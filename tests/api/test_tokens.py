@@ -69,6 +69,37 @@ async def test_every_job_endpoint_answers_401_without_a_valid_token(
         assert response.headers["WWW-Authenticate"].startswith("Bearer"), name
 
 
+@pytest.mark.parametrize("path", ["/jobs", "/jobs/batch", "/schedules"])
+async def test_a_body_that_cannot_be_read_is_401_before_400_without_a_valid_token(
+    client: Client, path: str
+) -> None:
+    bad = await _bad_authorizations(client)
+    for name in ("missing", "garbage", "expired"):
+        for body, content_type in (("{bad", "application/json"), ("type=echo", "text/plain")):
+            headers = {**bad[name], "Content-Type": content_type}
+            response = await client.http.post(path, content=body, headers=headers)
+            assert_error(response, 401, path)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer"), name
+    # With a valid token, the body is what is wrong; and the routes that need no token say so.
+    token = await client.register()
+    headers = {**client.auth(token), "Content-Type": "application/json"}
+    assert_error(await client.http.post(path, content="{bad", headers=headers), 400, path)
+    register = await client.http.post("/auth/register", content="{bad", headers=headers)
+    assert_error(register, 400, "/auth/register")
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
+async def test_two_authorization_headers_are_401_whichever_comes_first(
+    client: Client, method: str, path: str, body: dict[str, object] | None
+) -> None:
+    valid = f"Bearer {await client.register()}"
+    for pair in ((valid, "Bearer garbage"), ("Bearer garbage", valid), (valid, valid)):
+        headers = [("Authorization", value) for value in pair]
+        response = await client.http.request(method, path, json=body, headers=headers)
+        assert_error(response, 401, path)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
 async def test_a_valid_token_is_accepted(client: Client) -> None:
     token = await client.register()
     response = await client.http.get("/jobs", headers=client.auth(token))

@@ -22,11 +22,14 @@ async def _context(request: Request) -> ApiContext:
 Context = Annotated[ApiContext, Depends(_context)]
 
 
-async def _principal(request: Request) -> Principal:
+async def authenticated(request: Request) -> Principal:
     # The header is read here rather than through FastAPI's HTTPBearer dependency: one
     # dependency instead of three on every request. The OpenAPI document declares the scheme
     # (see openapi.py).
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    sent = request.headers.getlist("authorization")
+    if len(sent) > 1:  # which one would count is anyone's guess: neither does
+        raise unauthorized("Send one Authorization header")
+    scheme, _, token = (sent[0] if sent else "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("A Bearer token is required")
     context: ApiContext = request.app.state.context
@@ -45,4 +48,4 @@ async def _principal(request: Request) -> Principal:
     return principal
 
 
-CurrentUser = Annotated[Principal, Depends(_principal)]
+CurrentUser = Annotated[Principal, Depends(authenticated)]

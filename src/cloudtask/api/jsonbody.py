@@ -12,11 +12,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import request_params_to_args
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope
 
+from cloudtask.api.deps import authenticated
 from cloudtask.contracts import jsoncodec
 
 E = TypeVar("E", bound=Callable[..., Any])
@@ -53,6 +55,7 @@ class StrictJSONRoute(APIRoute):
 
         takes_body = self.body_field is not None
         header_params = self.dependant.header_params
+        needs_token = _depends_on(self.dependant, authenticated)
         max_depth = jsoncodec.MAX_DEPTH + getattr(self.endpoint, "body_nesting", 0)
 
         async def strict_handler(request: Request) -> Response:
@@ -66,24 +69,32 @@ class StrictJSONRoute(APIRoute):
             strict = StrictJSONRequest(scope, request.receive)
             strict.max_depth = max_depth
 
-            def unread(errors: list[Any], body: Any) -> RequestValidationError:
-                # FastAPI stops at a body it cannot read, before the parameters; the 400 names
-                # the route's bad headers too (an Idempotency-Key out of its range).
+            async def unread(errors: list[Any], body: Any) -> RequestValidationError:
+                # FastAPI stops at a body it cannot read, before the token and the parameters:
+                # the token is checked first (a 401 before a 400, as for any other bad body),
+                # and the 400 names the route's bad headers too (an Idempotency-Key out of its
+                # range).
+                if needs_token:
+                    await authenticated(strict)
                 _, header_errors = request_params_to_args(header_params, strict.headers)
                 return RequestValidationError([*errors, *header_errors], body=body)
 
             foreign = declared is not None and not is_json_media_type(declared)
             if takes_body and foreign and await strict.body():
-                raise unread([_CONTENT_TYPE_ERROR], None)
+                raise await unread([_CONTENT_TYPE_ERROR], None)
             try:
                 return await handler(strict)
             except RequestValidationError as exc:
                 errors = list(exc.errors())
                 if not any(error.get("type") == "json_invalid" for error in errors):
                     raise
-                raise unread(errors, exc.body) from None
+                raise await unread(errors, exc.body) from None
 
         return strict_handler
+
+
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(sub.call is call or _depends_on(sub, call) for sub in dependant.dependencies)
 
 
 def nests_bodies(levels: int) -> Callable[[E], E]:

@@ -81,18 +81,18 @@ class SubmitLane:
     def _credentials(self, scope: Scope) -> tuple[Principal, str | None] | None:
         """The token's user, known to this process, and the Idempotency-Key if there is one, from
         headers that pass the route's checks (a JSON body, if its type is declared)."""
-        authorization: bytes | None = None
+        authorizations: list[bytes] = []
         keys: list[bytes] = []
         for name, value in scope["headers"]:
             if name == b"authorization":
-                authorization = value if authorization is None else authorization
+                authorizations.append(value)
             elif name == b"idempotency-key":
                 keys.append(value)
             elif name == b"content-type" and not is_json_media_type(value.decode("latin-1")):
                 return None  # a body declared as something else: the route's 400
-        if authorization is None or len(keys) > 1:
+        if len(authorizations) != 1 or len(keys) > 1:
             return None
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        scheme, _, token = authorizations[0].decode("latin-1").partition(" ")
         key = keys[0].decode("latin-1") if keys else None
         if scheme.lower() != "bearer" or (key is not None and not 0 < len(key) <= MAX_KEY_LENGTH):
             return None
