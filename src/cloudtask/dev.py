@@ -24,7 +24,7 @@ from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.kv.memory import MemoryKV
 from cloudtask.results.service import ResultsService
 from cloudtask.scheduler.service import SchedulerService
-from cloudtask.settings import MIN_JWT_SECRET_BYTES, Settings
+from cloudtask.settings import MIN_JWT_SECRET_BYTES, Settings, SettingsError
 from cloudtask.worker.handlers import builtin_handlers
 from cloudtask.worker.registry import user_handlers
 from cloudtask.worker.service import WorkerService
@@ -49,6 +49,11 @@ def dev_secret(db_path: Path, settings: Settings) -> str:
 
 def _prepare(db_path: Path) -> Path:
     db_path = db_path.resolve()
+    if db_path.is_dir():
+        raise SettingsError(
+            f"--db {db_path} is a directory: give the database file's path, such as "
+            f"{db_path / 'cloudtask-dev.db'}"
+        )
     db_path.parent.mkdir(parents=True, exist_ok=True)
     return db_path
 

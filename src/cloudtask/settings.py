@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -72,6 +73,22 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             hosts = [h.strip().lower() if isinstance(h, str) else h for h in value]
             return [host for host in hosts if host != ""]
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked at start: a mistyped URL would otherwise fail every email job. The message
+        # never repeats the URL, which may hold a password.
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        try:
+            parts.port  # noqa: B018 - parsed on access
+        except ValueError:
+            raise ValueError("the port is not a number from 0 to 65535") from None
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError("must be smtp://[user:password@]host[:port] or smtps://…")
         return value
 
     @field_validator("log_level", mode="before")

@@ -68,6 +68,24 @@ def _on_a_taken_port(
     return port, done
 
 
+def test_cloudtask_dev_given_a_directory_for_its_database_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [CLOUDTASK, "dev", "--port", "0", "--db", str(tmp_path)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"cloudtask: --db {tmp_path} is a directory: give the database file's path, such as "
+        f"{tmp_path / 'cloudtask-dev.db'}"
+    ]
+
+
 @pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler", "dev"])
 def test_a_service_whose_port_is_taken_exits_at_once_saying_so(
     command: str, service_env: dict[str, str], tmp_path: Path

@@ -141,6 +141,10 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
         ("CLOUDTASK_LOG_LEVEL", "verbose"),
         ("CLOUDTASK_HTTP_ALLOWED_HOSTS", '["a.example"'),
         ("CLOUDTASK_HTTP_ALLOWED_HOSTS", "[1, 2]"),
+        ("CLOUDTASK_SMTP_URL", "notaurl"),
+        ("CLOUDTASK_SMTP_URL", "http://mail.example"),
+        ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example:25x"),
+        ("CLOUDTASK_SMTP_URL", "smtp://"),
     ],
 )
 def test_an_invalid_value_is_refused_naming_the_variable(
@@ -152,6 +156,16 @@ def test_an_invalid_value_is_refused_naming_the_variable(
     message = str(caught.value)
     assert message.startswith(f"{name}: ")
     assert "\n" not in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["smtp://mail.example", "smtps://u:p%40ss@mail.example:465", "smtp://[::1]:2525"]
+)
+def test_an_smtp_url_is_read(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("CLOUDTASK_SMTP_URL", url)
+    smtp_url = load_settings().smtp_url
+    assert smtp_url is not None and smtp_url.get_secret_value() == url
 
 
 def test_an_invalid_value_in_the_env_file_is_refused_naming_the_variable(tmp_path: Path) -> None:
