@@ -43,3 +43,11 @@ async def hang(payload: Any) -> str:
 def crash(payload: Any) -> Any:
     """Kills its worker, as a segfault or the kernel's OOM killer would."""
     os._exit(70)
+
+
+@job_handler("e2e.crash_later")
+async def crash_later(payload: Any) -> Any:
+    """Kills its worker once it has run a while: long enough to be announced, its delivery
+    acknowledged, so that only its lease tells that it was lost."""
+    await asyncio.sleep(float(payload.get("seconds", 0.3)))
+    os._exit(70)

@@ -4,6 +4,7 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.client import ApiClient
 from tests.e2e.probes import job_row, metric
@@ -36,9 +37,30 @@ def test_a_job_survives_its_worker_being_killed(procs: Processes) -> None:
     assert row["attempts"] == 1
 
 
+def _workers_until_one_lives(
+    procs: Processes, client: ApiClient, poison: dict[str, Any], logs: Path
+) -> int:
+    """Start workers one after another, as a supervisor restarts them, until the job that kills
+    them is failed; returns how many died."""
+    deaths = 0
+    while client.get(poison["id"])["status"] != "FAILED":
+        assert deaths < 6, "the job that kills its worker was never failed"
+        worker = Process(["worker", *HANDLERS, "--port", "0"], procs.env, logs / f"w{deaths}", ROOT)
+        procs.started.append(worker)
+        deadline = time.monotonic() + 60
+        while worker.proc.poll() is None and client.get(poison["id"])["status"] != "FAILED":
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.1)
+        if worker.proc.poll() is not None:
+            assert worker.proc.returncode == 70, worker.log()
+            deaths += 1
+    return deaths
+
+
 def test_a_job_that_kills_its_worker_is_failed_and_the_jobs_beside_it_run(
     procs: Processes, tmp_path: Path
 ) -> None:
+    # It kills its worker at once: its delivery, and theirs, come back redelivered.
     procs.env["CLOUDTASK_MAX_DELIVERIES"] = "3"
     api = procs.start("api")
     procs.start("results")
@@ -46,25 +68,30 @@ def test_a_job_that_kills_its_worker_is_failed_and_the_jobs_beside_it_run(
     client = procs.client(api)
     poison = client.submit(type="e2e.crash", payload={})
     beside = [client.submit(type="e2e.double", payload={"n": n}) for n in range(6)]
-    # Workers started one after another, as a supervisor restarts them, until one lives.
-    deaths = 0
-    while client.get(poison["id"])["status"] != "FAILED":
-        assert deaths < 6, "the job that kills its worker was never failed"
-        worker = Process(
-            ["worker", *HANDLERS, "--port", "0"], procs.env, tmp_path / f"w{deaths}.log", ROOT
-        )
-        procs.started.append(worker)
-        deadline = time.monotonic() + 30
-        while worker.proc.poll() is None and client.get(poison["id"])["status"] != "FAILED":
-            assert time.monotonic() < deadline, worker.log()
-            time.sleep(0.1)
-        if worker.proc.poll() is not None:
-            assert worker.proc.returncode == 70, worker.log()
-            deaths += 1
-    failed = client.get(poison["id"])
-    assert failed["error"] == "delivered 3 times without finishing"
+    deaths = _workers_until_one_lives(procs, client, poison, tmp_path)
+    assert client.get(poison["id"])["error"] == "delivered 3 times without finishing"
     for n, job in enumerate(beside):
         assert client.wait(job["id"], "COMPLETED", "FAILED")["result"] == {"doubled": 2 * n}
+    assert deaths == 3
+
+
+def test_a_running_job_that_kills_its_worker_is_failed_and_the_jobs_beside_it_run(
+    procs: Processes, tmp_path: Path
+) -> None:
+    # It kills its worker after its delivery was acknowledged, and theirs too: the scheduler
+    # finds them all lost by their leases, and hands them out again.
+    procs.env["CLOUDTASK_MAX_DELIVERIES"] = "3"
+    procs.env["CLOUDTASK_WORKER_LEASE_SECONDS"] = "3"
+    api = procs.start("api")
+    procs.start("results")
+    procs.start("scheduler")
+    client = procs.client(api)
+    poison = client.submit(type="e2e.crash_later", payload={"seconds": 0.3})
+    beside = [client.submit(type="e2e.block", payload={"seconds": 1}) for _ in range(3)]
+    deaths = _workers_until_one_lives(procs, client, poison, tmp_path)
+    assert client.get(poison["id"])["error"] == "its worker was lost 3 times"
+    for job in beside:
+        assert client.wait(job["id"], "COMPLETED", "FAILED")["result"] == "finished"
     assert deaths == 3
 
 

@@ -8,9 +8,9 @@ from uuid import uuid4
 
 import pytest
 
-from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key
+from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key, lost_key
 from cloudtask.settings import Settings
-from cloudtask.worker.leases import RunningAttempts
+from cloudtask.worker.leases import RunningAttempts, Taken
 from cloudtask.worker.registry import HandlerRegistry
 from tests.conftest import Backends
 from tests.helpers import eventually, wait_for_status
@@ -148,13 +148,15 @@ async def test_leases_taken_together_are_written_in_one_round_trip_each_with_its
     await running.start()
     jobs = [uuid4() for _ in range(5)]
     await backends.kv.set(cancel_key(jobs[2]), b"1", ttl=60)
+    await backends.kv.set(lost_key(jobs[3], 3), b"1", ttl=60)
     try:
-        flags = await asyncio.gather(*(running.take(job_id, 3) for job_id in jobs))
-        assert flags == [False, False, True, False, False]
+        taken = await asyncio.gather(*(running.take(job_id, 3) for job_id in jobs))
+        assert [t.cancelled for t in taken] == [False, False, True, False, False]
+        assert [t.lost_before for t in taken] == [False, False, False, True, False]
         leases = await backends.kv.get_many([lease_key(job_id, 3) for job_id in jobs])
         assert leases == [b"test-worker"] * 5
         assert running._takes.writes == 1
-        assert await running.take(uuid4(), 1) is False  # a lone one is not kept waiting
+        assert await running.take(uuid4(), 1) == Taken()  # a lone one is not kept waiting
         assert running._takes.writes == 2
     finally:
         for job_id in jobs:

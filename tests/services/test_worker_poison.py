@@ -119,4 +119,6 @@ async def test_attempts_lost_with_their_worker_before_run_alone(
     assert sorted((event.result, event.status) for event in finished) == [
         (name, "COMPLETED") for name in sorted(names)
     ]
-    assert overlaps.most == {"fresh-1": 2, "fresh-2": 2, "lost-1": 1, "lost-2": 1}
+    # Each lost one ran with no other beside it; the fresh ones may run together (whether they
+    # did depends on the order the deliveries reached the gate).
+    assert (overlaps.most["lost-1"], overlaps.most["lost-2"]) == (1, 1)

@@ -23,6 +23,12 @@ def lease_key(job_id: UUID | str, attempt: int) -> str:
     return f"cloudtask:running:{job_id}:{attempt}"
 
 
+def lost_key(job_id: UUID | str, attempt: int) -> str:
+    """Set by the scheduler on an attempt it hands out again because its worker vanished: the
+    worker that takes it up runs it alone (see ``worker.gate``)."""
+    return f"cloudtask:lost:{job_id}:{attempt}"
+
+
 def handler_key(job_type: str) -> str:
     """Held while some running worker has a handler for ``job_type``, renewed by its heartbeat:
     a worker without one gives such a job back rather than failing it."""

@@ -2,7 +2,8 @@
 
 - Lost: a RUNNING attempt whose lease has expired (the worker stopped renewing it) is handed out
   again under the same attempt number, at most ``max_deliveries`` times; a lost attempt whose
-  cancellation was requested just ends CANCELLED.
+  cancellation was requested just ends CANCELLED. It is marked in the key-value store first, so
+  that the worker that takes it up runs it alone.
 - Hung: a RUNNING attempt older than its timeout plus ``running_grace_seconds`` counts as a failed,
   retryable attempt: retried after a backoff if attempts remain, else FAILED.
 
@@ -10,6 +11,7 @@ Neither is judged while ``jobs.completed`` has reports waiting: behind a backlog
 missing one is most likely among them.
 """
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -18,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloudtask.broker.base import Broker
 from cloudtask.contracts.messages import JobFinished
 from cloudtask.contracts.queues import JOBS_COMPLETED
-from cloudtask.contracts.signals import lease_key
+from cloudtask.contracts.signals import lease_key, lost_key
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.queries import job_events
@@ -28,7 +30,9 @@ from cloudtask.kv.base import KV
 from cloudtask.policies.backoff import compute_backoff
 from cloudtask.settings import Settings
 
+log = logging.getLogger(__name__)
 BATCH = 500
+LOST_MARK_TTL = 24 * 3600.0
 
 
 @dataclass
@@ -63,6 +67,19 @@ async def lost_among(
     except KVUnavailable:
         return set()
     return {job for job, lease in zip(running, leases, strict=True) if lease is None}
+
+
+async def mark_lost(kv: KV, lost: set[dispatch_q.Attempt]) -> None:
+    """Tell the workers that these attempts were lost with a worker, before they are handed out
+    again: each then runs alone, so that if one of them killed its worker, the others are not
+    counted with it when it does so again. Unmarked (the store away), they run as any job."""
+    if not lost:
+        return
+    marks = {lost_key(job.id, job.attempt): b"1" for job in lost}
+    try:
+        await kv.set_many(marks, ttl=LOST_MARK_TTL)
+    except KVUnavailable:
+        log.warning("could not mark lost attempts to run alone", extra={"lost": len(lost)})
 
 
 async def reports_waiting(broker: Broker) -> bool:

@@ -162,6 +162,8 @@ class SchedulerService:
             )
             return
 
+        await recovery.mark_lost(self._kv, lost)
+
         async def step(conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
             done = await recovery.recover(conn, self._settings, running, lost, now=now)
             for reason in ("lost", "hung", "cancelled", "gave_up"):

@@ -20,7 +20,7 @@ from typing import Any
 from uuid import UUID
 
 from cloudtask.batching import Batcher
-from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key
+from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key, lost_key
 from cloudtask.errors import KVUnavailable
 from cloudtask.kv.base import KV, Subscription
 
@@ -34,7 +34,17 @@ TAKE_LINGER = 0.002
 class _Take:
     lease: str
     cancel: str
+    lost: str
     cancel_flag: bytes | None = None
+    lost_mark: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What the store said as the lease was taken."""
+
+    cancelled: bool = False  # the job's cancellation was requested
+    lost_before: bool = False  # the scheduler handed this attempt out again (``lost_key``)
 
 
 class RunningAttempts:
@@ -67,11 +77,12 @@ class RunningAttempts:
             await self._subscription.close()
         await self._takes.stop()
 
-    async def take(self, job_id: UUID, attempt: int) -> bool:
-        """Lease the attempt; returns whether the job's cancellation was requested. If the store
-        is unreachable the job runs anyway: the heartbeat writes the lease once the store is
-        back (and the scheduler does not judge leases until then)."""
-        take = _Take(lease_key(job_id, attempt), cancel_key(job_id))
+    async def take(self, job_id: UUID, attempt: int) -> Taken:
+        """Lease the attempt; returns whether the job's cancellation was requested and whether
+        the attempt was lost with a worker before. If the store is unreachable the job runs
+        anyway: the heartbeat writes the lease once the store is back (and the scheduler does
+        not judge leases until then)."""
+        take = _Take(lease_key(job_id, attempt), cancel_key(job_id), lost_key(job_id, attempt))
         self._leases[take.lease] = job_id
         try:
             await self._takes.add(take)
@@ -79,17 +90,17 @@ class RunningAttempts:
             log.warning(
                 "running without a lease: %s", exc, extra={"jobId": str(job_id), "attempt": attempt}
             )
-            return False
-        return take.cancel_flag is not None
+            return Taken()
+        return Taken(take.cancel_flag is not None, take.lost_mark is not None)
 
     async def _take_many(self, takes: Sequence[_Take]) -> None:
-        flags = await self._kv.set_many_and_get(
+        values = await self._kv.set_many_and_get(
             dict.fromkeys((take.lease for take in takes), self._worker_id),
             ttl=self.lease_seconds,
-            get_keys=[take.cancel for take in takes],
+            get_keys=[key for take in takes for key in (take.cancel, take.lost)],
         )
-        for take, flag in zip(takes, flags, strict=True):
-            take.cancel_flag = flag
+        for n, take in enumerate(takes):
+            take.cancel_flag, take.lost_mark = values[2 * n], values[2 * n + 1]
 
     async def drop(self, job_id: UUID, attempt: int, *, marker: bytes | None = None) -> None:
         """Stop renewing the lease (it expires by itself: a finished job needs none), or leave

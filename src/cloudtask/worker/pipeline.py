@@ -73,6 +73,14 @@ class PipelineDeps:
 
 
 @dataclass
+class _Turn:
+    """How an attempt takes its turn at the gate: alone or not, and whether it holds it."""
+
+    alone: bool
+    inside: bool = False
+
+
+@dataclass
 class _Attempt:
     started_at: datetime
     outcome: Outcome = execution.CANCELLED  # until the handler's own outcome replaces it
@@ -122,8 +130,21 @@ class Pipeline:
             return False
         if counted is None:
             return False
-        extra = {"action": "job.alone", "jobId": str(job.job_id), "attempt": job.attempt}
-        log.warning("attempt runs alone: it was lost with its worker before", extra=extra)
+        _log_alone(job)
+        return True
+
+    async def _go_alone(self, job: JobCreated, turn: "_Turn") -> bool:
+        """Leave the attempts running side by side and wait to run alone (an attempt the
+        scheduler handed out again, found so as its lease was taken). False if the worker began
+        to stop meanwhile: the attempt is then put back on the queue, as a running one is."""
+        _log_alone(job)
+        self._gate.leave()
+        turn.inside = False
+        await self._gate.enter(alone=True)
+        turn.inside = turn.alone = True
+        if self.stopping.is_set():
+            self._requeue.add((job.job_id, job.attempt))
+            return False
         return True
 
     async def _delivered_too_often(self, delivery: Delivery, job: JobCreated) -> bool:
@@ -156,18 +177,20 @@ class Pipeline:
         if not await self._wait_for_slot(delivery, job):
             return
         try:
-            alone = delivery.redelivered and await self._lost_before(job)
-            if alone or not self._gate.try_enter():
-                await self._gate.enter(alone=alone)
+            turn = _Turn(alone=delivery.redelivered and await self._lost_before(job))
+            if turn.alone or not self._gate.try_enter():
+                await self._gate.enter(alone=turn.alone)
+            turn.inside = True
             try:
                 if self.stopping.is_set():
                     await _quietly(delivery.reject(requeue=True))
                     return
                 attempt = None
                 if not await self._delivered_too_often(delivery, job):
-                    attempt = await self._attempt(delivery, job)
+                    attempt = await self._attempt(delivery, job, turn)
             finally:
-                self._gate.leave(alone=alone)
+                if turn.inside:
+                    self._gate.leave(alone=turn.alone)
         finally:
             self._slots.release()
         if attempt is None:
@@ -240,11 +263,14 @@ class Pipeline:
         except KVUnavailable:
             return False
 
-    async def _attempt(self, delivery: Delivery, job: JobCreated) -> "_Attempt":
+    async def _attempt(self, delivery: Delivery, job: JobCreated, turn: "_Turn") -> "_Attempt":
         deps = self.deps
         # The lease first: from then on a cancel signal is heard (and kept until the handler
         # starts), and one sent earlier has left the flag read next.
-        if await deps.running.take(job.job_id, job.attempt):
+        taken = await deps.running.take(job.job_id, job.attempt)
+        if taken.cancelled:
+            return _Attempt(utcnow(), execution.CANCELLED)
+        if taken.lost_before and not turn.alone and not await self._go_alone(job, turn):
             return _Attempt(utcnow(), execution.CANCELLED)
         attempt = _Attempt(utcnow())
         _log("job started", job, deps.worker_id)
@@ -359,6 +385,11 @@ async def _quietly(step: Awaitable[None]) -> None:
         await step
     except BrokerUnavailable:
         return
+
+
+def _log_alone(job: JobCreated) -> None:
+    extra = {"action": "job.alone", "jobId": str(job.job_id), "attempt": job.attempt}
+    log.warning("attempt runs alone: it was lost with its worker before", extra=extra)
 
 
 def _deliveries_key(job: JobCreated) -> str:
