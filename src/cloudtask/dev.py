@@ -2,6 +2,7 @@
 key-value store. The embedded wiring, nothing else."""
 
 import asyncio
+import json
 import logging
 import secrets
 import sys
@@ -87,6 +88,30 @@ async def _drain_reports(broker: MemoryBroker, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def _kv_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".kv.json")
+
+
+def _load_kv(kv: MemoryKV, path: Path) -> None:
+    """What the key-value store held when the last process stopped: idempotency keys, login
+    throttling, leases and counters, as Redis would have kept them."""
+    try:
+        kv.restore(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("could not read the key-value store's last state (%s): starting empty", exc)
+
+
+def _save_kv(kv: MemoryKV, path: Path) -> None:
+    # Written whole, then moved into place: a stop cut short leaves the previous state. It holds
+    # stored answers (job payloads), hence the database's privacy.
+    partial = path.with_name(path.name + ".partial")
+    partial.touch(mode=0o600)
+    partial.write_text(json.dumps(kv.snapshot()))
+    partial.replace(path)
+
+
 async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
     db_path = await asyncio.to_thread(_prepare, db_path)
     secret = await asyncio.to_thread(dev_secret, db_path, settings)
@@ -94,6 +119,7 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
     await upgrade_async(url)
     engine = create_engine(url)
     broker, kv = MemoryBroker(), MemoryKV()
+    await asyncio.to_thread(_load_kv, kv, _kv_path(db_path))
     await broker.start()
     await kv.start()
     if requeued := await requeue_pending(engine, broker):
@@ -129,4 +155,5 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
         await results.stop()
         await broker.close()
         await kv.close()
+        await asyncio.to_thread(_save_kv, kv, _kv_path(db_path))
         await engine.dispose()

@@ -146,6 +146,9 @@ def test_cloudtask_dev_runs_the_jobs_it_held_after_a_restart(tmp_path: Path, sto
         client.wait(running["id"], "RUNNING")
         queued = [client.submit(type="echo", payload=n) for n in range(3)]
         assert [client.get(job["id"])["status"] for job in queued] == ["PENDING"] * 3
+        keyed = {"json": {"type": "echo", "payload": "once"}, "headers": {"Idempotency-Key": "k1"}}
+        first = client.http.post("/jobs", **keyed)
+        assert first.status_code == 201
         if stop == "SIGTERM":
             assert dev.stop() == 0  # the running job ends within the grace period
         else:
@@ -154,8 +157,13 @@ def test_cloudtask_dev_runs_the_jobs_it_held_after_a_restart(tmp_path: Path, sto
         again = group.start("dev", "--db", db, "--concurrency", "1")
         restarted = group.client(again)
         restarted.http.headers["Authorization"] = client.http.headers["Authorization"]
-        if stop == "SIGTERM":  # reported before the stop, not run again after it
+        if stop == "SIGTERM":
+            # Reported before the stop, not run again after it.
             assert restarted.get(running["id"])["status"] == "COMPLETED"
+            # The key-value store was kept: the same key still answers the first request.
+            replayed = restarted.http.post("/jobs", **keyed)
+            assert replayed.headers.get("Idempotent-Replayed") == "true"
+            assert (replayed.status_code, replayed.json()) == (201, first.json())
         for n, job in enumerate(queued):
             assert restarted.wait(job["id"], "COMPLETED", "FAILED")["result"] == n
         done = restarted.wait(running["id"], "COMPLETED", timeout=60)

@@ -1,11 +1,13 @@
 """An in-process key-value store for ``cloudtask dev`` and tests, behaving like the Redis one."""
 
 import asyncio
+import base64
 import inspect
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from cloudtask.kv.base import KV, MessageCallback, Subscription
 
@@ -146,3 +148,27 @@ class MemoryKV(KV):
 
     async def ping(self) -> bool:
         return not self.closed
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the store holds, as JSON: each live value with the seconds it has left."""
+        now = self._now()
+        values = {}
+        for key in list(self._values):
+            if (value := self._live(key)) is not None:
+                expires = self._values[key][1]
+                left = None if expires is None else expires - now
+                values[key] = [base64.b64encode(value).decode("ascii"), left]
+        return {"version": 1, "taken_at": time.time(), "values": values, "fences": self._fences}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Hold what :meth:`snapshot` held, less the time since (values past their TTL are
+        dropped)."""
+        if snapshot.get("version") != 1:
+            raise ValueError("not a snapshot of this store")
+        elapsed = max(0.0, time.time() - float(snapshot["taken_at"]))
+        for key, (value, left) in snapshot["values"].items():
+            if left is None or left > elapsed:
+                ttl = None if left is None else left - elapsed
+                self._values[key] = (base64.b64decode(value), self._expiry(ttl))
+        for name, fence in snapshot["fences"].items():
+            self._fences[name] = max(self._fences[name], int(fence))
