@@ -139,7 +139,8 @@ def test_cloudtask_dev_runs_the_jobs_it_held_after_a_restart(tmp_path: Path, sto
     # The in-process broker goes with the process: the jobs queued in it, and the reports of
     # jobs that ended while it stopped, are in the database alone.
     db = str(tmp_path / "dev.db")
-    with processes(clean_env(bcrypt_rounds="4"), tmp_path) as group:
+    # A short lease: the job a killed process left RUNNING is found lost within seconds.
+    with processes(clean_env(bcrypt_rounds="4", worker_lease_seconds="3"), tmp_path) as group:
         dev = group.start("dev", "--db", db, "--concurrency", "1")
         client = group.client(dev)
         running = client.submit(type="sleep", payload={"seconds": 2})
