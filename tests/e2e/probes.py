@@ -21,6 +21,20 @@ def job_row(database_url: str, job_id: str) -> dict[str, Any]:
     return asyncio.run(fetch())
 
 
+def execute(database_url: str, statement: str, *args: object) -> str:
+    """Run one statement on the database, as an operator's psql would; returns its status."""
+
+    async def run() -> str:
+        conn = await asyncpg.connect(database_url)
+        try:
+            status: str = await conn.execute(statement, *args)
+            return status
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
 def metric(base_url: str, name: str, path: str = "/metrics", **labels: str) -> float:
     """The sum of the samples named ``name`` whose labels include ``labels``."""
     text = httpx.get(base_url + path, timeout=5).text
