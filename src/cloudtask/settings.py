@@ -17,6 +17,8 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cloudtask.contracts.urls import check_host_and_port
+
 ENV_PREFIX = "CLOUDTASK_"
 MIN_JWT_SECRET_BYTES = 32
 
@@ -82,13 +84,10 @@ class Settings(BaseSettings):
         # never repeats the URL, which may hold a password.
         if value is None:
             return None
-        parts = urlsplit(value.get_secret_value())
-        try:
-            parts.port  # noqa: B018 - parsed on access
-        except ValueError:
-            raise ValueError("the port is not a number from 0 to 65535") from None
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        url = value.get_secret_value()
+        if urlsplit(url).scheme not in ("smtp", "smtps"):
             raise ValueError("must be smtp://[user:password@]host[:port] or smtps://…")
+        check_host_and_port(url)
         return value
 
     @field_validator("log_level", mode="before")

@@ -5,9 +5,10 @@ not a failed job; the worker checks it again, because anyone may publish to ``jo
 """
 
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+
+from cloudtask.contracts.urls import check_host_and_port
 
 SLEEP: Final = "sleep"
 ECHO: Final = "echo"
@@ -44,15 +45,7 @@ class EmailPayload(_Payload):
 
 
 def _has_host_and_port(url: str) -> str:
-    # What the pattern cannot say: every attempt at a URL without a host, or with a port that is
-    # not a number from 0 to 65535, would fail the same way.
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - parsed on access
-    except ValueError:
-        raise ValueError("has a port that is not a number from 0 to 65535") from None
-    if not parts.hostname:
-        raise ValueError("has no host")
+    check_host_and_port(url)
     return url
 
 

@@ -4,8 +4,9 @@ Once the worker has acknowledged a running attempt's delivery (see ``pipeline``)
 longer watches it; instead the worker holds a lease per running attempt in the key-value store and
 renews them all in one round trip every third of their TTL. The scheduler treats a RUNNING job
 without a lease as abandoned by a dead worker and hands it out again. Leases taken together
-(deliveries arrive in bursts, up to the prefetch) are written, and their cancel flags read, in one
-round trip as well; the jobs then go on in step, and their reports share socket writes too.
+(deliveries arrive in bursts, up to the prefetch) are written, and their cancel flags and lost
+marks (``signals.lost_key``) read, in one round trip as well; the jobs then go on in step, and
+their reports share socket writes too.
 
 A cancel signal can arrive after the lease is taken but before the handler is started; it is kept
 and applied when the handler is tracked, so a job cancelled in that moment still never runs.
@@ -99,8 +100,8 @@ class RunningAttempts:
             ttl=self.lease_seconds,
             get_keys=[key for take in takes for key in (take.cancel, take.lost)],
         )
-        for n, take in enumerate(takes):
-            take.cancel_flag, take.lost_mark = values[2 * n], values[2 * n + 1]
+        for take, cancel_flag, lost_mark in zip(takes, values[::2], values[1::2], strict=True):
+            take.cancel_flag, take.lost_mark = cancel_flag, lost_mark
 
     async def drop(self, job_id: UUID, attempt: int, *, marker: bytes | None = None) -> None:
         """Stop renewing the lease (it expires by itself: a finished job needs none), or leave

@@ -6,9 +6,9 @@
    first, earliest enqueued first within one; when one has waited ``WAIT_LIMIT``, all that wait
    go back to the queue, in that order, to be compared with the jobs queued since. An attempt
    given a slot ``max_deliveries`` times (it keeps killing its worker) is failed and
-   dead-lettered; one counted before runs alone (``gate``), so that the jobs beside it are not
-   counted with it. The worker takes a lease on the attempt; a job cancelled while it waited is
-   skipped.
+   dead-lettered; one counted before, or marked lost by the scheduler (read with its lease),
+   runs alone (``gate``), so that the jobs beside it are not counted with it. The worker takes
+   a lease on the attempt; a job cancelled while it waited is skipped.
    Otherwise the handler starts, under the job's timeout. A handler still running after
    ``ANNOUNCE_AFTER`` makes the worker publish ``jobs.started`` (confirmed) and only then
    acknowledge the delivery, so the broker's delivery timeout (30 minutes by default) never cuts
