@@ -58,6 +58,7 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
     ({"type": "http", "payload": {"url": "http://x", "headers": {"": "v"}}}, "payload.headers."),
     ({"type": "echo", "runAt": "2030-01-01 00:00:00Z"}, "runAt"),
     ({"type": "echo", "runAt": "2030-06-15T12:34:60Z"}, "runAt"),
+    ({"type": "echo", "runAt": "2030-01-01T00:00:00Z\n"}, "runAt"),
     ({"type": "http", "payload": {"url": "http://x", "headers": {"X-A": 1}}},
      "payload.headers.X-A"),
 ]  # fmt: skip
@@ -99,6 +100,28 @@ async def test_good_edge_values_are_accepted(client: Client) -> None:
     ):
         response = await client.http.post("/jobs", json=body, headers=client.auth(token))
         assert response.status_code == 201, (body, response.text)
+
+
+async def test_fields_are_read_by_their_camel_case_names_only(client: Client) -> None:
+    # A snake_case key is an unknown field like any other: ignored, not a second spelling.
+    token = await client.register()
+    snake = {"max_attempts": 50, "delay_seconds": 60, "timeout_seconds": 7, "run_at": "x"}
+    job = (
+        await client.http.post("/jobs", json={"type": "echo", **snake}, headers=client.auth(token))
+    ).json()
+    assert (job["status"], job["maxAttempts"], job["timeoutSeconds"]) == ("PENDING", 3, 300)
+    batch = await client.http.post(
+        "/jobs/batch", json={"jobs": [{"type": "echo", **snake}]}, headers=client.auth(token)
+    )
+    assert batch.status_code == 201, batch.text
+    assert (batch.json()[0]["maxAttempts"], batch.json()[0]["status"]) == (3, "PENDING")
+    schedule = await client.http.post(
+        "/schedules",
+        json={"name": "n", "cron": "* * * * *", "type": "echo", **snake},
+        headers=client.auth(token),
+    )
+    assert schedule.status_code == 201, schedule.text
+    assert (schedule.json()["maxAttempts"], schedule.json()["timeoutSeconds"]) == (3, 300)
 
 
 @pytest.mark.parametrize(

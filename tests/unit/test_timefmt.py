@@ -72,6 +72,8 @@ def test_impossible_calendar_times_are_refused(text: str) -> None:
         "",
         "tomorrow",
         "2030-01-01T00:00:00Z ",
+        "2030-01-01T00:00:00Z\n",  # a pattern's $ alone would let a final newline through
+        "2030-01-01T00:00:00+02:00\n",
         " 2030-01-01T00:00:00Z",
         "2030-1-1T0:0:0Z",
         "2030-01-01 12:30:00Z",  # RFC 3339's grammar has a T (a space only by agreement, in a note)

@@ -80,9 +80,9 @@ Payload = Annotated[Any, AfterValidator(_small_payload)]
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(
-        strict=True, alias_generator=to_camel, populate_by_name=True, extra="ignore"
-    )
+    # Read by their camelCase names only: a snake_case key is an unknown field, ignored like
+    # any other, rather than a second spelling the document does not show.
+    model_config = ConfigDict(strict=True, alias_generator=to_camel, extra="ignore")
 
 
 def _short_local_part(email: str) -> str:

@@ -4,7 +4,7 @@ import functools
 import re
 from datetime import UTC, datetime, timedelta
 
-_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 def parse_rfc3339(value: object) -> datetime:
@@ -17,7 +17,7 @@ def parse_rfc3339(value: object) -> datetime:
         raise ValueError(  # noqa: TRY004
             "must be an RFC 3339 time string, such as 2030-01-01T00:00:00Z"
         )
-    match = _RFC3339.match(value)
+    match = _RFC3339.fullmatch(value)  # not match: its $ would let a final newline through
     if match is None:
         raise ValueError(
             "must be an RFC 3339 time: date, T, time and offset, such as 2030-01-01T00:00:00Z"

@@ -37,7 +37,7 @@ class HandlerRegistry:
         self._handlers: dict[str, Handler] = {}
 
     def register(self, job_type: str, function: HandlerFunction) -> None:
-        if not re.match(TYPE_PATTERN, job_type):
+        if not re.fullmatch(TYPE_PATTERN, job_type):
             raise ValueError(f"job type {job_type!r} must be 1-64 characters of a-z 0-9 _ . -")
         existing = self._handlers.get(job_type)
         if existing is not None and existing.function is not function:
