@@ -75,6 +75,25 @@ async def test_a_job_body_that_breaks_a_rule_is_400_naming_the_field(
     assert (await client.http.get("/jobs", headers=client.auth(token))).json() == []
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [("/jobs", {"type": "sleep", "payload": None}, "payload"),
+     ("/jobs", {"type": "email", "payload": [1]}, "payload"),
+     ("/jobs/batch", {"jobs": [5]}, "jobs[0]"),
+     ("/schedules", {"name": "n", "cron": "* * * * *", "type": "http", "payload": "x"}, "payload")],
+)  # fmt: skip
+async def test_a_value_that_should_be_an_object_is_told_so_in_jsons_words(
+    client: Client, path: str, body: dict[str, Any], field: str
+) -> None:
+    token = await client.register()
+    error = assert_error(await client.http.post(path, json=body, headers=client.auth(token)), 400)
+    assert {
+        "field": field,
+        "location": "body",
+        "message": "Input should be a JSON object",
+    } in error["details"], error
+
+
 async def test_good_edge_values_are_accepted(client: Client) -> None:
     token = await client.register()
     for body in (

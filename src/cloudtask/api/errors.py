@@ -89,6 +89,9 @@ def _header_name(name: str) -> str:
     return "-".join(word.capitalize() for word in name.split("-"))
 
 
+_OBJECT_EXPECTED = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
 def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     details = []
     for error in errors:
@@ -105,6 +108,8 @@ def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, st
             if location == "header":
                 field = _header_name(field)
             message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+            if error.get("type") in _OBJECT_EXPECTED:  # in pydantic's words, or its class names
+                message = "Input should be a JSON object"
             if error.get("type") == "string_pattern_mismatch":
                 last = str(rest[-2] if key_error and len(rest) > 1 else rest[-1]) if rest else field
                 message = _PATTERN_HINTS.get(last, "does not have the expected format")
