@@ -113,6 +113,9 @@ async def test_openapi_documents_every_route_with_the_error_body(client: Client)
     }
     assert set(paths["/jobs"]["get"]["responses"]["200"]["headers"]) == {"Link"}
     assert set(paths["/auth/login"]["post"]["responses"]["429"]["headers"]) == {"Retry-After"}
+    # Logging in is refused for its credentials, not for a token it does not take.
+    assert "Invalid credentials" in paths["/auth/login"]["post"]["responses"]["401"]["description"]
+    assert "token" in create["responses"]["401"]["description"]
     for path, item in paths.items():
         for method, operation in item.items():
             if "401" in operation["responses"]:

@@ -60,8 +60,12 @@ _OPERATION_HEADERS = {
 }
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
+def error_responses(
+    *codes: int, described: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """The error answers ``codes``, in the error body; ``described`` words some for the route."""
+    words = _DESCRIPTIONS | (described or {})
+    return {code: {"model": ErrorBody, "description": words[code]} for code in codes}
 
 
 def install(app: FastAPI) -> None:

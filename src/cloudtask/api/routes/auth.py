@@ -59,7 +59,12 @@ async def register(body: Registration, context: Context) -> JSONBytesResponse:
 @router.post(
     "/login",
     response_model=AuthResponse,
-    responses=error_responses(400, 401, 429),
+    responses=error_responses(
+        400,
+        401,
+        429,
+        described={401: "`Invalid credentials`: an unknown email or a wrong password alike."},
+    ),
     summary="Exchange an email and password for a token",
 )
 async def login(body: Credentials, context: Context) -> JSONBytesResponse:
