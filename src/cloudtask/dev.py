@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -113,6 +114,18 @@ def _save_kv(kv: MemoryKV, path: Path) -> None:
 
 
 async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
+    # Listening first: a second `cloudtask dev` on a taken port exits before it queues again
+    # the pending jobs of its database or runs any.
+    sock = serving.listening_socket(host, port)
+    try:
+        await _run(settings, host, port, db_path, sock)
+    finally:
+        sock.close()
+
+
+async def _run(
+    settings: Settings, host: str, port: int, db_path: Path, sock: socket.socket
+) -> None:
     db_path = await asyncio.to_thread(_prepare, db_path)
     secret = await asyncio.to_thread(dev_secret, db_path, settings)
     url = f"sqlite:///{db_path}"
@@ -147,7 +160,7 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
         flush=True,
     )
     try:
-        await serving.serve(app, host, port)
+        await serving.serve(app, host, port, sock=sock)
     finally:
         await scheduler.stop()
         await worker.stop(settings.worker_grace_seconds)

@@ -86,14 +86,13 @@ def test_cloudtask_dev_given_a_directory_for_its_database_says_so_in_one_line(
     ]
 
 
-@pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler", "dev"])
+@pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler"])
 def test_a_service_whose_port_is_taken_exits_at_once_saying_so(
     command: str, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     # uvicorn exits the process when it cannot listen; a worker once kept running without its
     # /health, deaf to SIGTERM. Now every service stops what it started and exits 1.
-    extra = ["--db", str(tmp_path / "dev.db")] if command == "dev" else []
-    port, done = _on_a_taken_port([command, *extra], service_env, tmp_path)
+    port, done = _on_a_taken_port([command], service_env, tmp_path)
     assert done.returncode == 1, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"cloudtask: cannot serve HTTP on 127.0.0.1:{port} (see the error above)"
@@ -102,6 +101,20 @@ def test_a_service_whose_port_is_taken_exits_at_once_saying_so(
     if command in ("worker", "results", "scheduler"):  # it took no work before giving up
         assert f'"action": "{command}.started"' not in done.stderr
         assert f'"action":"{command}.started"' not in done.stderr
+
+
+def test_cloudtask_dev_whose_port_is_taken_exits_before_opening_its_database(
+    tmp_path: Path,
+) -> None:
+    # A second `cloudtask dev` beside a running one once queued the pending jobs of their shared
+    # database again, ran them and took the scheduler's lead, and only then found the port taken.
+    database = tmp_path / "dev.db"
+    port, done = _on_a_taken_port(["dev", "--db", str(database)], clean_env(), tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"cloudtask: cannot serve HTTP on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no database, key-value file or secret written
 
 
 def test_api_workers_whose_port_is_taken_exit_at_once_saying_so(
