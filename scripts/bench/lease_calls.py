@@ -1,5 +1,6 @@
-"""The client CPU of a worker's lease writes: ``RedisKV.set_many_and_get`` for bursts of 1, 8 and
-32 leases (each with its cancel flag read back), against the local Redis.
+"""The client CPU of a worker's lease writes: ``RedisKV.claim_many_and_get`` (as the worker calls
+it for first deliveries; ``set_many_and_get`` in versions before it) for bursts of 1, 8 and 32
+leases (each with its cancel flag read back), against the local Redis.
 ``python -m scripts.bench.lease_calls [--calls N] [--pythonpath DIR ...]``.
 
 Each burst size is called ``--calls`` times after a warm-up; the figure is the calling process's
@@ -26,15 +27,23 @@ async def _measure(redis_url: str, calls: int) -> dict[str, float]:
 
     kv = RedisKV(redis_url)
     figures: dict[str, float] = {}
+
+    async def take(leases: dict[str, bytes], flags: list[str]) -> None:
+        if hasattr(kv, "claim_many_and_get"):
+            # The worker's own value as the free one: every claim writes, as a first one does.
+            await kv.claim_many_and_get(leases, ttl=30, free=b"worker-1", forced={}, get_keys=flags)
+        else:
+            await kv.set_many_and_get(leases, ttl=30, get_keys=flags)
+
     try:
         for burst in BURSTS:
             leases = {f"lease:job-{i}:1": b"worker-1" for i in range(burst)}
             flags = [f"cancel:job-{i}" for i in range(burst)]
             for _ in range(WARMUP):
-                await kv.set_many_and_get(leases, ttl=30, get_keys=flags)
+                await take(leases, flags)
             started = time.process_time()
             for _ in range(calls):
-                await kv.set_many_and_get(leases, ttl=30, get_keys=flags)
+                await take(leases, flags)
             spent = time.process_time() - started
             figures[f"cpu_us_per_lease_{burst}"] = 1e6 * spent / (calls * burst)
     finally:

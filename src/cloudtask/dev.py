@@ -16,7 +16,12 @@ from cloudtask import serving
 from cloudtask.api.app import create_app
 from cloudtask.broker.base import Broker, OutgoingMessage
 from cloudtask.broker.memory import MemoryBroker
-from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_STARTED
+from cloudtask.contracts.queues import (
+    JOBS_COMPLETED,
+    JOBS_CREATED,
+    JOBS_STARTED,
+    REQUEUED_HEADER,
+)
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.engine import create_engine
@@ -70,7 +75,12 @@ async def requeue_pending(engine: AsyncEngine, broker: Broker) -> int:
         waiting = await dispatch_q.pending(conn)
     await broker.publish_many(
         [
-            OutgoingMessage(JOBS_CREATED, job.message(now).body.encode(), job.priority)
+            OutgoingMessage(
+                JOBS_CREATED,
+                job.message(now).body.encode(),
+                job.priority,
+                {REQUEUED_HEADER: True},  # leases from before the stop do not hold them back
+            )
             for job in waiting
         ]
     )

@@ -87,6 +87,32 @@ async def test_set_many_and_get_stores_keys_and_reads_others(kv: KV) -> None:
     await eventually(expired, timeout=5)
 
 
+async def test_claims_are_stored_where_the_key_is_free_and_forced_writes_anyway(kv: KV) -> None:
+    await kv.set("held", b"other")
+    await kv.set("marked", b"free-marker")
+    await kv.set("flag", b"up")
+    holders, read = await kv.claim_many_and_get(
+        {"held": b"me", "marked": b"me", "absent": b"me"},
+        ttl=60,
+        free=b"free-marker",
+        forced={"taken-over": b"me"},
+        get_keys=["flag", "nothing"],
+    )
+    assert holders == [b"other", None, None]
+    assert read == [b"up", None]
+    assert await kv.get_many(["held", "marked", "absent", "taken-over"]) == [
+        b"other", b"me", b"me", b"me"
+    ]  # fmt: skip
+    remaining = await kv.ttl("absent")
+    assert remaining is not None and 59 < remaining <= 60
+    # A claim on a key this very call forces is decided before the forced write.
+    holders, read = await kv.claim_many_and_get(
+        {"both": b"me"}, ttl=60, free=b"x", forced={"both": b"them"}, get_keys=["both"]
+    )
+    assert (holders, read) == ([None], [b"them"])
+    assert await kv.claim_many_and_get({}, ttl=60, free=b"x", forced={}, get_keys=[]) == ([], [])
+
+
 async def test_delete_counts_the_keys_it_removed(kv: KV) -> None:
     await kv.set("one", b"1")
     await kv.set("two", b"2")

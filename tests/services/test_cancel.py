@@ -10,7 +10,7 @@ import pytest
 
 from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key, lost_key
 from cloudtask.settings import Settings
-from cloudtask.worker.leases import RunningAttempts, Taken
+from cloudtask.worker.leases import REQUEUED, RunningAttempts, Taken
 from cloudtask.worker.registry import HandlerRegistry
 from tests.conftest import Backends
 from tests.helpers import eventually, wait_for_status
@@ -126,7 +126,7 @@ async def test_a_cancel_heard_after_the_lease_is_taken_stops_the_handler_as_it_s
     await running.start()
     job_id = uuid4()
     try:
-        await running.take(job_id, 1)
+        await running.take(job_id, 1, claim=True)
         await backends.kv.publish(CANCEL_CHANNEL, str(job_id).encode())
 
         async def cancelled_when_tracked() -> bool:
@@ -150,15 +150,57 @@ async def test_leases_taken_together_are_written_in_one_round_trip_each_with_its
     await backends.kv.set(cancel_key(jobs[2]), b"1", ttl=60)
     await backends.kv.set(lost_key(jobs[3], 3), b"1", ttl=60)
     try:
-        taken = await asyncio.gather(*(running.take(job_id, 3) for job_id in jobs))
+        taken = await asyncio.gather(
+            *(running.take(job_id, 3, claim=n % 2 == 0) for n, job_id in enumerate(jobs))
+        )
         assert [t.cancelled for t in taken] == [False, False, True, False, False]
         assert [t.lost_before for t in taken] == [False, False, False, True, False]
+        assert not any(t.copy for t in taken)
         leases = await backends.kv.get_many([lease_key(job_id, 3) for job_id in jobs])
         assert leases == [b"test-worker"] * 5
         assert running._takes.writes == 1
-        assert await running.take(uuid4(), 1) == Taken()  # a lone one is not kept waiting
+        lone = await running.take(uuid4(), 1, claim=True)
+        assert lone == Taken()  # a lone one is not kept waiting
         assert running._takes.writes == 2
     finally:
         for job_id in jobs:
             await running.drop(job_id, 3)
         await running.stop()
+
+
+async def test_a_first_delivery_whose_lease_is_held_is_a_copy_and_takes_nothing(
+    backends: Backends,
+) -> None:
+    ours = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
+    theirs = RunningAttempts(backends.kv, "worker-b", lease_seconds=15)
+    await ours.start()
+    await theirs.start()
+    held, requeued, free = uuid4(), uuid4(), uuid4()
+    await backends.kv.set(lease_key(requeued, 1), REQUEUED, ttl=60)
+    try:
+        assert await theirs.take(held, 1, claim=True) == Taken()
+        # Another worker holds it: a copy; and the holder's lease is left as it was.
+        assert await ours.take(held, 1, claim=True) == Taken(copy=True)
+        assert await backends.kv.get(lease_key(held, 1)) == b"worker-b"
+        assert len(ours) == 0
+        # This worker runs it: a copy, known without asking the store.
+        writes = theirs._takes.writes
+        assert await theirs.take(held, 1, claim=True) == Taken(copy=True)
+        assert theirs._takes.writes == writes
+        assert len(theirs) == 1
+        # A redelivery takes it whoever held it; a claim takes a requeued or a free attempt.
+        assert await ours.take(held, 1, claim=False) == Taken()
+        assert await backends.kv.get(lease_key(held, 1)) == b"worker-a"
+        assert await ours.take(requeued, 1, claim=True) == Taken()
+        assert await ours.take(free, 1, claim=True) == Taken()
+        leases = await backends.kv.get_many([lease_key(requeued, 1), lease_key(free, 1)])
+        assert leases == [b"worker-a", b"worker-a"]
+        # Another attempt of the same job is another lease.
+        assert await theirs.take(held, 2, claim=True) == Taken()
+    finally:
+        for job_id in (held, requeued, free):
+            await ours.drop(job_id, 1)
+        await theirs.drop(held, 1)
+        await theirs.drop(held, 2)
+        await ours.stop()
+        await theirs.stop()

@@ -47,6 +47,21 @@ class KV(ABC):
         """Store ``items`` (as :meth:`set_many`), then read ``get_keys``, in one round trip."""
 
     @abstractmethod
+    async def claim_many_and_get(
+        self,
+        claims: dict[str, bytes],
+        *,
+        ttl: float,
+        free: bytes,
+        forced: dict[str, bytes],
+        get_keys: Sequence[str],
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        """In one round trip: store each of ``claims`` unless its key holds a value other than
+        ``free``, store ``forced`` whatever their keys hold, then read ``get_keys``. Returns, for
+        each claim in order, the value that kept it from being stored (``None`` where it was),
+        and the values read."""
+
+    @abstractmethod
     async def delete(self, *keys: str) -> int: ...
 
     @abstractmethod

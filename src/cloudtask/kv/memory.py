@@ -88,6 +88,25 @@ class MemoryKV(KV):
         await self.set_many(items, ttl=ttl)
         return [self._live(key) for key in get_keys]
 
+    async def claim_many_and_get(
+        self,
+        claims: dict[str, bytes],
+        *,
+        ttl: float,
+        free: bytes,
+        forced: dict[str, bytes],
+        get_keys: Sequence[str],
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        holders = []
+        for key, value in claims.items():
+            held = self._live(key)
+            holder = None if held == free else held
+            if holder is None:
+                self._values[key] = (value, self._expiry(ttl))
+            holders.append(holder)
+        await self.set_many(forced, ttl=ttl)
+        return holders, [self._live(key) for key in get_keys]
+
     async def delete(self, *keys: str) -> int:
         removed = 0
         for key in keys:

@@ -62,6 +62,28 @@ end
 return values
 """
 
+# The same, where some writes are claims: ARGV[2] is the value a claim may replace and ARGV[3]
+# the number of claims, the first KEYS; the values follow from ARGV[4]. Returns, per claim, the
+# value that kept it from being written (nil where it was), then the values read.
+_CLAIM_MANY_AND_GET = """
+local claims = tonumber(ARGV[3])
+local written = #ARGV - 3
+local result = {}
+for i = 1, written do
+  local held = false
+  if i <= claims then
+    held = redis.call('GET', KEYS[i])
+    if held == ARGV[2] then held = false end
+    result[i] = held
+  end
+  if not held then redis.call('SET', KEYS[i], ARGV[i + 3], 'PX', ARGV[1]) end
+end
+for i = written + 1, #KEYS do
+  result[claims + i - written] = redis.call('GET', KEYS[i])
+end
+return result
+"""
+
 
 def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
@@ -132,6 +154,7 @@ class RedisKV(KV):
         self._incr = self._client.register_script(_INCR)
         self._decr = self._client.register_script(_DECR)
         self._set_many_and_get = self._client.register_script(_SET_MANY_AND_GET)
+        self._claim_many_and_get = self._client.register_script(_CLAIM_MANY_AND_GET)
         self._subscriptions: list[_RedisSubscription] = []
 
     async def start(self) -> None:
@@ -183,6 +206,25 @@ class RedisKV(KV):
             self._set_many_and_get(keys=[*items, *get_keys], args=[_ms(ttl), *items.values()])
         )
         return list(values)
+
+    async def claim_many_and_get(
+        self,
+        claims: dict[str, bytes],
+        *,
+        ttl: float,
+        free: bytes,
+        forced: dict[str, bytes],
+        get_keys: Sequence[str],
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        values = list(
+            await self._call(
+                self._claim_many_and_get(
+                    keys=[*claims, *forced, *get_keys],
+                    args=[_ms(ttl), free, len(claims), *claims.values(), *forced.values()],
+                )
+            )
+        )
+        return values[: len(claims)], values[len(claims) :]
 
     async def delete(self, *keys: str) -> int:
         if not keys:

@@ -114,6 +114,12 @@ class WorkerMetrics(ServiceMetrics):
             ["reason"],
             registry=self.registry,
         )
+        self.copies = Counter(
+            "cloudtask_worker_copies_skipped_total",
+            "First deliveries of an attempt whose lease another delivery held (a copy of the "
+            "message, published twice): acknowledged without running.",
+            registry=self.registry,
+        )
         self.abandoned = Counter(
             "cloudtask_worker_abandoned_handlers_total",
             "Handlers that ignored cancellation after a timeout or cancel and kept running.",

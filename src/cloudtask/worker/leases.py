@@ -10,6 +10,14 @@ their reports share socket writes too.
 
 A cancel signal can arrive after the lease is taken but before the handler is started; it is kept
 and applied when the handler is tracked, so a job cancelled in that moment still never runs.
+
+A first delivery of an attempt *claims* its lease: one held by a worker (this one or another,
+running the attempt or done with it for less than the TTL) means the message is a copy (the
+outbox relay published it again, say) and the attempt is not run twice. The worker holding the
+lease holds the original delivery, or has reported the attempt, or the scheduler hands it out
+again once the lease expires, so the copy can be dropped. A redelivery (its worker died before
+acknowledging it, or it went back to the queue) and an attempt put back on the queue
+(``REQUEUED``, the marker a claim may replace) take the lease whoever held it.
 """
 
 import asyncio
@@ -29,6 +37,8 @@ log = logging.getLogger(__name__)
 # Under load, the leases of jobs delivered within 2 ms of each other are taken in one Redis round
 # trip; a job delivered alone takes its lease at once (see Batcher).
 TAKE_LINGER = 0.002
+REQUEUED = b"requeued"
+"""Left in the lease of an attempt put back on the queue: waiting there, not lost, not held."""
 
 
 @dataclass
@@ -36,6 +46,8 @@ class _Take:
     lease: str
     cancel: str
     lost: str
+    claim: bool
+    holder: bytes | None = None
     cancel_flag: bytes | None = None
     lost_mark: bytes | None = None
 
@@ -46,6 +58,7 @@ class Taken:
 
     cancelled: bool = False  # the job's cancellation was requested
     lost_before: bool = False  # the scheduler handed this attempt out again (``lost_key``)
+    copy: bool = False  # a claim found the lease held: another delivery has the attempt
 
 
 class RunningAttempts:
@@ -78,12 +91,17 @@ class RunningAttempts:
             await self._subscription.close()
         await self._takes.stop()
 
-    async def take(self, job_id: UUID, attempt: int) -> Taken:
+    async def take(self, job_id: UUID, attempt: int, *, claim: bool) -> Taken:
         """Lease the attempt; returns whether the job's cancellation was requested and whether
-        the attempt was lost with a worker before. If the store is unreachable the job runs
+        the attempt was lost with a worker before, or, for a ``claim``, that the lease was held
+        (the delivery is a copy; nothing was taken). If the store is unreachable the job runs
         anyway: the heartbeat writes the lease once the store is back (and the scheduler does
         not judge leases until then)."""
-        take = _Take(lease_key(job_id, attempt), cancel_key(job_id), lost_key(job_id, attempt))
+        take = _Take(
+            lease_key(job_id, attempt), cancel_key(job_id), lost_key(job_id, attempt), claim
+        )
+        if claim and take.lease in self._leases:  # running here: no need to ask the store
+            return Taken(copy=True)
         self._leases[take.lease] = job_id
         try:
             await self._takes.add(take)
@@ -92,14 +110,22 @@ class RunningAttempts:
                 "running without a lease: %s", exc, extra={"jobId": str(job_id), "attempt": attempt}
             )
             return Taken()
+        if take.holder is not None:
+            self._leases.pop(take.lease, None)
+            return Taken(copy=True)
         return Taken(take.cancel_flag is not None, take.lost_mark is not None)
 
     async def _take_many(self, takes: Sequence[_Take]) -> None:
-        values = await self._kv.set_many_and_get(
-            dict.fromkeys((take.lease for take in takes), self._worker_id),
+        claims = [take for take in takes if take.claim]
+        holders, values = await self._kv.claim_many_and_get(
+            dict.fromkeys((take.lease for take in claims), self._worker_id),
             ttl=self.lease_seconds,
+            free=REQUEUED,
+            forced=dict.fromkeys((take.lease for take in takes if not take.claim), self._worker_id),
             get_keys=[key for take in takes for key in (take.cancel, take.lost)],
         )
+        for take, holder in zip(claims, holders, strict=True):
+            take.holder = holder
         for take, cancel_flag, lost_mark in zip(takes, values[::2], values[1::2], strict=True):
             take.cancel_flag, take.lost_mark = cancel_flag, lost_mark
 

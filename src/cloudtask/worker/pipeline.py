@@ -8,7 +8,8 @@
    given a slot ``max_deliveries`` times (it keeps killing its worker) is failed and
    dead-lettered; one counted before, or marked lost by the scheduler (read with its lease),
    runs alone (``gate``), so that the jobs beside it are not counted with it. The worker takes
-   a lease on the attempt; a job cancelled while it waited is skipped.
+   a lease on the attempt; a job cancelled while it waited is skipped, and so is a copy of the
+   message whose attempt another delivery holds (``leases``).
    Otherwise the handler starts, under the job's timeout. A handler still running after
    ``ANNOUNCE_AFTER`` makes the worker publish ``jobs.started`` (confirmed) and only then
    acknowledge the delivery, so the broker's delivery timeout (30 minutes by default) never cuts
@@ -35,7 +36,13 @@ from pydantic import ValidationError
 from cloudtask.broker.base import Broker, Delivery
 from cloudtask.broker.grouping import GroupedPublisher
 from cloudtask.contracts.messages import JobCreated, JobFinished, JobStarted
-from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_DEAD, JOBS_STARTED
+from cloudtask.contracts.queues import (
+    JOBS_COMPLETED,
+    JOBS_CREATED,
+    JOBS_DEAD,
+    JOBS_STARTED,
+    REQUEUED_HEADER,
+)
 from cloudtask.contracts.signals import handler_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.errors import BrokerUnavailable, KVUnavailable
@@ -44,12 +51,11 @@ from cloudtask.observability.metrics import WorkerMetrics
 from cloudtask.worker import execution
 from cloudtask.worker.execution import Outcome
 from cloudtask.worker.gate import RunGate
-from cloudtask.worker.leases import RunningAttempts
+from cloudtask.worker.leases import REQUEUED, RunningAttempts
 from cloudtask.worker.registry import HandlerRegistry
 from cloudtask.worker.slots import PrioritySlots
 
 log = logging.getLogger(__name__)
-REQUEUED = b"requeued"
 # Long enough for a short job to end first (an echo takes microseconds, a local mail a few
 # milliseconds), short enough that RUNNING shows at once to someone watching a long one.
 ANNOUNCE_AFTER = 0.05
@@ -85,6 +91,7 @@ class _Attempt:
     started_at: datetime
     outcome: Outcome = execution.CANCELLED  # until the handler's own outcome replaces it
     announced: bool = False  # jobs.started published and the delivery acknowledged
+    copy: bool = False  # another delivery of the attempt holds its lease: not run, not reported
 
 
 class Pipeline:
@@ -195,7 +202,15 @@ class Pipeline:
             self._slots.release()
         if attempt is None:
             await self._give_up(delivery, job)
-            return
+        elif attempt.copy:
+            await _quietly(delivery.ack())  # the delivery holding the lease runs and reports
+            self.deps.metrics.copies.inc()
+            _log("copy skipped", job, self.deps.worker_id)
+        else:
+            await self._conclude(delivery, job, attempt)
+
+    async def _conclude(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt") -> None:
+        """Report the attempt (or put it back on the queue), then let its delivery and lease go."""
         if (job.job_id, job.attempt) in self._requeue:
             await self._put_back(job)
         else:
@@ -267,7 +282,10 @@ class Pipeline:
         deps = self.deps
         # The lease first: from then on a cancel signal is heard (and kept until the handler
         # starts), and one sent earlier has left the flag read next.
-        taken = await deps.running.take(job.job_id, job.attempt)
+        first = not delivery.redelivered and not delivery.headers.get(REQUEUED_HEADER)
+        taken = await deps.running.take(job.job_id, job.attempt, claim=first)
+        if taken.copy:
+            return _Attempt(utcnow(), copy=True)
         if taken.cancelled:
             return _Attempt(utcnow(), execution.CANCELLED)
         if taken.lost_before and not turn.alone and not await self._go_alone(job, turn):
@@ -345,7 +363,9 @@ class Pipeline:
     async def _put_back(self, job: JobCreated) -> None:
         self._requeue.discard((job.job_id, job.attempt))
         await _until_published(
-            lambda: self.deps.broker.publish(JOBS_CREATED, job.encode(), priority=job.priority)
+            lambda: self.deps.broker.publish(
+                JOBS_CREATED, job.encode(), priority=job.priority, headers={REQUEUED_HEADER: True}
+            )
         )
         # The marker tells the scheduler the attempt waits in the queue, not that it was lost.
         await self.deps.running.drop(job.job_id, job.attempt, marker=REQUEUED)

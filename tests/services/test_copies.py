@@ -1,0 +1,97 @@
+"""A copy of a ``jobs.created`` message (the outbox relay publishing a job again when a confirm
+came late, say) does not run the attempt twice: the first delivery of an attempt claims its
+lease, and a copy that finds it held, by a worker running the attempt or done with it, is
+acknowledged without running. A redelivery, or an attempt put back on the queue, still runs."""
+
+import asyncio
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from cloudtask.contracts.messages import JobCreated
+from cloudtask.contracts.queues import JOBS_CREATED, REQUEUED_HEADER
+from cloudtask.contracts.timefmt import utcnow
+from cloudtask.worker.registry import HandlerRegistry
+from tests.helpers import wait_for_status
+from tests.services.conftest import Stack
+from tests.services.support import metric, registry_of, wait_for_metric
+
+COPIES = "cloudtask_worker_copies_skipped_total"
+
+
+class Handlers:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def held(self, payload: Any) -> Any:
+        self.calls += 1
+        self.started.set()
+        await self.release.wait()
+        return payload
+
+
+@pytest.fixture
+def handlers() -> Handlers:
+    return Handlers()
+
+
+@pytest.fixture
+def stack_handlers(handlers: Handlers) -> HandlerRegistry:
+    return registry_of(handlers, "held")
+
+
+def _copy(job: dict[str, Any], attempt: int = 1) -> bytes:
+    return JobCreated(
+        job_id=UUID(job["id"]),
+        user_id=uuid4(),
+        type=job["type"],
+        payload=job["payload"],
+        priority=job["priority"],
+        attempt=attempt,
+        timeout_seconds=job["timeoutSeconds"],
+        enqueued_at=utcnow(),
+    ).encode()
+
+
+async def test_a_copy_of_a_running_or_finished_attempt_does_not_run_it_again(
+    stack: Stack, handlers: Handlers
+) -> None:
+    registry = stack.worker.metrics.registry
+    broker = stack.backends.broker
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": 1})
+    await asyncio.wait_for(handlers.started.wait(), 10)
+
+    await broker.publish(JOBS_CREATED, _copy(job), priority=job["priority"])
+    await wait_for_metric(registry, COPIES, 1)
+    handlers.release.set()
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+    assert (done["result"], done["attempts"]) == ({"n": 1}, 1)
+
+    # Done with it: the lease outlives the attempt by up to its TTL, and a copy finds it.
+    await broker.publish(JOBS_CREATED, _copy(job), priority=job["priority"])
+    await wait_for_metric(registry, COPIES, 2)
+    assert handlers.calls == 1
+
+
+async def test_an_attempt_put_back_on_the_queue_runs_whoever_held_its_lease(
+    stack: Stack, handlers: Handlers
+) -> None:
+    registry = stack.worker.metrics.registry
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": 2})
+    await asyncio.wait_for(handlers.started.wait(), 10)
+    handlers.release.set()
+    await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+    handlers.started.clear()
+
+    # Marked as put back (a worker stopping, `cloudtask dev` starting): it runs again.
+    await stack.backends.broker.publish(
+        JOBS_CREATED, _copy(job), priority=job["priority"], headers={REQUEUED_HEADER: True}
+    )
+    await asyncio.wait_for(handlers.started.wait(), 10)
+    assert handlers.calls == 2
+    assert metric(registry, COPIES) == 0
