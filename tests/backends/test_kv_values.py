@@ -111,6 +111,12 @@ async def test_claims_are_stored_where_the_key_is_free_and_forced_writes_anyway(
     )
     assert (holders, read) == ([None], [b"them"])
     assert await kv.claim_many_and_get({}, ttl=60, free=b"x", forced={}, get_keys=[]) == ([], [])
+    # A key holding the claim's own value is the claim's: sent twice, it is taken twice.
+    for _ in range(2):
+        holders, _read = await kv.claim_many_and_get(
+            {"mine": b"me/1"}, ttl=60, free=b"x", forced={}, get_keys=[]
+        )
+        assert holders == [None]
 
 
 async def test_delete_counts_the_keys_it_removed(kv: KV) -> None:

@@ -157,7 +157,8 @@ async def test_leases_taken_together_are_written_in_one_round_trip_each_with_its
         assert [t.lost_before for t in taken] == [False, False, False, True, False]
         assert not any(t.copy for t in taken)
         leases = await backends.kv.get_many([lease_key(job_id, 3) for job_id in jobs])
-        assert leases == [b"test-worker"] * 5
+        assert all(lease and lease.startswith(b"test-worker/") for lease in leases), leases
+        assert len(set(leases)) == 5  # a value of each take's own
         assert running._takes.writes == 1
         lone = await running.take(uuid4(), 1, claim=True)
         assert lone == Taken()  # a lone one is not kept waiting
@@ -179,9 +180,11 @@ async def test_a_first_delivery_whose_lease_is_held_is_a_copy_and_takes_nothing(
     await backends.kv.set(lease_key(requeued, 1), REQUEUED, ttl=60)
     try:
         assert await theirs.take(held, 1, claim=True) == Taken()
+        theirs_lease = await backends.kv.get(lease_key(held, 1))
+        assert theirs_lease is not None and theirs_lease.startswith(b"worker-b/")
         # Another worker holds it: a copy; and the holder's lease is left as it was.
         assert await ours.take(held, 1, claim=True) == Taken(copy=True)
-        assert await backends.kv.get(lease_key(held, 1)) == b"worker-b"
+        assert await backends.kv.get(lease_key(held, 1)) == theirs_lease
         assert len(ours) == 0
         # This worker runs it: a copy, known without asking the store.
         writes = theirs._takes.writes
@@ -190,11 +193,11 @@ async def test_a_first_delivery_whose_lease_is_held_is_a_copy_and_takes_nothing(
         assert len(theirs) == 1
         # A redelivery takes it whoever held it; a claim takes a requeued or a free attempt.
         assert await ours.take(held, 1, claim=False) == Taken()
-        assert await backends.kv.get(lease_key(held, 1)) == b"worker-a"
+        assert (await backends.kv.get(lease_key(held, 1)) or b"").startswith(b"worker-a/")
         assert await ours.take(requeued, 1, claim=True) == Taken()
         assert await ours.take(free, 1, claim=True) == Taken()
         leases = await backends.kv.get_many([lease_key(requeued, 1), lease_key(free, 1)])
-        assert leases == [b"worker-a", b"worker-a"]
+        assert all(lease and lease.startswith(b"worker-a/") for lease in leases), leases
         # Another attempt of the same job is another lease.
         assert await theirs.take(held, 2, claim=True) == Taken()
     finally:
@@ -204,3 +207,50 @@ async def test_a_first_delivery_whose_lease_is_held_is_a_copy_and_takes_nothing(
         await theirs.drop(held, 2)
         await ours.stop()
         await theirs.stop()
+
+
+async def test_a_claim_is_not_refused_by_its_own_write(backends: Backends) -> None:
+    # The heartbeat renews every lease the worker holds, a claim still waiting on its round trip
+    # included; and a call sent again after a dropped connection finds its first write. Neither
+    # makes the delivery a copy of itself.
+    running = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
+    job_id = uuid4()
+    write = running._kv.claim_many_and_get
+
+    async def renewed_first(claims: dict[str, bytes], **rest: Any) -> Any:
+        await running._kv.set_many(dict(running._tokens), ttl=15)  # what _beat writes
+        first = await write(claims, **rest)
+        again = await write(claims, **rest)  # as redis-py's retry would send it
+        assert again == first
+        return again
+
+    running._kv.claim_many_and_get = renewed_first  # type: ignore[method-assign]
+    await running.start()
+    try:
+        assert await running.take(job_id, 1, claim=True) == Taken()
+        assert len(running) == 1
+    finally:
+        await running.drop(job_id, 1)
+        await running.stop()
+
+
+async def test_an_attempt_handed_out_again_is_taken_from_a_worker_that_renewed_it(
+    backends: Backends,
+) -> None:
+    # Its lease lapsed (the worker stalled), the scheduler marked it lost and handed it out
+    # again, and the stalled worker's heartbeat wrote the lease back: the new delivery runs.
+    stalled = RunningAttempts(backends.kv, "worker-b", lease_seconds=15)
+    ours = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
+    await stalled.start()
+    await ours.start()
+    job_id = uuid4()
+    try:
+        assert await stalled.take(job_id, 1, claim=True) == Taken()
+        await backends.kv.set(lost_key(job_id, 1), b"1", ttl=60)
+        assert await ours.take(job_id, 1, claim=True) == Taken(lost_before=True)
+        assert (await backends.kv.get(lease_key(job_id, 1)) or b"").startswith(b"worker-a/")
+    finally:
+        await stalled.drop(job_id, 1)
+        await ours.drop(job_id, 1)
+        await stalled.stop()
+        await ours.stop()

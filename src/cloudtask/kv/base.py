@@ -57,9 +57,10 @@ class KV(ABC):
         get_keys: Sequence[str],
     ) -> tuple[list[bytes | None], list[bytes | None]]:
         """In one round trip: store each of ``claims`` unless its key holds a value other than
-        ``free``, store ``forced`` whatever their keys hold, then read ``get_keys``. Returns, for
-        each claim in order, the value that kept it from being stored (``None`` where it was),
-        and the values read."""
+        ``free`` or the claim's own (so that a claim sent twice is taken, not refused by its
+        first write), store ``forced`` whatever their keys hold, then read ``get_keys``.
+        Returns, for each claim in order, the value that kept it from being stored (``None``
+        where it was), and the values read."""
 
     @abstractmethod
     async def delete(self, *keys: str) -> int: ...

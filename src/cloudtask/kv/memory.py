@@ -100,7 +100,7 @@ class MemoryKV(KV):
         holders = []
         for key, value in claims.items():
             held = self._live(key)
-            holder = None if held == free else held
+            holder = None if held in (free, value) else held
             if holder is None:
                 self._values[key] = (value, self._expiry(ttl))
             holders.append(holder)

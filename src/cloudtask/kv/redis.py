@@ -62,9 +62,9 @@ end
 return values
 """
 
-# The same, where some writes are claims: ARGV[2] is the value a claim may replace and ARGV[3]
-# the number of claims, the first KEYS; the values follow from ARGV[4]. Returns, per claim, the
-# value that kept it from being written (nil where it was), then the values read.
+# The same, where some writes are claims: ARGV[2] is the value a claim may replace (besides its
+# own) and ARGV[3] the number of claims, the first KEYS; the values follow from ARGV[4]. Returns,
+# per claim, the value that kept it from being written (nil where it was), then the values read.
 _CLAIM_MANY_AND_GET = """
 local claims = tonumber(ARGV[3])
 local written = #ARGV - 3
@@ -73,7 +73,7 @@ for i = 1, written do
   local held = false
   if i <= claims then
     held = redis.call('GET', KEYS[i])
-    if held == ARGV[2] then held = false end
+    if held == ARGV[2] or held == ARGV[i + 3] then held = false end
     result[i] = held
   end
   if not held then redis.call('SET', KEYS[i], ARGV[i + 3], 'PX', ARGV[1]) end

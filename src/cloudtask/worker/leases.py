@@ -15,13 +15,17 @@ A first delivery of an attempt *claims* its lease: one held by a worker (this on
 running the attempt or done with it for less than the TTL) means the message is a copy (the
 outbox relay published it again, say) and the attempt is not run twice. The worker holding the
 lease holds the original delivery, or has reported the attempt, or the scheduler hands it out
-again once the lease expires, so the copy can be dropped. A redelivery (its worker died before
-acknowledging it, or it went back to the queue) and an attempt put back on the queue
-(``REQUEUED``, the marker a claim may replace) take the lease whoever held it.
+again once the lease expires, so the copy can be dropped. Each take writes a value of its own,
+so that a claim is never refused by its own write (the heartbeat renewing every lease held, a
+claim still in flight included; the call sent again after a dropped connection). A redelivery
+(its worker died before acknowledging it, or it went back to the queue), an attempt put back on
+the queue (``REQUEUED``, the marker a claim may replace) and one the scheduler marked lost take
+the lease whoever held it.
 """
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ class _Take:
     cancel: str
     lost: str
     claim: bool
+    token: bytes  # the lease's value: this worker's id and a number of this take's own
     holder: bytes | None = None
     cancel_flag: bytes | None = None
     lost_mark: bytes | None = None
@@ -69,6 +74,11 @@ class RunningAttempts:
         self._worker_id = worker_id.encode()
         self.lease_seconds = lease_seconds
         self._leases: dict[str, UUID] = {}
+        # Each lease holds a value of its own take's, so that a claim tells its own write (the
+        # heartbeat renewing it before the claim ran, or the call sent again after a dropped
+        # connection) from another delivery's.
+        self._tokens: dict[str, bytes] = {}
+        self._numbers = itertools.count(1)
         self._runs: dict[UUID, tuple[int, asyncio.Future[Any]]] = {}
         self._cancel_before_start: set[UUID] = set()
         self._subscription: Subscription | None = None
@@ -97,31 +107,39 @@ class RunningAttempts:
         (the delivery is a copy; nothing was taken). If the store is unreachable the job runs
         anyway: the heartbeat writes the lease once the store is back (and the scheduler does
         not judge leases until then)."""
-        take = _Take(
-            lease_key(job_id, attempt), cancel_key(job_id), lost_key(job_id, attempt), claim
-        )
-        if claim and take.lease in self._leases:  # running here: no need to ask the store
+        key = lease_key(job_id, attempt)
+        if claim and key in self._leases:  # running here: no need to ask the store
             return Taken(copy=True)
-        self._leases[take.lease] = job_id
+        token = self._worker_id + b"/%d" % next(self._numbers)
+        take = _Take(key, cancel_key(job_id), lost_key(job_id, attempt), claim, token)
+        self._leases[key], self._tokens[key] = job_id, token
         try:
             await self._takes.add(take)
+            if take.holder is not None and take.lost_mark is not None:
+                # Handed out again by the scheduler, its lease since renewed by a worker that
+                # had stalled: taken whoever holds it, as before claims (both may run it).
+                take = _Take(key, take.cancel, take.lost, False, token)
+                await self._takes.add(take)
         except KVUnavailable as exc:
             log.warning(
                 "running without a lease: %s", exc, extra={"jobId": str(job_id), "attempt": attempt}
             )
             return Taken()
         if take.holder is not None:
-            self._leases.pop(take.lease, None)
+            if self._tokens.get(key) == token:  # not taken meanwhile by a redelivery here
+                del self._leases[key], self._tokens[key]
+                if job_id not in self._leases.values():  # a cancel heard meanwhile is not kept
+                    self._cancel_before_start.discard(job_id)
             return Taken(copy=True)
         return Taken(take.cancel_flag is not None, take.lost_mark is not None)
 
     async def _take_many(self, takes: Sequence[_Take]) -> None:
         claims = [take for take in takes if take.claim]
         holders, values = await self._kv.claim_many_and_get(
-            dict.fromkeys((take.lease for take in claims), self._worker_id),
+            {take.lease: take.token for take in claims},
             ttl=self.lease_seconds,
             free=REQUEUED,
-            forced=dict.fromkeys((take.lease for take in takes if not take.claim), self._worker_id),
+            forced={take.lease: take.token for take in takes if not take.claim},
             get_keys=[key for take in takes for key in (take.cancel, take.lost)],
         )
         for take, holder in zip(claims, holders, strict=True):
@@ -134,6 +152,7 @@ class RunningAttempts:
         ``marker`` in it (a requeued attempt)."""
         key = lease_key(job_id, attempt)
         self._leases.pop(key, None)
+        self._tokens.pop(key, None)
         self._cancel_before_start.discard(job_id)
         if marker is not None:
             with contextlib.suppress(KVUnavailable):
@@ -156,9 +175,9 @@ class RunningAttempts:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            if not self._leases:
+            if not self._tokens:
                 continue
-            items = dict.fromkeys(self._leases, self._worker_id)
+            items = dict(self._tokens)
             try:
                 await self._kv.set_many(items, ttl=self.lease_seconds)
             except KVUnavailable as exc:

@@ -262,8 +262,16 @@ class Pipeline:
         """Publish the message again at the back of the queue, for a worker with its type's
         handler, then acknowledge the delivery (so it is never lost); with the broker away,
         reject it back instead."""
+        # A redelivery or a requeued attempt stays one: its lease may still hold the worker that
+        # lost it, and a first delivery would take the copy for a duplicate.
+        again = delivery.redelivered or bool(delivery.headers.get(REQUEUED_HEADER))
         try:
-            await self.deps.broker.publish(JOBS_CREATED, delivery.body, priority=job.priority)
+            await self.deps.broker.publish(
+                JOBS_CREATED,
+                delivery.body,
+                priority=job.priority,
+                headers={REQUEUED_HEADER: True} if again else None,
+            )
         except BrokerUnavailable:
             await _quietly(delivery.reject(requeue=True))
             return
