@@ -254,3 +254,21 @@ async def test_an_attempt_handed_out_again_is_taken_from_a_worker_that_renewed_i
         await ours.drop(job_id, 1)
         await stalled.stop()
         await ours.stop()
+
+
+async def test_an_attempt_handed_out_again_to_the_worker_still_running_it_runs_again(
+    backends: Backends,
+) -> None:
+    # Its lease lapsed while this worker stalled, the scheduler handed it out again, and the
+    # delivery came back here: not a copy (the job is PENDING again, nothing else would run it).
+    running = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
+    await running.start()
+    job_id = uuid4()
+    try:
+        assert await running.take(job_id, 1, claim=True) == Taken()
+        assert await running.take(job_id, 1, claim=True) == Taken(copy=True)
+        await backends.kv.set(lost_key(job_id, 1), b"1", ttl=60)
+        assert await running.take(job_id, 1, claim=True) == Taken(lost_before=True)
+    finally:
+        await running.drop(job_id, 1)
+        await running.stop()

@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 
 from cloudtask.contracts.queues import JOBS_COMPLETED
-from cloudtask.contracts.signals import lease_key
+from cloudtask.contracts.signals import lease_key, lost_key
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db.queries import dispatch as dispatch_q
+from cloudtask.kv.redis import RedisKV
+from cloudtask.scheduler import recovery
 from cloudtask.scheduler.service import SchedulerService
 from cloudtask.settings import Settings
 from tests.conftest import Backends
@@ -203,3 +206,23 @@ async def test_nothing_is_judged_while_reports_wait_in_jobs_completed(
     await delivery.ack()
     await _redelivered(created, lost, 1)
     await _wait_status(backends, hung, JobStatus.FAILED)
+
+
+async def test_lost_attempts_are_marked_before_they_are_handed_out_or_not_handed_out(
+    backends: Backends,
+) -> None:
+    # A worker that had stalled may renew the lease of an attempt handed out again; the lost
+    # mark is what lets the new delivery take it rather than be dropped as a copy. Unmarked
+    # (the store away), it is not handed out this time.
+    now = utcnow()
+    attempt = dispatch_q.Attempt(
+        uuid.uuid4(), uuid.uuid4(), "echo", "null", 5, 1, 300.0, now, started_at=now
+    )
+    assert await recovery.mark_lost(backends.kv, {attempt})
+    assert await backends.kv.get(lost_key(attempt.id, 1)) == b"1"
+    down = RedisKV("redis://127.0.0.1:1/0", timeout=0.2)
+    try:
+        assert not await recovery.mark_lost(down, {attempt})
+    finally:
+        await down.close()
+    assert await recovery.mark_lost(down, set())  # nothing to mark: nothing held back

@@ -69,17 +69,21 @@ async def lost_among(
     return {job for job, lease in zip(running, leases, strict=True) if lease is None}
 
 
-async def mark_lost(kv: KV, lost: set[dispatch_q.Attempt]) -> None:
+async def mark_lost(kv: KV, lost: set[dispatch_q.Attempt]) -> bool:
     """Tell the workers that these attempts were lost with a worker, before they are handed out
     again: each then runs alone, so that if one of them killed its worker, the others are not
-    counted with it when it does so again. Unmarked (the store away), they run as any job."""
+    counted with it when it does so again; and it is taken whoever renewed its lease since (a
+    worker that had stalled), where a first delivery finding the lease held is taken for a copy.
+    Returns whether they are marked; unmarked (the store away), they are not handed out."""
     if not lost:
-        return
+        return True
     marks = {lost_key(job.id, job.attempt): b"1" for job in lost}
     try:
         await kv.set_many(marks, ttl=LOST_MARK_TTL)
     except KVUnavailable:
-        log.warning("could not mark lost attempts to run alone", extra={"lost": len(lost)})
+        log.warning("could not mark lost attempts: not handed out yet", extra={"lost": len(lost)})
+        return False
+    return True
 
 
 async def reports_waiting(broker: Broker) -> bool:

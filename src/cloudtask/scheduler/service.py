@@ -162,7 +162,10 @@ class SchedulerService:
             )
             return
 
-        await recovery.mark_lost(self._kv, lost)
+        if not await recovery.mark_lost(self._kv, lost):
+            # Unmarked, a lost attempt handed out again could be taken for a copy by a worker
+            # that still renews its lease: judged again next time, once the marks are written.
+            lost = set()
 
         async def step(conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
             done = await recovery.recover(conn, self._settings, running, lost, now=now)

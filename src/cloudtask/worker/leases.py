@@ -108,8 +108,8 @@ class RunningAttempts:
         anyway: the heartbeat writes the lease once the store is back (and the scheduler does
         not judge leases until then)."""
         key = lease_key(job_id, attempt)
-        if claim and key in self._leases:  # running here: no need to ask the store
-            return Taken(copy=True)
+        if claim and key in self._leases and not await self._marked_lost(job_id, attempt):
+            return Taken(copy=True)  # running here: a copy, unless handed out again meanwhile
         token = self._worker_id + b"/%d" % next(self._numbers)
         take = _Take(key, cancel_key(job_id), lost_key(job_id, attempt), claim, token)
         self._leases[key], self._tokens[key] = job_id, token
@@ -132,6 +132,15 @@ class RunningAttempts:
                     self._cancel_before_start.discard(job_id)
             return Taken(copy=True)
         return Taken(take.cancel_flag is not None, take.lost_mark is not None)
+
+    async def _marked_lost(self, job_id: UUID, attempt: int) -> bool:
+        """Whether the scheduler handed out again an attempt this worker still runs (its lease
+        lapsed while the worker stalled); if the store cannot say, it is taken to be, so that the
+        delivery runs rather than being dropped (at least once)."""
+        try:
+            return await self._kv.get(lost_key(job_id, attempt)) is not None
+        except KVUnavailable:
+            return True
 
     async def _take_many(self, takes: Sequence[_Take]) -> None:
         claims = [take for take in takes if take.claim]

@@ -24,6 +24,7 @@
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,7 +44,7 @@ from cloudtask.contracts.queues import (
     JOBS_STARTED,
     REQUEUED_HEADER,
 )
-from cloudtask.contracts.signals import handler_key
+from cloudtask.contracts.signals import handler_key, lease_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.errors import BrokerUnavailable, KVUnavailable
 from cloudtask.kv.base import KV
@@ -370,13 +371,18 @@ class Pipeline:
 
     async def _put_back(self, job: JobCreated) -> None:
         self._requeue.discard((job.job_id, job.attempt))
-        await _until_published(
+        # The marker tells the scheduler the attempt waits in the queue, not that it was lost.
+        # Written first: once the copy is published, the worker taking it holds the lease.
+        await self.deps.running.drop(job.job_id, job.attempt, marker=REQUEUED)
+        published = await _until_published(
             lambda: self.deps.broker.publish(
                 JOBS_CREATED, job.encode(), priority=job.priority, headers={REQUEUED_HEADER: True}
             )
         )
-        # The marker tells the scheduler the attempt waits in the queue, not that it was lost.
-        await self.deps.running.drop(job.job_id, job.attempt, marker=REQUEUED)
+        if not published:  # nothing waits in the queue: let the scheduler find it lost
+            with contextlib.suppress(KVUnavailable):
+                await self.deps.kv.delete(lease_key(job.job_id, job.attempt))
+            return
         self.deps.metrics.requeued.inc()
         _log("job requeued", job, self.deps.worker_id)
 
@@ -391,9 +397,9 @@ class Pipeline:
         log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
 
 
-async def _until_published(publish: Callable[[], Awaitable[None]], limit: float = 300) -> None:
+async def _until_published(publish: Callable[[], Awaitable[None]], limit: float = 300) -> bool:
     """Publish, retrying while the broker is away; give up after ``limit`` seconds (the lease
-    then expires and the scheduler hands the attempt out again)."""
+    then expires and the scheduler hands the attempt out again). Returns whether it was."""
     delay, deadline = 0.2, time.monotonic() + limit
     while True:
         try:
@@ -401,11 +407,11 @@ async def _until_published(publish: Callable[[], Awaitable[None]], limit: float 
         except BrokerUnavailable:
             if time.monotonic() > deadline:
                 log.error("giving up publishing after %s s", limit)  # noqa: TRY400 - no traceback wanted
-                return
+                return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5)
         else:
-            return
+            return True
 
 
 async def _quietly(step: Awaitable[None]) -> None:
