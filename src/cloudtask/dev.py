@@ -65,14 +65,15 @@ def _prepare(db_path: Path) -> Path:
     return db_path
 
 
-async def requeue_pending(engine: AsyncEngine, broker: Broker) -> int:
-    """Queue every PENDING job again: the in-process broker starts empty, and the jobs it held
-    when the last process stopped (due, published, not yet run) are in the database alone. Their
+async def requeue_unfinished(engine: AsyncEngine, broker: Broker) -> int:
+    """Queue every PENDING and RUNNING job again: the in-process broker starts empty, and the
+    jobs it held when the last process stopped (due, published, not yet run; or put back by the
+    worker stopping before they ended, or cut off by a kill) are in the database alone. Their
     messages still in the outbox are replaced, so that each is queued once. Returns how many."""
     now = utcnow()
     async with session.transaction(engine) as conn:
         await outbox_q.remove_queue(conn, JOBS_CREATED)
-        waiting = await dispatch_q.pending(conn)
+        waiting = await dispatch_q.handed_out(conn)
     await broker.publish_many(
         [
             OutgoingMessage(
@@ -145,8 +146,8 @@ async def _run(
     await asyncio.to_thread(_load_kv, kv, _kv_path(db_path))
     await broker.start()
     await kv.start()
-    if requeued := await requeue_pending(engine, broker):
-        log.info("pending jobs queued again", extra={"action": "dev.requeued", "jobs": requeued})
+    if requeued := await requeue_unfinished(engine, broker):
+        log.info("unfinished jobs queued again", extra={"action": "dev.requeued", "jobs": requeued})
     mail_dir = db_path.parent / "cloudtask-mail"
     handlers = builtin_handlers(settings, mail_dir=mail_dir).merged(user_handlers)
     worker = WorkerService(settings, broker=broker, kv=kv, handlers=handlers)

@@ -149,39 +149,45 @@ def test_cloudtask_dev_runs_jobs_of_every_outcome(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
 def test_cloudtask_dev_runs_the_jobs_it_held_after_a_restart(tmp_path: Path, stop: str) -> None:
-    # The in-process broker goes with the process: the jobs queued in it, and the reports of
-    # jobs that ended while it stopped, are in the database alone.
+    # The in-process broker goes with the process: the jobs queued in it, the jobs the worker put
+    # back or a kill cut off, and the reports of jobs that ended while it stopped, are in the
+    # database alone.
     db = str(tmp_path / "dev.db")
-    # A short lease: the job a killed process left RUNNING is found lost within seconds.
-    with processes(clean_env(bcrypt_rounds="4", worker_lease_seconds="3"), tmp_path) as group:
-        dev = group.start("dev", "--db", db, "--concurrency", "1")
+    env = clean_env(bcrypt_rounds="4", worker_grace_seconds="1.5")
+    with processes(env, tmp_path) as group:
+        dev = group.start("dev", "--db", db, "--concurrency", "2")
         client = group.client(dev)
-        running = client.submit(type="sleep", payload={"seconds": 2})
-        client.wait(running["id"], "RUNNING")
+        short = client.submit(type="sleep", payload={"seconds": 0.5})
+        # Past the grace period: put back on the stop, and with one attempt only, it must not
+        # be failed as hung after the restart either.
+        long = client.submit(type="sleep", payload={"seconds": 3}, maxAttempts=1)
+        client.wait(short["id"], "RUNNING")
+        client.wait(long["id"], "RUNNING")
         queued = [client.submit(type="echo", payload=n) for n in range(3)]
         assert [client.get(job["id"])["status"] for job in queued] == ["PENDING"] * 3
         keyed = {"json": {"type": "echo", "payload": "once"}, "headers": {"Idempotency-Key": "k1"}}
         first = client.http.post("/jobs", **keyed)
         assert first.status_code == 201
         if stop == "SIGTERM":
-            assert dev.stop() == 0  # the running job ends within the grace period
+            assert dev.stop() == 0  # the short job ends within the grace period, the long not
         else:
             dev.kill()
 
-        again = group.start("dev", "--db", db, "--concurrency", "1")
+        again = group.start("dev", "--db", db, "--concurrency", "2")
         restarted = group.client(again)
         restarted.http.headers["Authorization"] = client.http.headers["Authorization"]
         if stop == "SIGTERM":
             # Reported before the stop, not run again after it.
-            assert restarted.get(running["id"])["status"] == "COMPLETED"
+            assert restarted.get(short["id"])["status"] == "COMPLETED"
             # The key-value store was kept: the same key still answers the first request.
             replayed = restarted.http.post("/jobs", **keyed)
             assert replayed.headers.get("Idempotent-Replayed") == "true"
             assert (replayed.status_code, replayed.json()) == (201, first.json())
         for n, job in enumerate(queued):
             assert restarted.wait(job["id"], "COMPLETED", "FAILED")["result"] == n
-        done = restarted.wait(running["id"], "COMPLETED", timeout=60)
-        assert done["result"] == "Slept for 2 seconds"
+        for job, seconds in ((short, 0.5), (long, 3)):
+            done = restarted.wait(job["id"], "COMPLETED", "FAILED", timeout=30)
+            assert (done["status"], done["result"]) == ("COMPLETED", f"Slept for {seconds} seconds")
         assert again.stop() == 0
 
 

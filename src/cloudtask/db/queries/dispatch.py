@@ -111,12 +111,12 @@ async def dispatch_due(
     return due, outbox_rows
 
 
-async def pending(conn: AsyncConnection) -> list[Attempt]:
-    """Every PENDING job's attempt, as it was handed to the workers: highest priority first,
-    then oldest first."""
+async def handed_out(conn: AsyncConnection) -> list[Attempt]:
+    """Every PENDING or RUNNING job's attempt, as it was handed to the workers: highest priority
+    first, then oldest first."""
     rows = await conn.execute(
         select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt)
-        .where(jobs.c.status == JobStatus.PENDING)
+        .where(jobs.c.status.in_((JobStatus.PENDING, JobStatus.RUNNING)))
         .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq)
     )
     return [_attempt(row, row.dispatch_attempt) for row in rows]
