@@ -22,17 +22,20 @@ from cloudtask.contracts.queues import (
     JOBS_STARTED,
     REQUEUED_HEADER,
 )
+from cloudtask.contracts.signals import lease_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.engine import create_engine
 from cloudtask.db.migrate import upgrade_async
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.queries import outbox as outbox_q
+from cloudtask.kv.base import KV
 from cloudtask.kv.memory import MemoryKV
 from cloudtask.results.service import ResultsService
 from cloudtask.scheduler.service import SchedulerService
 from cloudtask.settings import MIN_JWT_SECRET_BYTES, Settings, SettingsError
 from cloudtask.worker.handlers import builtin_handlers
+from cloudtask.worker.leases import REQUEUED
 from cloudtask.worker.registry import user_handlers
 from cloudtask.worker.service import WorkerService
 
@@ -65,15 +68,23 @@ def _prepare(db_path: Path) -> Path:
     return db_path
 
 
-async def requeue_unfinished(engine: AsyncEngine, broker: Broker) -> int:
-    """Queue every PENDING and RUNNING job again: the in-process broker starts empty, and the
-    jobs it held when the last process stopped (due, published, not yet run; or put back by the
-    worker stopping before they ended, or cut off by a kill) are in the database alone. Their
-    messages still in the outbox are replaced, so that each is queued once. Returns how many."""
+async def requeue_unfinished(engine: AsyncEngine, broker: Broker, kv: KV) -> int:
+    """Queue again every PENDING job, and every RUNNING one the worker put back as it stopped
+    (its lease holds the requeued marker, kept in the key-value store's file): the in-process
+    broker starts empty, and the jobs it held when the last process stopped are in the database
+    alone. Their messages still in the outbox are replaced, so that each is queued once. A
+    RUNNING job without the marker was cut off by a kill: the scheduler recovers it as a lost
+    attempt (counted, run alone), as it does a dead worker's. Returns how many were queued."""
     now = utcnow()
     async with session.transaction(engine) as conn:
+        running = await dispatch_q.running_since(conn, now, limit=None)
+        leases = await kv.get_many([lease_key(job.id, job.attempt) for job in running])
+        put_back = [job for job, lease in zip(running, leases, strict=True) if lease == REQUEUED]
+        # PENDING again, so that the new start's jobs.started sets startedAt and the hung check
+        # counts from it; not counted as a loss.
+        await dispatch_q.redispatch(conn, put_back, now=now, counted=False)
         await outbox_q.remove_queue(conn, JOBS_CREATED)
-        waiting = await dispatch_q.handed_out(conn)
+        waiting = await dispatch_q.pending(conn)
     await broker.publish_many(
         [
             OutgoingMessage(
@@ -146,7 +157,7 @@ async def _run(
     await asyncio.to_thread(_load_kv, kv, _kv_path(db_path))
     await broker.start()
     await kv.start()
-    if requeued := await requeue_unfinished(engine, broker):
+    if requeued := await requeue_unfinished(engine, broker, kv):
         log.info("unfinished jobs queued again", extra={"action": "dev.requeued", "jobs": requeued})
     mail_dir = db_path.parent / "cloudtask-mail"
     handlers = builtin_handlers(settings, mail_dir=mail_dir).merged(user_handlers)

@@ -153,7 +153,8 @@ def test_cloudtask_dev_runs_the_jobs_it_held_after_a_restart(tmp_path: Path, sto
     # back or a kill cut off, and the reports of jobs that ended while it stopped, are in the
     # database alone.
     db = str(tmp_path / "dev.db")
-    env = clean_env(bcrypt_rounds="4", worker_grace_seconds="1.5")
+    # A short lease: a job a killed process left RUNNING is found lost within seconds.
+    env = clean_env(bcrypt_rounds="4", worker_grace_seconds="1.5", worker_lease_seconds="3")
     with processes(env, tmp_path) as group:
         dev = group.start("dev", "--db", db, "--concurrency", "2")
         client = group.client(dev)

@@ -210,21 +210,18 @@ async def test_a_first_delivery_whose_lease_is_held_is_a_copy_and_takes_nothing(
 
 
 async def test_a_claim_is_not_refused_by_its_own_write(backends: Backends) -> None:
-    # The heartbeat renews every lease the worker holds, a claim still waiting on its round trip
-    # included; and a call sent again after a dropped connection finds its first write. Neither
-    # makes the delivery a copy of itself.
+    # A call sent again after a dropped connection (as redis-py retries) finds its first write.
     running = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
     job_id = uuid4()
     write = running._kv.claim_many_and_get
 
-    async def renewed_first(claims: dict[str, bytes], **rest: Any) -> Any:
-        await running._kv.set_many(dict(running._tokens), ttl=15)  # what _beat writes
+    async def sent_twice(claims: dict[str, bytes], **rest: Any) -> Any:
         first = await write(claims, **rest)
-        again = await write(claims, **rest)  # as redis-py's retry would send it
+        again = await write(claims, **rest)
         assert again == first
         return again
 
-    running._kv.claim_many_and_get = renewed_first  # type: ignore[method-assign]
+    running._kv.claim_many_and_get = sent_twice  # type: ignore[method-assign]
     await running.start()
     try:
         assert await running.take(job_id, 1, claim=True) == Taken()
@@ -232,6 +229,41 @@ async def test_a_claim_is_not_refused_by_its_own_write(backends: Backends) -> No
     finally:
         await running.drop(job_id, 1)
         await running.stop()
+
+
+async def test_the_heartbeat_leaves_a_claim_on_its_way_alone(backends: Backends) -> None:
+    # Heartbeats every 20 ms, claims that take 150 ms: were the heartbeat to write a claim on
+    # its way, it would take over the other worker's lease, and the copy would run.
+    theirs = RunningAttempts(backends.kv, "worker-b", lease_seconds=0.06)
+    ours = RunningAttempts(backends.kv, "worker-a", lease_seconds=0.06)
+    write = ours._kv.claim_many_and_get
+
+    async def slow(claims: dict[str, bytes], **rest: Any) -> Any:
+        await asyncio.sleep(0.15)
+        return await write(claims, **rest)
+
+    await theirs.start()
+    job_id = uuid4()
+    assert await theirs.take(job_id, 1, claim=True) == Taken()
+    ours._kv = _Slowed(ours._kv, slow)
+    await ours.start()
+    try:
+        assert await ours.take(job_id, 1, claim=True) == Taken(copy=True)
+        assert (await backends.kv.get(lease_key(job_id, 1)) or b"").startswith(b"worker-b/")
+    finally:
+        await theirs.drop(job_id, 1)
+        await ours.stop()
+        await theirs.stop()
+
+
+class _Slowed:
+    """The store, with its claims slowed down."""
+
+    def __init__(self, kv: Any, claim: Any) -> None:
+        self._kv, self.claim_many_and_get = kv, claim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kv, name)
 
 
 async def test_an_attempt_handed_out_again_is_taken_from_a_worker_that_renewed_it(

@@ -78,6 +78,9 @@ class RunningAttempts:
         # heartbeat renewing it before the claim ran, or the call sent again after a dropped
         # connection) from another delivery's.
         self._tokens: dict[str, bytes] = {}
+        # Leases whose claim is on its way: the heartbeat does not write them, or it could take
+        # over another worker's lease just before the claim reads it.
+        self._claiming: set[str] = set()
         self._numbers = itertools.count(1)
         self._runs: dict[UUID, tuple[int, asyncio.Future[Any]]] = {}
         self._cancel_before_start: set[UUID] = set()
@@ -113,6 +116,8 @@ class RunningAttempts:
         token = self._worker_id + b"/%d" % next(self._numbers)
         take = _Take(key, cancel_key(job_id), lost_key(job_id, attempt), claim, token)
         self._leases[key], self._tokens[key] = job_id, token
+        if claim:
+            self._claiming.add(key)
         try:
             await self._takes.add(take)
             if take.holder is not None and take.lost_mark is not None:
@@ -125,6 +130,8 @@ class RunningAttempts:
                 "running without a lease: %s", exc, extra={"jobId": str(job_id), "attempt": attempt}
             )
             return Taken()
+        finally:
+            self._claiming.discard(key)
         if take.holder is not None:
             if self._tokens.get(key) == token:  # not taken meanwhile by a redelivery here
                 del self._leases[key], self._tokens[key]
@@ -186,7 +193,7 @@ class RunningAttempts:
             await asyncio.sleep(self.lease_seconds / 3)
             if not self._tokens:
                 continue
-            items = dict(self._tokens)
+            items = {k: v for k, v in self._tokens.items() if k not in self._claiming}
             try:
                 await self._kv.set_many(items, ttl=self.lease_seconds)
             except KVUnavailable as exc:

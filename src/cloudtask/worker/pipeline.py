@@ -24,7 +24,6 @@
 """
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,7 +43,7 @@ from cloudtask.contracts.queues import (
     JOBS_STARTED,
     REQUEUED_HEADER,
 )
-from cloudtask.contracts.signals import handler_key, lease_key
+from cloudtask.contracts.signals import handler_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.errors import BrokerUnavailable, KVUnavailable
 from cloudtask.kv.base import KV
@@ -371,17 +370,18 @@ class Pipeline:
 
     async def _put_back(self, job: JobCreated) -> None:
         self._requeue.discard((job.job_id, job.attempt))
-        # The marker tells the scheduler the attempt waits in the queue, not that it was lost.
-        # Written first: once the copy is published, the worker taking it holds the lease.
-        await self.deps.running.drop(job.job_id, job.attempt, marker=REQUEUED)
         published = await _until_published(
             lambda: self.deps.broker.publish(
                 JOBS_CREATED, job.encode(), priority=job.priority, headers={REQUEUED_HEADER: True}
             )
         )
-        if not published:  # nothing waits in the queue: let the scheduler find it lost
-            with contextlib.suppress(KVUnavailable):
-                await self.deps.kv.delete(lease_key(job.job_id, job.attempt))
+        # The marker tells the scheduler the attempt waits in the queue, not that it was lost.
+        # Written once the copy is: a marker left by a publish that never happened (the broker
+        # away until the worker exits) would hide the attempt from recovery for a day.
+        await self.deps.running.drop(
+            job.job_id, job.attempt, marker=REQUEUED if published else None
+        )
+        if not published:  # nothing waits in the queue: the lease expires, the attempt is lost
             return
         self.deps.metrics.requeued.inc()
         _log("job requeued", job, self.deps.worker_id)

@@ -111,18 +111,20 @@ async def dispatch_due(
     return due, outbox_rows
 
 
-async def handed_out(conn: AsyncConnection) -> list[Attempt]:
-    """Every PENDING or RUNNING job's attempt, as it was handed to the workers: highest priority
-    first, then oldest first."""
+async def pending(conn: AsyncConnection) -> list[Attempt]:
+    """Every PENDING job's attempt, as it was handed to the workers: highest priority first,
+    then oldest first."""
     rows = await conn.execute(
         select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt)
-        .where(jobs.c.status.in_((JobStatus.PENDING, JobStatus.RUNNING)))
+        .where(jobs.c.status == JobStatus.PENDING)
         .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq)
     )
     return [_attempt(row, row.dispatch_attempt) for row in rows]
 
 
-async def running_since(conn: AsyncConnection, before: datetime, limit: int) -> list[Attempt]:
+async def running_since(
+    conn: AsyncConnection, before: datetime, limit: int | None
+) -> list[Attempt]:
     """RUNNING attempts that started before ``before``, oldest first."""
     rows = await conn.execute(
         select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt)
@@ -134,10 +136,11 @@ async def running_since(conn: AsyncConnection, before: datetime, limit: int) -> 
 
 
 async def redispatch(
-    conn: AsyncConnection, lost: Sequence[Attempt], *, now: datetime
+    conn: AsyncConnection, lost: Sequence[Attempt], *, now: datetime, counted: bool = True
 ) -> tuple[list[Attempt], list[outbox_q.OutboxRow]]:
     """Hand attempts whose worker vanished out again (same attempt number), unless they changed
-    meanwhile. Returns the attempts requeued and their outbox rows."""
+    meanwhile; ``counted``, each as one more loss of its attempt (towards ``max_deliveries``).
+    Returns the attempts requeued and their outbox rows."""
     requeued = []
     for job in lost:
         result = await conn.execute(
@@ -147,7 +150,11 @@ async def redispatch(
                 jobs.c.status == JobStatus.RUNNING,
                 jobs.c.dispatch_attempt == job.attempt,
             )
-            .values(status=JobStatus.PENDING, redeliveries=jobs.c.redeliveries + 1, updated_at=now)
+            .values(
+                status=JobStatus.PENDING,
+                redeliveries=jobs.c.redeliveries + int(counted),
+                updated_at=now,
+            )
         )
         if result.rowcount:
             requeued.append(job)
