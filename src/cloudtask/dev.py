@@ -85,6 +85,9 @@ async def requeue_unfinished(engine: AsyncEngine, broker: Broker, kv: KV) -> int
         await dispatch_q.redispatch(conn, put_back, now=now, counted=False)
         await outbox_q.remove_queue(conn, JOBS_CREATED)
         waiting = await dispatch_q.pending(conn)
+    # Used up: a marker still in the file would make a job this process runs and a kill cuts
+    # off look put back at the next start (uncounted, its cancel forgotten).
+    await kv.delete(*(lease_key(job.id, job.attempt) for job in put_back))
     await broker.publish_many(
         [
             OutgoingMessage(
@@ -158,6 +161,7 @@ async def _run(
     await broker.start()
     await kv.start()
     if requeued := await requeue_unfinished(engine, broker, kv):
+        await asyncio.to_thread(_save_kv, kv, _kv_path(db_path))
         log.info("unfinished jobs queued again", extra={"action": "dev.requeued", "jobs": requeued})
     mail_dir = db_path.parent / "cloudtask-mail"
     handlers = builtin_handlers(settings, mail_dir=mail_dir).merged(user_handlers)

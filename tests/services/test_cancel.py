@@ -304,3 +304,28 @@ async def test_an_attempt_handed_out_again_to_the_worker_still_running_it_runs_a
     finally:
         await running.drop(job_id, 1)
         await running.stop()
+
+
+async def test_a_requeued_marker_is_left_only_over_the_workers_own_lease(
+    backends: Backends,
+) -> None:
+    ours = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
+    theirs = RunningAttempts(backends.kv, "worker-b", lease_seconds=15)
+    put_back, taken_over = uuid4(), uuid4()
+    await ours.start()
+    await theirs.start()
+    try:
+        assert await ours.take(put_back, 1, claim=True) == Taken()
+        await ours.drop(put_back, 1, marker=REQUEUED)
+        assert await backends.kv.get(lease_key(put_back, 1)) == REQUEUED
+        # The copy was taken by another worker before the marker was written: its lease stays.
+        assert await ours.take(taken_over, 1, claim=True) == Taken()
+        assert await theirs.take(taken_over, 1, claim=False) == Taken()
+        await ours.drop(taken_over, 1, marker=REQUEUED)
+        lease = await backends.kv.get(lease_key(taken_over, 1))
+        assert lease is not None and lease.startswith(b"worker-b/")
+    finally:
+        await theirs.drop(taken_over, 1)
+        await backends.kv.delete(lease_key(put_back, 1))
+        await ours.stop()
+        await theirs.stop()

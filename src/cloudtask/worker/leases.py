@@ -16,8 +16,8 @@ running the attempt or done with it for less than the TTL) means the message is 
 outbox relay published it again, say) and the attempt is not run twice. The worker holding the
 lease holds the original delivery, or has reported the attempt, or the scheduler hands it out
 again once the lease expires, so the copy can be dropped. Each take writes a value of its own,
-so that a claim is never refused by its own write (the heartbeat renewing every lease held, a
-claim still in flight included; the call sent again after a dropped connection). A redelivery
+so that a claim is never refused by its own write (the call sent again after a dropped
+connection); the heartbeat leaves a claim on its way alone. A redelivery
 (its worker died before acknowledging it, or it went back to the queue), an attempt put back on
 the queue (``REQUEUED``, the marker a claim may replace) and one the scheduler marked lost take
 the lease whoever held it.
@@ -168,11 +168,15 @@ class RunningAttempts:
         ``marker`` in it (a requeued attempt)."""
         key = lease_key(job_id, attempt)
         self._leases.pop(key, None)
-        self._tokens.pop(key, None)
+        token = self._tokens.pop(key, None)
         self._cancel_before_start.discard(job_id)
         if marker is not None:
+            # Only over this worker's own lease: the copy put back may have been taken already,
+            # and the worker running it holds the lease now.
             with contextlib.suppress(KVUnavailable):
-                await self._kv.set(key, marker, ttl=24 * 3600)
+                await self._kv.claim_many_and_get(
+                    {key: marker}, ttl=24 * 3600, free=token or marker, forced={}, get_keys=()
+                )
 
     def track(self, job_id: UUID, attempt: int, run: "asyncio.Future[Any]") -> None:
         self._runs[job_id] = (attempt, run)
