@@ -70,16 +70,23 @@ async def test_set_many_values_expire(kv: KV) -> None:
     await expired(kv, "q")
 
 
-async def test_set_many_and_get_stores_keys_and_reads_others(kv: KV) -> None:
+async def test_forced_writes_are_stored_and_other_keys_read_in_one_call(kv: KV) -> None:
+    async def set_many_and_get(items: dict[str, bytes], get_keys: list[str]) -> list[bytes | None]:
+        holders, read = await kv.claim_many_and_get(
+            {}, ttl=0.3, free=b"x", forced=items, get_keys=get_keys
+        )
+        assert holders == []
+        return read
+
     await kv.set("flag", b"up")
     leases = {"lease1": b"me", "lease2": b"me"}
-    got = await kv.set_many_and_get(leases, ttl=0.3, get_keys=["flag", "absent", "flag"])
+    got = await set_many_and_get(leases, get_keys=["flag", "absent", "flag"])
     assert got == [b"up", None, b"up"]
     assert await kv.get_many(["lease1", "lease2"]) == [b"me", b"me"]
-    assert await kv.set_many_and_get({}, ttl=0.3, get_keys=[]) == []
-    assert await kv.set_many_and_get({}, ttl=0.3, get_keys=["lease1"]) == [b"me"]
+    assert await set_many_and_get({}, get_keys=[]) == []
+    assert await set_many_and_get({}, get_keys=["lease1"]) == [b"me"]
     # Written before they are read: a key in both reads its new value.
-    assert await kv.set_many_and_get({"both": b"new"}, ttl=0.3, get_keys=["both"]) == [b"new"]
+    assert await set_many_and_get({"both": b"new"}, get_keys=["both"]) == [b"new"]
 
     async def expired() -> bool:
         return await kv.get_many(["lease1", "lease2", "both"]) == [None, None, None]

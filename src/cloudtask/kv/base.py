@@ -41,12 +41,6 @@ class KV(ABC):
     async def set_many(self, items: dict[str, bytes], *, ttl: float) -> None: ...
 
     @abstractmethod
-    async def set_many_and_get(
-        self, items: dict[str, bytes], *, ttl: float, get_keys: Sequence[str]
-    ) -> list[bytes | None]:
-        """Store ``items`` (as :meth:`set_many`), then read ``get_keys``, in one round trip."""
-
-    @abstractmethod
     async def claim_many_and_get(
         self,
         claims: dict[str, bytes],
@@ -58,7 +52,8 @@ class KV(ABC):
     ) -> tuple[list[bytes | None], list[bytes | None]]:
         """In one round trip: store each of ``claims`` unless its key holds a value other than
         ``free`` or the claim's own (so that a claim sent twice is taken, not refused by its
-        first write), store ``forced`` whatever their keys hold, then read ``get_keys``.
+        first write), store ``forced`` whatever their keys hold (as :meth:`set_many`), then read
+        ``get_keys`` (a key written here reads its new value).
         Returns, for each claim in order, the value that kept it from being stored (``None``
         where it was), and the values read."""
 

@@ -82,12 +82,6 @@ class MemoryKV(KV):
         for key, value in items.items():
             self._values[key] = (value, self._expiry(ttl))
 
-    async def set_many_and_get(
-        self, items: dict[str, bytes], *, ttl: float, get_keys: Sequence[str]
-    ) -> list[bytes | None]:
-        await self.set_many(items, ttl=ttl)
-        return [self._live(key) for key in get_keys]
-
     async def claim_many_and_get(
         self,
         claims: dict[str, bytes],

@@ -48,23 +48,10 @@ return value
 """
 # A worker's leases, written and their cancel flags read in one command: as a pipeline of a SET
 # per lease, redis-py spent a tenth of the worker's CPU packing commands and parsing replies.
-# ARGV[1] is the TTL in milliseconds and ARGV[i + 1] the value of KEYS[i]; the KEYS beyond the
-# values are read back (nil where absent).
-_SET_MANY_AND_GET = """
-local written = #ARGV - 1
-for i = 1, written do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
-end
-local values = {}
-for i = written + 1, #KEYS do
-  values[i - written] = redis.call('GET', KEYS[i])
-end
-return values
-"""
-
-# The same, where some writes are claims: ARGV[2] is the value a claim may replace (besides its
-# own) and ARGV[3] the number of claims, the first KEYS; the values follow from ARGV[4]. Returns,
-# per claim, the value that kept it from being written (nil where it was), then the values read.
+# ARGV[1] is the TTL in milliseconds, ARGV[2] the value a claim may replace (besides its own),
+# ARGV[3] the number of claims, the first KEYS; ARGV[i + 3] is the value of KEYS[i], and the KEYS
+# beyond the values are read back. Returns, per claim, the value that kept it from being written
+# (nil where it was), then the values read (nil where absent). Plain writes are claims-free calls.
 _CLAIM_MANY_AND_GET = """
 local claims = tonumber(ARGV[3])
 local written = #ARGV - 3
@@ -153,7 +140,6 @@ class RedisKV(KV):
         self._release = self._client.register_script(_RELEASE)
         self._incr = self._client.register_script(_INCR)
         self._decr = self._client.register_script(_DECR)
-        self._set_many_and_get = self._client.register_script(_SET_MANY_AND_GET)
         self._claim_many_and_get = self._client.register_script(_CLAIM_MANY_AND_GET)
         self._subscriptions: list[_RedisSubscription] = []
 
@@ -195,17 +181,7 @@ class RedisKV(KV):
 
     async def set_many(self, items: dict[str, bytes], *, ttl: float) -> None:
         if items:
-            await self.set_many_and_get(items, ttl=ttl, get_keys=())
-
-    async def set_many_and_get(
-        self, items: dict[str, bytes], *, ttl: float, get_keys: Sequence[str]
-    ) -> list[bytes | None]:
-        if not items and not get_keys:
-            return []
-        values = await self._call(
-            self._set_many_and_get(keys=[*items, *get_keys], args=[_ms(ttl), *items.values()])
-        )
-        return list(values)
+            await self.claim_many_and_get({}, ttl=ttl, free=b"", forced=items, get_keys=())
 
     async def claim_many_and_get(
         self,
@@ -216,6 +192,8 @@ class RedisKV(KV):
         forced: dict[str, bytes],
         get_keys: Sequence[str],
     ) -> tuple[list[bytes | None], list[bytes | None]]:
+        if not claims and not forced and not get_keys:
+            return [], []
         values = list(
             await self._call(
                 self._claim_many_and_get(
