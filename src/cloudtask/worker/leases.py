@@ -73,11 +73,10 @@ class RunningAttempts:
         self._kv = kv
         self._worker_id = worker_id.encode()
         self.lease_seconds = lease_seconds
-        self._leases: dict[str, UUID] = {}
-        # Each lease holds a value of its own take's, so that a claim tells its own write (the
-        # heartbeat renewing it before the claim ran, or the call sent again after a dropped
-        # connection) from another delivery's.
-        self._tokens: dict[str, bytes] = {}
+        # Lease key -> the job, and the value its take wrote: a value of each take's own, so
+        # that a claim tells its own write (the call sent again after a dropped connection)
+        # from another delivery's.
+        self._leases: dict[str, tuple[UUID, bytes]] = {}
         # Leases whose claim is on its way: the heartbeat does not write them, or it could take
         # over another worker's lease just before the claim reads it.
         self._claiming: set[str] = set()
@@ -115,7 +114,7 @@ class RunningAttempts:
             return Taken(copy=True)  # running here: a copy, unless handed out again meanwhile
         token = self._worker_id + b"/%d" % next(self._numbers)
         take = _Take(key, cancel_key(job_id), lost_key(job_id, attempt), claim, token)
-        self._leases[key], self._tokens[key] = job_id, token
+        self._leases[key] = (job_id, token)
         if claim:
             self._claiming.add(key)
         try:
@@ -133,9 +132,9 @@ class RunningAttempts:
         finally:
             self._claiming.discard(key)
         if take.holder is not None:
-            if self._tokens.get(key) == token:  # not taken meanwhile by a redelivery here
-                del self._leases[key], self._tokens[key]
-                if job_id not in self._leases.values():  # a cancel heard meanwhile is not kept
+            if self._leases.get(key) == (job_id, token):  # not taken by a redelivery here
+                del self._leases[key]
+                if not self._leases_job(job_id):  # a cancel heard meanwhile is not kept
                     self._cancel_before_start.discard(job_id)
             return Taken(copy=True)
         return Taken(take.cancel_flag is not None, take.lost_mark is not None)
@@ -167,8 +166,7 @@ class RunningAttempts:
         """Stop renewing the lease (it expires by itself: a finished job needs none), or leave
         ``marker`` in it (a requeued attempt)."""
         key = lease_key(job_id, attempt)
-        self._leases.pop(key, None)
-        token = self._tokens.pop(key, None)
+        _, token = self._leases.pop(key, (job_id, None))
         self._cancel_before_start.discard(job_id)
         if marker is not None:
             # Only over this worker's own lease: the copy put back may have been taken already,
@@ -192,12 +190,16 @@ class RunningAttempts:
     def __len__(self) -> int:
         return len(self._leases)
 
+    def _leases_job(self, job_id: UUID) -> bool:
+        """Whether this worker holds a lease of ``job_id``'s."""
+        return any(leased == job_id for leased, _ in self._leases.values())
+
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            if not self._tokens:
+            if not self._leases:
                 continue
-            items = {k: v for k, v in self._tokens.items() if k not in self._claiming}
+            items = {k: v for k, (_, v) in self._leases.items() if k not in self._claiming}
             try:
                 await self._kv.set_many(items, ttl=self.lease_seconds)
             except KVUnavailable as exc:
@@ -209,7 +211,7 @@ class RunningAttempts:
         except ValueError:
             return
         _, run = self._runs.get(job_id, (0, None))
-        if run is None and job_id in self._leases.values():
+        if run is None and self._leases_job(job_id):
             self._cancel_before_start.add(job_id)  # leased, its handler not started yet
         elif run is not None and not run.done():
             attempt, _ = self._runs[job_id]

@@ -264,13 +264,12 @@ class Pipeline:
         reject it back instead."""
         # A redelivery or a requeued attempt stays one: its lease may still hold the worker that
         # lost it, and a first delivery would take the copy for a duplicate.
-        again = delivery.redelivered or bool(delivery.headers.get(REQUEUED_HEADER))
         try:
             await self.deps.broker.publish(
                 JOBS_CREATED,
                 delivery.body,
                 priority=job.priority,
-                headers={REQUEUED_HEADER: True} if again else None,
+                headers=None if _first(delivery) else {REQUEUED_HEADER: True},
             )
         except BrokerUnavailable:
             await _quietly(delivery.reject(requeue=True))
@@ -290,8 +289,7 @@ class Pipeline:
         deps = self.deps
         # The lease first: from then on a cancel signal is heard (and kept until the handler
         # starts), and one sent earlier has left the flag read next.
-        first = not delivery.redelivered and not delivery.headers.get(REQUEUED_HEADER)
-        taken = await deps.running.take(job.job_id, job.attempt, claim=first)
+        taken = await deps.running.take(job.job_id, job.attempt, claim=_first(delivery))
         if taken.copy:
             return _Attempt(utcnow(), copy=True)
         if taken.cancelled:
@@ -419,6 +417,12 @@ async def _quietly(step: Awaitable[None]) -> None:
         await step
     except BrokerUnavailable:
         return
+
+
+def _first(delivery: Delivery) -> bool:
+    """Whether this is the attempt's first delivery, which only claims its lease: not one the
+    broker delivers again, nor one put back on the queue (see ``leases``)."""
+    return not delivery.redelivered and not delivery.headers.get(REQUEUED_HEADER)
 
 
 def _log_alone(job: JobCreated) -> None:
