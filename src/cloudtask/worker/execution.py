@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,20 @@ def unknown_type(job_type: str) -> Outcome:
 CANCELLED = Outcome("cancelled", error="cancelled")
 
 
+class Span:
+    """When the handler itself began and returned (``time.perf_counter()``), read where it runs.
+
+    The attempt's time is the handler's: a call that waited for its first turn of a busy event
+    loop, or whose end the loop noticed late, did not run for that long.
+    """
+
+    __slots__ = ("began", "ended")
+
+    def __init__(self) -> None:
+        self.began: float | None = None
+        self.ended: float | None = None
+
+
 @dataclass(frozen=True)
 class Run:
     """A handler started: ``future`` ends with its result (cancelling it stops an async handler,
@@ -52,6 +67,7 @@ class Run:
     goes on until the handler returns."""
 
     future: "asyncio.Future[Any]"
+    span: Span
     thread_call: "concurrent.futures.Future[Any] | None" = None
 
     @property
@@ -71,7 +87,8 @@ class HandlerInterrupted(Exception):
         super().__init__(str(raised) or type(raised).__name__)
 
 
-async def _guarded(handler: Handler, payload: Any) -> Any:
+async def _guarded(handler: Handler, payload: Any, span: Span) -> Any:
+    span.began = time.perf_counter()
     try:
         return await handler.function(payload)
     except asyncio.CancelledError as exc:
@@ -81,41 +98,57 @@ async def _guarded(handler: Handler, payload: Any) -> Any:
         raise HandlerInterrupted(exc) from exc
     except (KeyboardInterrupt, SystemExit) as exc:
         raise HandlerInterrupted(exc) from exc
+    finally:
+        span.ended = time.perf_counter()
+
+
+def _timed(function: Callable[[Any], Any], payload: Any, span: Span) -> Any:
+    span.began = time.perf_counter()
+    try:
+        return function(payload)
+    finally:
+        span.ended = time.perf_counter()
 
 
 def start(handler: Handler, payload: Any, executor: Executor) -> Run:
     """Start the handler."""
+    span = Span()
     if handler.is_async:
-        return Run(asyncio.ensure_future(_guarded(handler, payload)))
-    call = executor.submit(contextvars.copy_context().run, handler.function, payload)
-    return Run(asyncio.wrap_future(call), call)
+        return Run(asyncio.ensure_future(_guarded(handler, payload, span)), span)
+    call = executor.submit(contextvars.copy_context().run, _timed, handler.function, payload, span)
+    return Run(asyncio.wrap_future(call), span, call)
 
 
-async def finish(run: "asyncio.Future[Any]", timeout: float, *, since: float) -> Outcome:
-    """Wait for ``run`` until ``timeout`` seconds after ``since`` (a ``time.perf_counter()``
-    reading taken when it started) and describe the outcome.
+async def finish(run: Run, timeout: float, *, since: float) -> Outcome:
+    """Wait for the handler until ``timeout`` seconds after it began and describe the outcome.
 
-    A handler that blocks the event loop cannot be stopped at its timeout; if it ran past it,
-    the attempt counts as timed out all the same, whatever it returned.
+    ``since`` is a ``time.perf_counter()`` reading taken as the handler was started, which
+    stands for when it began until it says so itself. A handler that blocks the event loop
+    cannot be stopped at its timeout; if it ran past it, the attempt counts as timed out all the
+    same, whatever it returned.
     """
-    ended: list[float] = []
-    run.add_done_callback(lambda _: ended.append(time.perf_counter()))
-    timeout_with_slack = timeout + TIMEOUT_SLACK
-    left = max(0.0, since + timeout_with_slack - time.perf_counter())
-    if not await settled_within(run, left):
-        run.cancel()
-        return _timed_out(timeout)
-    if run.cancelled():
+    future, span = run.future, run.span
+    limit = timeout + TIMEOUT_SLACK
+    began = since if span.began is None else span.began
+    while not await settled_within(future, max(0.0, began + limit - time.perf_counter())):
+        if span.began is not None and span.began > began:
+            began = span.began  # it began late (a busy loop, a new thread): its time runs from then
+            continue
+        if not _returned_within(span, limit):
+            future.cancel()
+            return _timed_out(timeout)
+        # It returned in time; its future is set once the loop gets to it (a thread's result
+        # is handed over through the loop), which may be after the deadline's timer.
+        await asyncio.wait((future,))
+        break
+    if future.cancelled():
         return CANCELLED
-    exc = run.exception()
-    # A future already done when this began has its callback still to run: now is when the loop
-    # got back to it, which is what the callback would say (a handler that blocked the loop).
-    ended_at = ended[0] if ended else time.perf_counter()
-    if ended_at - since > timeout_with_slack:
+    exc = future.exception()
+    if span.ended is not None and not _returned_within(span, limit):
         return _timed_out(timeout)
     if exc is not None:
         return failure(exc)
-    return _completed(run.result())
+    return _completed(future.result())
 
 
 async def settled_within(run: "asyncio.Future[Any]", timeout: float) -> bool:
@@ -141,6 +174,10 @@ async def settled_within(run: "asyncio.Future[Any]", timeout: float) -> bool:
         timer.cancel()
         run.remove_done_callback(wake)
     return run.done()
+
+
+def _returned_within(span: Span, limit: float) -> bool:
+    return span.began is not None and span.ended is not None and span.ended - span.began <= limit
 
 
 def _timed_out(timeout: float) -> Outcome:

@@ -332,7 +332,7 @@ class Pipeline:
         try:
             if not await execution.settled_within(run.future, ANNOUNCE_AFTER):
                 await announce()
-            outcome = await execution.finish(run.future, job.timeout_seconds, since=begun)
+            outcome = await execution.finish(run, job.timeout_seconds, since=begun)
         finally:
             deps.running.untrack(job.job_id)
             deps.metrics.in_flight.dec()
