@@ -6,10 +6,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.probes import metric
-from tests.e2e.processes import CLOUDTASK, Processes, clean_env, processes
+from tests.e2e.processes import CLOUDTASK, Processes, clean_env, free_port, processes
 
 
 @pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler"])
@@ -46,6 +47,23 @@ def test_a_misspelled_setting_is_reported_in_one_line_and_the_service_starts(
         "cloudtask: warning: ignoring CLOUDTASK_BASE_URL, which is not a setting"
         " (did you mean CLOUDTASK_DATABASE_URL?)",
     ]
+
+
+def test_each_service_is_healthy_by_the_dependencies_it_uses(procs: Processes) -> None:
+    # Redis unreachable: the results-processor never uses it, the worker does.
+    env = {"CLOUDTASK_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    results = procs.start("results", env=env)
+    worker = procs.start("worker", env=env, up_even_if_degraded=True)
+    answered = httpx.get(results.url + "/health", timeout=10)
+    assert (answered.status_code, answered.json()) == (
+        200,
+        {"status": "UP", "components": {"db": {"status": "UP"}, "broker": {"status": "UP"}}},
+    )
+    answered = httpx.get(worker.url + "/health", timeout=10)
+    assert (answered.status_code, answered.json()) == (
+        503,
+        {"status": "DOWN", "components": {"broker": {"status": "UP"}, "redis": {"status": "DOWN"}}},
+    )
 
 
 def _on_a_taken_port(
