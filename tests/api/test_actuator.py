@@ -124,6 +124,29 @@ async def test_openapi_documents_every_route_with_the_error_body(client: Client)
     assert_error(await client.http.get("/openapi.yaml"), 404)
 
 
+async def test_openapi_gives_the_documented_defaults_and_required_fields(client: Client) -> None:
+    document = (await client.http.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    defaults = {
+        name: {
+            field: schemas[name]["properties"][field].get("default", "(none)") for field in fields
+        }
+        for name, fields in {
+            "JobCreate": ("payload", "priority", "maxAttempts", "timeoutSeconds"),
+            "ScheduleCreate": ("payload", "timezone"),
+        }.items()
+    }
+    assert defaults == {
+        "JobCreate": {"payload": None, "priority": 5, "maxAttempts": 3, "timeoutSeconds": 300},
+        "ScheduleCreate": {"payload": None, "timezone": "UTC"},
+    }
+    assert set(schemas["AuthResponse"]["required"]) == {
+        "token", "accessToken", "tokenType", "expiresIn"
+    }  # fmt: skip
+    limit = next(p for p in document["paths"]["/jobs"]["get"]["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["default"] == 50
+
+
 async def test_a_batch_counts_each_of_its_jobs_by_type(client: Client) -> None:
     token = await client.register()
     jobs = [{"type": "echo"}, {"type": "sleep", "payload": {"seconds": 0.01}}, {"type": "echo"}]

@@ -117,6 +117,10 @@ def _rewrite(document: dict[str, Any]) -> dict[str, Any]:
     for name, schema in schemas.items():
         if name.startswith(("JobCreate", "Registration", "Credentials", "JobBatchCreate")):
             schema.setdefault("additionalProperties", True)
+    for name in ("JobCreate", "ScheduleCreate"):
+        # FastAPI leaves out a default of null; the payload's is one, as the API docs say.
+        if name in schemas:
+            schemas[name]["properties"]["payload"]["default"] = None
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     return document

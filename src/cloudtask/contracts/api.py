@@ -110,7 +110,7 @@ class Registration(Credentials):
 class AuthResponse(Body):
     token: str
     access_token: str
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"]
     expires_in: int
 
 
