@@ -3,6 +3,8 @@
 An event counts only for the attempt most recently handed out (``dispatch_attempt``) and only
 while the job is PENDING or RUNNING, so a duplicate, a late ``started`` after ``completed``, or an
 older attempt's event matches no row and changes nothing. A finished job never changes again.
+The same attempt started again later (put back by a stopping worker, or redelivered) moves
+``started_at`` to its new start, from which the scheduler judges whether it hangs.
 """
 
 from collections.abc import Sequence
@@ -61,6 +63,13 @@ async def apply_started(
                 or_(
                     jobs.c.status == JobStatus.PENDING,
                     and_(jobs.c.status == JobStatus.RUNNING, jobs.c.attempts < event.attempt),
+                    # The same attempt started again (put back by a stopping worker, or
+                    # redelivered): its timeout runs from the new start.
+                    and_(
+                        jobs.c.status == JobStatus.RUNNING,
+                        jobs.c.attempts == event.attempt,
+                        jobs.c.started_at < event.started_at,
+                    ),
                 ),
             )
             .values(

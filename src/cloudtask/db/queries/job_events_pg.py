@@ -23,7 +23,9 @@ _STARTED = text(
     SET status = 'RUNNING', attempts = e.attempt, started_at = e.started_at, updated_at = :now
     FROM unnest(:ids, :attempts, :started) AS e(id, attempt, started_at)
     WHERE j.id = e.id AND j.dispatch_attempt = e.attempt
-      AND (j.status = 'PENDING' OR (j.status = 'RUNNING' AND j.attempts < e.attempt))
+      AND (j.status = 'PENDING'
+           OR (j.status = 'RUNNING' AND j.attempts < e.attempt)
+           OR (j.status = 'RUNNING' AND j.attempts = e.attempt AND j.started_at < e.started_at))
     RETURNING j.id
     """
 ).bindparams(
@@ -79,8 +81,14 @@ _FINISHED = text(
 async def apply_started(
     conn: AsyncConnection, events: Sequence[JobStarted], *, now: datetime
 ) -> list[UUID]:
-    # One event per job and attempt: a target row joined twice would take either one.
-    unique = list({(e.job_id, e.attempt): e for e in reversed(events)}.values())
+    # One event per job and attempt, the latest start: a target row joined twice would take
+    # either one.
+    latest: dict[tuple[UUID, int], JobStarted] = {}
+    for e in events:
+        seen = latest.get((e.job_id, e.attempt))
+        if seen is None or e.started_at > seen.started_at:
+            latest[(e.job_id, e.attempt)] = e
+    unique = list(latest.values())
     result = await conn.execute(
         _STARTED,
         {

@@ -1,0 +1,86 @@
+"""An attempt a stopping worker put back on the queue, run again in full by another worker."""
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from cloudtask.scheduler import service as scheduler_service
+from cloudtask.settings import Settings
+from cloudtask.worker.registry import HandlerRegistry
+from cloudtask.worker.service import WorkerService
+from tests.helpers import wait_for_status
+from tests.services.conftest import Stack
+
+TIMEOUT = 4  # the job's timeoutSeconds
+RUN = 3.0  # each run of its handler: well inside the timeout
+PUT_BACK_AFTER = 2.0  # the first run is cut off then, its worker stopping
+
+
+class Handlers:
+    def __init__(self) -> None:
+        self.started: list[float] = []
+        self.returned: list[float] = []
+
+    async def slow(self, payload: Any) -> str:
+        self.started.append(time.monotonic())
+        await asyncio.sleep(RUN)
+        self.returned.append(time.monotonic())
+        return "done"
+
+
+@pytest.fixture
+def handlers() -> Handlers:
+    return Handlers()
+
+
+@pytest.fixture
+def stack_handlers(handlers: Handlers) -> HandlerRegistry:
+    registry = HandlerRegistry()
+    registry.register("slow", handlers.slow)
+    return registry
+
+
+@pytest.fixture
+def stack_settings(settings: Settings) -> Settings:
+    # The scheduler judges an attempt hung TIMEOUT + 0.5 s after its start: before the second
+    # run ends if counted from the first run's start.
+    return settings.model_copy(
+        update={
+            "scheduler_poll_seconds": 0.1,
+            "worker_lease_seconds": 3,
+            "running_grace_seconds": 0.5,
+        }
+    )
+
+
+async def test_an_attempt_put_back_has_its_whole_timeout_again_on_the_worker_that_reruns_it(
+    stack: Stack,
+    handlers: Handlers,
+    stack_handlers: HandlerRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduler_service, "RECOVERY_EVERY", 0.1)  # judged as soon as due
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="slow", timeoutSeconds=TIMEOUT, maxAttempts=1)
+    first = await wait_for_status(stack.client, token, job["id"], "RUNNING")
+    await asyncio.sleep(PUT_BACK_AFTER)
+    await stack.worker.stop(grace=0)  # a rolling deploy: the running attempt is put back
+    other = WorkerService(
+        stack.settings,
+        broker=stack.backends.broker,
+        kv=stack.backends.kv,
+        handlers=stack_handlers,
+        worker_id="other-worker",
+    )
+    await other.start()
+    try:
+        done = await wait_for_status(
+            stack.client, token, job["id"], "COMPLETED", "FAILED", timeout=30
+        )
+    finally:
+        await other.stop(grace=1)
+    assert len(handlers.started) == 2 and len(handlers.returned) == 1
+    assert (done["status"], done["attempts"], done["result"]) == ("COMPLETED", 1, "done")
+    assert done["startedAt"] > first["startedAt"]  # the run that completed it
