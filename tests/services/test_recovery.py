@@ -11,16 +11,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from cloudtask.contracts.queues import JOBS_COMPLETED
-from cloudtask.contracts.signals import lease_key, lost_key
+from cloudtask.contracts.signals import STORE_MARK, lease_key, lost_key
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db.queries import dispatch as dispatch_q
+from cloudtask.kv.memory import MemoryKV
 from cloudtask.kv.redis import RedisKV
 from cloudtask.scheduler import recovery
+from cloudtask.scheduler import service as scheduler_service
 from cloudtask.scheduler.service import SchedulerService
 from cloudtask.settings import Settings
+from tests import infra
 from tests.conftest import Backends
 from tests.helpers import eventually
 from tests.services import scheduling
@@ -48,6 +52,8 @@ def recovery_settings(settings: Settings) -> Settings:
 async def scheduler(
     backends: Backends, recovery_settings: Settings
 ) -> AsyncIterator[SchedulerService]:
+    # A store the schedulers have used before: leases are judged at once.
+    await backends.kv.set(STORE_MARK, b"1")
     service = SchedulerService(
         recovery_settings, db=backends.db, broker=backends.broker, kv=backends.kv, holder="rec"
     )
@@ -206,6 +212,47 @@ async def test_nothing_is_judged_while_reports_wait_in_jobs_completed(
     await delivery.ack()
     await _redelivered(created, lost, 1)
     await _wait_status(backends, hung, JobStatus.FAILED)
+
+
+async def _store_loses_its_keys(backends: Backends) -> None:
+    """As a Redis restarted without persistence: the client reconnects, no call fails."""
+    if isinstance(backends.kv, MemoryKV):
+        backends.kv._values.clear()  # what the in-process store keeps, all of it
+        return
+    flushing = redis.asyncio.Redis.from_url(infra.redis_url())
+    try:
+        await flushing.flushdb()
+    finally:
+        await flushing.aclose()
+
+
+async def test_leases_lost_with_the_stores_keys_are_judged_once_heartbeats_could_rewrite_them(
+    backends: Backends,
+    scheduler: SchedulerService,
+    created: CreatedCounter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduler_service, "RECOVERY_EVERY", 0.1)
+    [alive] = await _running(backends, timeout_seconds=300)
+    await backends.kv.set(lease_key(alive, 1), b"live-worker", ttl=60)
+    await asyncio.sleep(0.5)  # rounds that found its lease
+    await _store_loses_its_keys(backends)
+    await asyncio.sleep(1.0)  # its worker's next heartbeat (every third of the 3 s lease)
+    await backends.kv.set(lease_key(alive, 1), b"live-worker", ttl=60)
+    row = await _row(backends, alive)
+    assert (row.status, row.redeliveries) == (JobStatus.RUNNING, 0)  # not judged meanwhile
+
+    async def judging() -> bool:  # a lease period since the scheduler saw the store emptied
+        marked = await backends.kv.get(STORE_MARK) is not None
+        return marked and scheduler.leadership.store_steady_for(3)
+
+    await eventually(judging)
+    await asyncio.sleep(0.5)  # rounds that judge leases again
+    row = await _row(backends, alive)
+    assert (row.status, row.redeliveries) == (JobStatus.RUNNING, 0)
+    assert created.seen == {}
+    [lost] = await _running(backends)  # a worker that really died is still found
+    await _redelivered(created, lost, 1)
 
 
 async def test_lost_attempts_are_marked_before_they_are_handed_out_or_not_handed_out(

@@ -37,3 +37,8 @@ def handler_key(job_type: str) -> str:
 
 SCHEDULER_LEASE: Final = "cloudtask:scheduler"
 """Leadership lease among schedulers."""
+
+STORE_MARK: Final = "cloudtask:store"
+"""Written by the schedulers, without a TTL: its absence says the store lost its keys (restarted
+without persistence, flushed, or failed over to a replica without them), workers' leases with
+them, until the workers' heartbeats write them again."""

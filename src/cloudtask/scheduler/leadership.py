@@ -8,6 +8,11 @@ first: a leader that was paused past its lease and wakes after another took over
 If the key-value store is unreachable, every scheduler acts (``degraded``): the database alone
 keeps dispatching and firing exactly-once (row locks with SKIP LOCKED, conditional updates and the
 unique key per firing), so scheduling goes on rather than stopping.
+
+A store that lost its keys without being unreachable for long (Redis restarted without
+persistence: the client reconnects within one call) counts as an outage too: each check also
+writes ``STORE_MARK`` if it is missing, and a missing mark restarts the time the store has been
+steady, so that workers' leases are not judged before their heartbeats wrote them again.
 """
 
 import asyncio
@@ -17,7 +22,7 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from cloudtask.contracts.signals import SCHEDULER_LEASE
+from cloudtask.contracts.signals import SCHEDULER_LEASE, STORE_MARK
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.queries import dispatch as dispatch_q
@@ -36,8 +41,10 @@ class Leadership:
         self.token: int | None = None
         self.degraded = False
         self.changed = asyncio.Event()
-        # Steady "since forever" until an outage is seen; then since the store came back.
+        # Steady "since forever" if the store holds the mark of an earlier check, since it came
+        # back after an outage or a loss of its keys, None while it is unreachable.
         self._store_up_since: float | None = float("-inf")
+        self._marked = False  # whether this scheduler found or wrote the store's mark
 
     @property
     def acting(self) -> bool:
@@ -53,6 +60,7 @@ class Leadership:
         was = self.acting
         try:
             held = await self._kv.acquire_lease(SCHEDULER_LEASE, self.holder, self.lease_seconds)
+            emptied = await self._kv.set(STORE_MARK, b"1", only_if_absent=True)
         except KVUnavailable:
             if not self.degraded:
                 log.warning("key-value store unreachable: every scheduler acts until it is back")
@@ -60,8 +68,12 @@ class Leadership:
             self._store_up_since = None
         else:
             self.degraded = False
-            if self._store_up_since is None:
+            if emptied and self._marked:
+                log.warning("key-value store lost its keys: leases are judged once rewritten")
+            # A store new to CloudTask is waited for the same way, once.
+            if self._store_up_since is None or emptied:
                 self._store_up_since = time.monotonic()
+            self._marked = True
             if held is None:
                 self.token = None
             elif self.token is None:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloudtask.broker.base import Broker
 from cloudtask.contracts.messages import JobFinished
 from cloudtask.contracts.queues import JOBS_COMPLETED
-from cloudtask.contracts.signals import lease_key, lost_key
+from cloudtask.contracts.signals import STORE_MARK, lease_key, lost_key
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.queries import job_events
@@ -57,14 +57,19 @@ async def lost_among(
     kv: KV, running: list[dispatch_q.Attempt], settings: Settings, now: datetime
 ) -> set[dispatch_q.Attempt]:
     """The attempts whose lease is gone. A lease outlives a dead worker by up to its TTL, so only
-    attempts older than that are asked about; if the store cannot be asked, none is called lost."""
+    attempts older than that are asked about; if the store cannot be asked, or lost its keys
+    since the schedulers last marked it (see ``leadership``), none is called lost."""
     settled = now - timedelta(seconds=settings.worker_lease_seconds + 1)
     running = [job for job in running if job.started_at is not None and job.started_at < settled]
     if not running:
         return set()
     try:
-        leases = await kv.get_many([lease_key(job.id, job.attempt) for job in running])
+        mark, *leases = await kv.get_many(
+            [STORE_MARK, *(lease_key(job.id, job.attempt) for job in running)]
+        )
     except KVUnavailable:
+        return set()
+    if mark is None:
         return set()
     return {job for job, lease in zip(running, leases, strict=True) if lease is None}
 
