@@ -74,3 +74,39 @@ async def test_a_job_not_yet_announced_is_delivered_again_after_a_lost_connectio
     await eventually(both_reported, timeout=20)
     worker = stack.worker.metrics.registry
     assert metric(worker, "cloudtask_worker_jobs_started_total", type="sleep") == 2
+
+
+async def test_a_job_whose_report_the_broker_refuses_goes_back_to_the_queue_and_runs_again(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RabbitMQ takes deliveries and acknowledgements but refuses (nacks) every report: the
+    # worker gives up publishing one. The job, too short to have been announced, is still
+    # PENDING, and its delivery is all that holds it.
+    _needs_rabbitmq(stack)
+    monkeypatch.setattr(pipeline, "PUBLISH_LIMIT", 0.5)
+    assert stack.backends.rabbitmq_url is not None
+    vhost = unquote(urlsplit(stack.backends.rabbitmq_url).path.lstrip("/"))
+    policy = ["-p", vhost, "test-refuse-reports"]
+    await asyncio.to_thread(
+        infra.rabbitmqctl,
+        "set_policy",
+        *policy,
+        r"^jobs\.completed$",
+        '{"max-length": 0, "overflow": "reject-publish"}',
+        "--apply-to",
+        "queues",
+    )
+    try:
+        token = await stack.client.register()
+        job = await stack.client.create_job(token, type="echo", payload={"n": 1})
+        worker = stack.worker.metrics.registry
+
+        async def ran_twice() -> bool:
+            return metric(worker, "cloudtask_worker_jobs_started_total", type="echo") >= 2
+
+        await eventually(ran_twice, timeout=20)
+        assert (await stack.client.get_job(token, job["id"]))["status"] == "PENDING"
+    finally:
+        await asyncio.to_thread(infra.rabbitmqctl, "clear_policy", *policy)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED", timeout=20)
+    assert (done["status"], done["result"], done["attempts"]) == ("COMPLETED", {"n": 1}, 1)

@@ -170,7 +170,9 @@ class Pipeline:
 
     async def _give_up(self, delivery: Delivery, job: JobCreated) -> None:
         reason = f"delivered {self.deps.max_deliveries} times without finishing"
-        await self._report(job, utcnow(), Outcome("failed", error=reason))
+        if not await self._report(job, utcnow(), Outcome("failed", error=reason)):
+            await _quietly(delivery.reject(requeue=True))  # its only message: kept for later
+            return
         await self._dead_letter(delivery, reason)
         self.deps.metrics.dead_lettered.labels("redelivered").inc()
 
@@ -212,11 +214,16 @@ class Pipeline:
     async def _conclude(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt") -> None:
         """Report the attempt (or put it back on the queue), then let its delivery and lease go."""
         if (job.job_id, job.attempt) in self._requeue:
-            await self._put_back(job)
+            published = await self._put_back(job)
         else:
-            await self._report(job, attempt.started_at, attempt.outcome)
+            published = await self._report(job, attempt.started_at, attempt.outcome)
         if not attempt.announced:
-            await _quietly(delivery.ack())
+            if published:
+                await _quietly(delivery.ack())
+            else:
+                # The job is still PENDING, and nothing but this message will move it (the
+                # scheduler recovers RUNNING jobs only): back to the queue, to run again.
+                await _quietly(delivery.reject(requeue=True))
         await self.deps.running.drop(job.job_id, job.attempt)
 
     async def _wait_for_slot(self, delivery: Delivery, job: JobCreated) -> bool:
@@ -341,7 +348,8 @@ class Pipeline:
             deps.metrics.abandoned.inc()
         return outcome
 
-    async def _report(self, job: JobCreated, started_at: datetime, outcome: Outcome) -> None:
+    async def _report(self, job: JobCreated, started_at: datetime, outcome: Outcome) -> bool:
+        """Publish the attempt's end; whether the broker took it (see ``_until_published``)."""
         finished = JobFinished(
             job_id=job.job_id,
             attempt=job.attempt,
@@ -353,7 +361,9 @@ class Pipeline:
             started_at=started_at,
             finished_at=utcnow(),
         )
-        await _until_published(lambda: self.deps.reports.publish(JOBS_COMPLETED, finished.encode()))
+        published = await _until_published(
+            lambda: self.deps.reports.publish(JOBS_COMPLETED, finished.encode())
+        )
         self.deps.metrics.jobs_processed.labels(
             self.deps.metrics.job_type(job.type), outcome.kind
         ).inc()
@@ -365,8 +375,9 @@ class Pipeline:
             outcome=outcome.kind,
             error=outcome.error,
         )
+        return published
 
-    async def _put_back(self, job: JobCreated) -> None:
+    async def _put_back(self, job: JobCreated) -> bool:
         self._requeue.discard((job.job_id, job.attempt))
         published = await _until_published(
             lambda: self.deps.broker.publish(
@@ -380,9 +391,10 @@ class Pipeline:
             job.job_id, job.attempt, marker=REQUEUED if published else None
         )
         if not published:  # nothing waits in the queue: the lease expires, the attempt is lost
-            return
+            return False
         self.deps.metrics.requeued.inc()
         _log("job requeued", job, self.deps.worker_id)
+        return True
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         headers = {"x-death-reason": reason, "x-original-queue": JOBS_CREATED}
@@ -395,9 +407,15 @@ class Pipeline:
         log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
 
 
-async def _until_published(publish: Callable[[], Awaitable[None]], limit: float = 300) -> bool:
-    """Publish, retrying while the broker is away; give up after ``limit`` seconds (the lease
-    then expires and the scheduler hands the attempt out again). Returns whether it was."""
+PUBLISH_LIMIT = 300.0
+
+
+async def _until_published(publish: Callable[[], Awaitable[None]]) -> bool:
+    """Publish, retrying while the broker is away; give up after ``PUBLISH_LIMIT`` seconds.
+    Returns whether it was. If not, an attempt that was announced (RUNNING) has its lease
+    expire and the scheduler hands it out again; one that was not has its delivery rejected
+    back to the queue."""
+    limit = PUBLISH_LIMIT
     delay, deadline = 0.2, time.monotonic() + limit
     while True:
         try:
