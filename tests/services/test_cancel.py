@@ -329,3 +329,55 @@ async def test_a_requeued_marker_is_left_only_over_the_workers_own_lease(
         await backends.kv.delete(lease_key(put_back, 1))
         await ours.stop()
         await theirs.stop()
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["in_turn", "together"])
+async def test_a_copy_of_an_attempt_handed_out_again_is_a_copy(
+    backends: Backends, together: bool
+) -> None:
+    # The scheduler marked the attempt lost and handed it out again; the hand-out message
+    # was published twice (the outbox relay), and each copy reaches a worker.
+    a = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
+    b = RunningAttempts(backends.kv, "worker-b", lease_seconds=15)
+    job_id = uuid4()
+    await a.start()
+    await b.start()
+    try:
+        await backends.kv.set(lost_key(job_id, 1), b"1", ttl=60)
+        if together:
+            taken = await asyncio.gather(
+                a.take(job_id, 1, claim=True), b.take(job_id, 1, claim=True)
+            )
+        else:
+            taken = [await a.take(job_id, 1, claim=True), await b.take(job_id, 1, claim=True)]
+        assert sorted(taken, key=lambda t: t.copy) == [Taken(lost_before=True), Taken(copy=True)]
+        runner = "worker-a/" if taken[0] == Taken(lost_before=True) else "worker-b/"
+        lease = await backends.kv.get(lease_key(job_id, 1))
+        assert lease is not None and lease.startswith(runner.encode())
+    finally:
+        await a.drop(job_id, 1)
+        await b.drop(job_id, 1)
+        await a.stop()
+        await b.stop()
+
+
+async def test_an_attempt_handed_out_again_is_taken_from_a_worker_that_had_stalled(
+    backends: Backends,
+) -> None:
+    stalled = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
+    other = RunningAttempts(backends.kv, "worker-b", lease_seconds=15)
+    job_id = uuid4()
+    await stalled.start()
+    await other.start()
+    try:
+        assert await stalled.take(job_id, 1, claim=True) == Taken()
+        # Its lease lapsed, the scheduler handed the attempt out again, then it renewed it.
+        await backends.kv.set(lost_key(job_id, 1), b"1", ttl=60)
+        assert await other.take(job_id, 1, claim=True) == Taken(lost_before=True)
+        lease = await backends.kv.get(lease_key(job_id, 1))
+        assert lease is not None and lease.startswith(b"worker-b/")
+    finally:
+        await stalled.drop(job_id, 1)
+        await other.drop(job_id, 1)
+        await stalled.stop()
+        await other.stop()

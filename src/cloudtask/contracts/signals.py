@@ -24,9 +24,17 @@ def lease_key(job_id: UUID | str, attempt: int) -> str:
 
 
 def lost_key(job_id: UUID | str, attempt: int) -> str:
-    """Set by the scheduler on an attempt it hands out again because its worker vanished: the
-    worker that takes it up runs it alone (see ``worker.gate``)."""
+    """Set by the scheduler (to ``LOST``) on an attempt it hands out again because its worker
+    vanished: the worker that takes it up runs it alone (see ``worker.gate``), and writes its
+    own lease's value there, so that a copy of the hand-out is known for one."""
     return f"cloudtask:lost:{job_id}:{attempt}"
+
+
+LOST: Final = b"1"
+"""The scheduler's lost mark, before a worker took the attempt up."""
+
+LOST_MARK_TTL: Final = 24 * 3600.0
+"""How long a lost mark is kept: the attempt may wait that long in the queue."""
 
 
 def handler_key(job_type: str) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloudtask.broker.base import Broker
 from cloudtask.contracts.messages import JobFinished
 from cloudtask.contracts.queues import JOBS_COMPLETED
-from cloudtask.contracts.signals import STORE_MARK, lease_key, lost_key
+from cloudtask.contracts.signals import LOST, LOST_MARK_TTL, STORE_MARK, lease_key, lost_key
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.queries import job_events
@@ -32,7 +32,6 @@ from cloudtask.settings import Settings
 
 log = logging.getLogger(__name__)
 BATCH = 500
-LOST_MARK_TTL = 24 * 3600.0
 
 
 @dataclass
@@ -82,7 +81,7 @@ async def mark_lost(kv: KV, lost: set[dispatch_q.Attempt]) -> bool:
     Returns whether they are marked; unmarked (the store away), they are not handed out."""
     if not lost:
         return True
-    marks = {lost_key(job.id, job.attempt): b"1" for job in lost}
+    marks = {lost_key(job.id, job.attempt): LOST for job in lost}
     try:
         await kv.set_many(marks, ttl=LOST_MARK_TTL)
     except KVUnavailable:

@@ -20,7 +20,9 @@ so that a claim is never refused by its own write (the call sent again after a d
 connection); the heartbeat leaves a claim on its way alone. A redelivery
 (its worker died before acknowledging it, or it went back to the queue), an attempt put back on
 the queue (``REQUEUED``, the marker a claim may replace) and one the scheduler marked lost take
-the lease whoever held it.
+the lease whoever held it. The lost mark is taken once: the first delivery of the hand-out to
+take the lease writes its own value over the scheduler's mark, in the same way as a claim, and a
+later one (a copy of the hand-out) finds the mark taken and is a copy.
 """
 
 import asyncio
@@ -33,7 +35,14 @@ from typing import Any
 from uuid import UUID
 
 from cloudtask.batching import Batcher
-from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key, lost_key
+from cloudtask.contracts.signals import (
+    CANCEL_CHANNEL,
+    LOST,
+    LOST_MARK_TTL,
+    cancel_key,
+    lease_key,
+    lost_key,
+)
 from cloudtask.errors import KVUnavailable
 from cloudtask.kv.base import KV, Subscription
 
@@ -119,11 +128,14 @@ class RunningAttempts:
             self._claiming.add(key)
         try:
             await self._takes.add(take)
-            if take.holder is not None and take.lost_mark is not None:
-                # Handed out again by the scheduler, its lease since renewed by a worker that
-                # had stalled: taken whoever holds it, as before claims (both may run it).
-                take = _Take(key, take.cancel, take.lost, False, token)
-                await self._takes.add(take)
+            if claim and take.lost_mark is not None:
+                if not await self._take_lost_mark(take):
+                    take.holder = take.lost_mark  # a copy of the hand-out took it up first
+                elif take.holder is not None:
+                    # Its lease since renewed by a worker that had stalled: taken whoever
+                    # holds it, as before claims (both may run it).
+                    take = _Take(key, take.cancel, take.lost, False, token)
+                    await self._takes.add(take)
         except KVUnavailable as exc:
             log.warning(
                 "running without a lease: %s", exc, extra={"jobId": str(job_id), "attempt": attempt}
@@ -138,6 +150,18 @@ class RunningAttempts:
                     self._cancel_before_start.discard(job_id)
             return Taken(copy=True)
         return Taken(take.cancel_flag is not None, take.lost_mark is not None)
+
+    async def _take_lost_mark(self, take: _Take) -> bool:
+        """Write this take's value over the scheduler's lost mark; whether it was still the
+        scheduler's (or this take's already). If the store cannot say, it is taken to be, so
+        that the delivery runs rather than being dropped (at least once)."""
+        try:
+            refused, _ = await self._kv.claim_many_and_get(
+                {take.lost: take.token}, ttl=LOST_MARK_TTL, free=LOST, forced={}, get_keys=()
+            )
+        except KVUnavailable:
+            return True
+        return refused[0] is None
 
     async def _marked_lost(self, job_id: UUID, attempt: int) -> bool:
         """Whether the scheduler handed out again an attempt this worker still runs (its lease
