@@ -132,7 +132,7 @@ async def test_a_cancel_heard_after_the_lease_is_taken_stops_the_handler_as_it_s
         async def cancelled_when_tracked() -> bool:
             run: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             running.track(job_id, 1, run)
-            running.untrack(job_id)
+            running.untrack(run)
             return run.cancelled()
 
         await eventually(cancelled_when_tracked)
@@ -381,3 +381,28 @@ async def test_an_attempt_handed_out_again_is_taken_from_a_worker_that_had_stall
         await other.drop(job_id, 1)
         await stalled.stop()
         await other.stop()
+
+
+async def test_a_cancel_reaches_every_run_of_the_job_however_many_ended(
+    backends: Backends,
+) -> None:
+    # A run that ignored its timeout goes on beside the next attempt, in the same worker.
+    running = RunningAttempts(backends.kv, "test-worker", lease_seconds=15)
+    await running.start()
+    job_id = uuid4()
+    loop = asyncio.get_running_loop()
+    stray, ended, current = loop.create_future(), loop.create_future(), loop.create_future()
+    try:
+        running.track(job_id, 1, stray)
+        running.track(job_id, 2, ended)
+        running.untrack(ended)  # the second attempt's run ended; the third runs
+        running.track(job_id, 3, current)
+        await backends.kv.publish(CANCEL_CHANNEL, str(job_id).encode())
+
+        async def both_cancelled() -> bool:
+            return stray.cancelled() and current.cancelled()
+
+        await eventually(both_cancelled)
+        assert not ended.cancelled()
+    finally:
+        await running.stop()

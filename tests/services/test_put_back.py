@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,13 @@ class Handlers:
     def __init__(self) -> None:
         self.started: list[float] = []
         self.returned: list[float] = []
+        self.as_it_returns: Callable[[], None] = lambda: None
+
+    async def quick(self, payload: Any) -> str:
+        self.started.append(time.monotonic())
+        # Runs once the handler has returned, before the worker took in its outcome.
+        asyncio.get_running_loop().call_soon(self.as_it_returns)
+        return "done"
 
     async def slow(self, payload: Any) -> str:
         self.started.append(time.monotonic())
@@ -39,6 +47,7 @@ def handlers() -> Handlers:
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
     registry = HandlerRegistry()
     registry.register("slow", handlers.slow)
+    registry.register("quick", handlers.quick)
     return registry
 
 
@@ -84,3 +93,14 @@ async def test_an_attempt_put_back_has_its_whole_timeout_again_on_the_worker_tha
     assert len(handlers.started) == 2 and len(handlers.returned) == 1
     assert (done["status"], done["attempts"], done["result"]) == ("COMPLETED", 1, "done")
     assert done["startedAt"] > first["startedAt"]  # the run that completed it
+
+
+async def test_an_attempt_whose_handler_returned_as_the_worker_stops_is_reported_not_put_back(
+    stack: Stack, handlers: Handlers
+) -> None:
+    handlers.as_it_returns = stack.worker.pipeline.requeue_running  # what stopping does
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="quick", maxAttempts=1)
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    assert (done["status"], done["result"]) == ("COMPLETED", "done")
+    assert len(handlers.started) == 1

@@ -90,7 +90,9 @@ class RunningAttempts:
         # over another worker's lease just before the claim reads it.
         self._claiming: set[str] = set()
         self._numbers = itertools.count(1)
-        self._runs: dict[UUID, tuple[int, asyncio.Future[Any]]] = {}
+        # Each handler running, by its future: one job may have two (a run that ignored its
+        # timeout, still going, and the next attempt).
+        self._runs: dict[asyncio.Future[Any], tuple[UUID, int]] = {}
         self._cancel_before_start: set[UUID] = set()
         self._subscription: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -201,15 +203,15 @@ class RunningAttempts:
                 )
 
     def track(self, job_id: UUID, attempt: int, run: "asyncio.Future[Any]") -> None:
-        self._runs[job_id] = (attempt, run)
+        self._runs[run] = (job_id, attempt)
         if job_id in self._cancel_before_start:
             run.cancel()
 
     def runs(self) -> list[tuple[UUID, int, "asyncio.Future[Any]"]]:
-        return [(job_id, attempt, run) for job_id, (attempt, run) in self._runs.items()]
+        return [(job_id, attempt, run) for run, (job_id, attempt) in self._runs.items()]
 
-    def untrack(self, job_id: UUID) -> None:
-        self._runs.pop(job_id, None)
+    def untrack(self, run: "asyncio.Future[Any]") -> None:
+        self._runs.pop(run, None)
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -234,11 +236,12 @@ class RunningAttempts:
             job_id = UUID(message.decode())
         except ValueError:
             return
-        _, run = self._runs.get(job_id, (0, None))
-        if run is None and self._leases_job(job_id):
+        runs = [(run, attempt) for run, (job, attempt) in self._runs.items() if job == job_id]
+        if not runs and self._leases_job(job_id):
             self._cancel_before_start.add(job_id)  # leased, its handler not started yet
-        elif run is not None and not run.done():
-            attempt, _ = self._runs[job_id]
+        for run, attempt in runs:
+            if run.done():
+                continue
             log.info(
                 "cancelling a running job",
                 extra={"action": "job.cancel", "jobId": str(job_id), "attempt": attempt},

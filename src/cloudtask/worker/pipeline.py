@@ -112,8 +112,8 @@ class Pipeline:
     def requeue_running(self) -> None:
         """Stop every running attempt and put it back on ``jobs.created`` (graceful shutdown)."""
         for job_id, attempt, run in self.deps.running.runs():
-            self._requeue.add((job_id, attempt))
-            run.cancel()
+            if run.cancel():  # one done already is reported as it ended, not run again
+                self._requeue.add((job_id, attempt))
 
     async def _decode(self, delivery: Delivery) -> JobCreated | None:
         try:
@@ -341,7 +341,7 @@ class Pipeline:
                 await announce()
             outcome = await execution.finish(run, job.timeout_seconds, since=begun)
         finally:
-            deps.running.untrack(job.job_id)
+            deps.running.untrack(run.future)
             deps.metrics.in_flight.dec()
             deps.metrics.job_duration.labels(label).observe(time.perf_counter() - begun)
         if run.still_running:
