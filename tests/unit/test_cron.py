@@ -43,6 +43,18 @@ def chain(expression: str, zone: ZoneInfo, after: datetime, count: int) -> list[
         ("@monthly", utc(2026, 11, 27, 10, 0), utc(2026, 12, 1, 0, 0)),
         ("@yearly", utc(2026, 11, 27, 10, 0), utc(2027, 1, 1, 0, 0)),
         ("@annually", utc(2026, 11, 27, 10, 0), utc(2027, 1, 1, 0, 0)),
+        # A range of one value is that value (croniter reads every value of the field).
+        ("30-30 * * * *", utc(2026, 11, 29, 18, 3), utc(2026, 11, 29, 18, 30)),
+        ("10-10/5 * * * *", utc(2026, 11, 29, 18, 11), utc(2026, 11, 29, 19, 10)),
+        ("7-7,9 * * * *", utc(2026, 11, 29, 18, 10), utc(2026, 11, 29, 19, 7)),
+        ("0 3-3 * * *", utc(2026, 11, 29, 18, 10), utc(2026, 11, 30, 3, 0)),
+        ("0 0 5-5 * *", utc(2026, 11, 29, 18, 10), utc(2026, 12, 5, 0, 0)),
+        ("0 0 * 3-3 *", utc(2026, 11, 29, 18, 10), utc(2027, 3, 1, 0, 0)),
+        ("0 0 * JAN-JAN *", utc(2026, 11, 29, 18, 10), utc(2027, 1, 1, 0, 0)),
+        ("0 0 * * 0-0", utc(2026, 11, 29, 18, 10), utc(2026, 12, 6, 0, 0)),  # Sundays
+        ("0 0 * * 7-7", utc(2026, 11, 29, 18, 10), utc(2026, 12, 6, 0, 0)),
+        ("0 0 * * sun-sun", utc(2026, 11, 29, 18, 10), utc(2026, 12, 6, 0, 0)),
+        ("0 0 * * 5-7", utc(2026, 11, 29, 18, 10), utc(2026, 12, 4, 0, 0)),
     ],
 )
 def test_next_fire_is_the_first_firing_strictly_after_the_instant(
@@ -213,6 +225,13 @@ def test_check_cron_accepts_five_fields_and_macros(expression: str) -> None:
         "0 0 31 2 *",  # never fires
         "0 0 30 2 *",
         "0 0 31 4,6,9,11 *",
+        "30-10 * * * *",  # ranges running backwards (croniter wraps them around)
+        "58-2 * * * *",
+        "0 0 * 12-1 *",
+        "0 0 * DEC-JAN *",
+        "0 0 * * 6-0",
+        "0 0 * * sat-sun",
+        "0 0 5,20-10 * *",
     ],
 )
 def test_check_cron_refuses_anything_else(expression: str) -> None:

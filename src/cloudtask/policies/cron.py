@@ -29,6 +29,48 @@ class InvalidSchedule(ValueError):
     """The cron expression or time zone is not valid."""
 
 
+_RANGE = re.compile(r"^([0-9A-Za-z]+)-([0-9A-Za-z]+)(?:/[0-9]+)?$")
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# The names each field takes (minute, hour, day of month, month, day of week).
+_NAMES: tuple[dict[str, int], ...] = (
+    {},
+    {},
+    {},
+    {name: number for number, name in enumerate(_MONTHS, 1)},
+    {name: number for number, name in enumerate(_DAYS)},
+)
+
+
+def _read_item(item: str, names: dict[str, int], expression: str) -> str:
+    match = _RANGE.match(item)
+    if match is None:
+        return item
+    low, high = (int(v) if v.isdigit() else names.get(v.lower()) for v in (match[1], match[2]))
+    if low is None or high is None:
+        return item  # croniter judges it
+    if low > high:
+        raise InvalidSchedule(
+            f"invalid cron expression {expression!r}: the range {item!r} runs backwards"
+        )
+    return match[1] if low == high else item
+
+
+@functools.lru_cache(maxsize=1024)
+def _as_croniter_reads(expression: str) -> str:
+    """The expression as croniter must be given it to mean what cron means: a range of one value
+    (``30-30``, with a step or not) is that value, where croniter reads every value of the field;
+    a range running backwards (``30-10``), which croniter wraps around, is refused, as cron
+    refuses it."""
+    fields = expression.split()
+    if len(fields) != len(_NAMES):
+        return expression  # a macro, or refused by croniter
+    return " ".join(
+        ",".join(_read_item(item, names, expression) for item in field.split(","))
+        for field, names in zip(fields, _NAMES, strict=True)
+    )
+
+
 @functools.cache
 def _zone_names() -> frozenset[str]:
     # Only the zones themselves: not the folders and data files beside them in the zoneinfo
@@ -60,7 +102,7 @@ def check_cron(expression: str) -> None:
     if (
         not (macro or len(fields) == 5)
         or any(_HASHED_OR_RANDOM.search(field) for field in fields)
-        or not croniter.is_valid(expression)
+        or not croniter.is_valid(_as_croniter_reads(expression))
     ):
         raise InvalidSchedule(invalid_cron_message(expression))
     try:
@@ -85,7 +127,7 @@ def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
 def next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
     """The first firing strictly after the instant ``after``, as an aware UTC datetime."""
     start = after.astimezone(zone).replace(tzinfo=None)
-    walls = croniter(expression, start)
+    walls = croniter(_as_croniter_reads(expression), start)
     for _ in range(_MAX_STEPS):
         instant = _instant(walls.get_next(datetime), zone)
         if instant > after:
@@ -103,7 +145,7 @@ def latest_fire(expression: str, zone: ZoneInfo, due: datetime, now: datetime) -
     offsets = (local.utcoffset(), local.replace(fold=0).utcoffset())
     offset = max(offset or timedelta(0) for offset in offsets)
     start = now.astimezone(UTC).replace(tzinfo=None) + offset + timedelta(seconds=1)
-    walls = croniter(expression, start)
+    walls = croniter(_as_croniter_reads(expression), start)
     for _ in range(_MAX_STEPS):
         instant = _instant(walls.get_prev(datetime), zone)
         if instant <= due:
