@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from croniter import croniter
 
 from cloudtask.policies import cron
 
@@ -73,10 +74,11 @@ def test_next_fire_reads_the_expression_in_the_schedules_zone() -> None:
 
 
 # Clocks go forward: New York on 2026-03-08 at 07:00 UTC (02:00 EST -> 03:00 EDT), Berlin on
-# 2026-03-29 at 01:00 UTC (02:00 CET -> 03:00 CEST). Firings in the skipped hour fire once, at
-# the jump. Clocks go back: New York on 2026-11-01 at 06:00 UTC (01:00-01:59 happens twice),
-# Berlin on 2026-10-25 at 01:00 UTC (02:00-02:59 twice). A repeated firing fires at its first
-# occurrence only.
+# 2026-03-29 at 01:00 UTC (02:00 CET -> 03:00 CEST). Clocks go back: New York on 2026-11-01 at
+# 06:00 UTC (01:00-01:59 happens twice), Berlin on 2026-10-25 at 01:00 UTC (02:00-02:59 twice).
+# A schedule with a fixed hour fires in the skipped hour once, at the jump, and in the repeated
+# hour once, at its first occurrence; one whose hour is "*" follows the clock: nothing in the
+# skipped hour, both passes of the repeated one.
 DST_CASES = [
     # spring forward, New York
     ("*/30 * * * *", NEW_YORK, utc(2026, 3, 8, 6), [(6, 30), (7, 0), (7, 30), (8, 0)]),
@@ -86,14 +88,18 @@ DST_CASES = [
     ("*/30 * * * *", BERLIN, utc(2026, 3, 29), [(0, 30), (1, 0), (1, 30), (2, 0)]),
     ("0 * * * *", BERLIN, utc(2026, 3, 28, 23, 30), [(0, 0), (1, 0), (2, 0)]),
     ("30 2 * * *", BERLIN, utc(2026, 3, 28), [(28, 1, 30), (29, 1, 0), (30, 0, 30)]),
+    ("30 * * * *", BERLIN, utc(2026, 3, 29), [(0, 30), (1, 30), (2, 30)]),  # not at 03:00
+    ("*/20 2 * * *", BERLIN, utc(2026, 3, 28, 23), [(1, 0), (30, 0, 0), (30, 0, 20)]),
     # fall back, New York
-    ("*/30 * * * *", NEW_YORK, utc(2026, 11, 1, 4, 45), [(5, 0), (5, 30), (7, 0), (7, 30)]),
-    ("0 * * * *", NEW_YORK, utc(2026, 11, 1, 4, 30), [(5, 0), (7, 0), (8, 0)]),
+    ("*/30 * * * *", NEW_YORK, utc(2026, 11, 1, 4, 45), [(5, 0), (5, 30), (6, 0), (6, 30)]),
+    ("0 * * * *", NEW_YORK, utc(2026, 11, 1, 4, 30), [(5, 0), (6, 0), (7, 0)]),
+    ("@hourly", NEW_YORK, utc(2026, 11, 1, 4, 30), [(5, 0), (6, 0), (7, 0)]),
     ("30 2 * * *", NEW_YORK, utc(2026, 10, 31), [(31, 6, 30), (1, 7, 30), (2, 7, 30)]),
     ("30 1 * * *", NEW_YORK, utc(2026, 10, 31, 6), [(1, 5, 30), (2, 6, 30)]),
     # fall back, Berlin
-    ("*/30 * * * *", BERLIN, utc(2026, 10, 24, 23, 45), [(0, 0), (0, 30), (2, 0), (2, 30)]),
-    ("0 * * * *", BERLIN, utc(2026, 10, 24, 23, 30), [(0, 0), (2, 0), (3, 0)]),
+    ("*/30 * * * *", BERLIN, utc(2026, 10, 24, 23, 45), [(0, 0), (0, 30), (1, 0), (1, 30)]),
+    ("0 * * * *", BERLIN, utc(2026, 10, 24, 23, 30), [(0, 0), (1, 0), (2, 0)]),
+    ("*/20 2 * * *", BERLIN, utc(2026, 10, 24, 23, 30), [(0, 0), (0, 20), (0, 40), (26, 1, 0)]),
     ("30 2 * * *", BERLIN, utc(2026, 10, 24), [(24, 0, 30), (25, 0, 30), (26, 1, 30)]),
 ]
 
@@ -155,13 +161,17 @@ def test_firings_strictly_increase_and_agree_from_any_instant(
         # Spring forward: the skipped firings came due at the jump.
         ("*/30 * * * *", NEW_YORK, utc(2026, 3, 8, 5), utc(2026, 3, 8, 7, 10),
          utc(2026, 3, 8, 7)),
-        # Fall back, now in the repeated hour's second pass: its firings already fired.
+        # Fall back, now in the repeated hour's second pass: a schedule on the clock fires in
+        # it again ...
         ("*/30 * * * *", NEW_YORK, utc(2026, 11, 1, 4), utc(2026, 11, 1, 6, 40),
-         utc(2026, 11, 1, 5, 30)),
+         utc(2026, 11, 1, 6, 30)),
         ("0 * * * *", BERLIN, utc(2026, 10, 24, 22), utc(2026, 10, 25, 1, 50),
-         utc(2026, 10, 25, 0)),
-        # ... even when those firings' wall times are later than the clock's now.
+         utc(2026, 10, 25, 1)),
         ("*/20 * * * *", BERLIN, utc(2026, 10, 24, 23, 40), utc(2026, 10, 25, 1, 6),
+         utc(2026, 10, 25, 1)),
+        # ... one with a fixed hour fired at the first pass, though its wall time is later
+        # than the clock's now.
+        ("*/20 2 * * *", BERLIN, utc(2026, 10, 24, 23, 40), utc(2026, 10, 25, 1, 6),
          utc(2026, 10, 25, 0, 40)),
     ],
 )  # fmt: skip
@@ -272,3 +282,28 @@ def test_parse_zone_accepts_iana_names(name: str) -> None:
 def test_parse_zone_refuses_unknown_zones_and_paths(name: str) -> None:
     with pytest.raises(cron.InvalidSchedule, match="unknown time zone"):
         cron.parse_zone(name)
+
+
+@pytest.mark.parametrize(
+    ("expression", "zone", "start"),
+    [
+        (expression, zone, start)
+        for expression in ("* * * * *", "*/20 * * * *", "45 * * * *", "@hourly", "0 */2 * * *")
+        for zone, start in (
+            (NEW_YORK, utc(2026, 3, 8, 4)),
+            (BERLIN, utc(2026, 3, 28, 22)),
+            (NEW_YORK, utc(2026, 11, 1, 3)),
+            (BERLIN, utc(2026, 10, 24, 22)),
+            (ZoneInfo("Australia/Lord_Howe"), utc(2026, 4, 4, 12)),  # back by 30 minutes
+        )
+    ],
+)
+def test_a_schedule_on_the_clock_fires_at_every_minute_whose_local_time_it_names(
+    expression: str, zone: ZoneInfo, start: datetime
+) -> None:
+    minutes = [start + timedelta(minutes=n) for n in range(1, 8 * 60)]
+    expected = [
+        t for t in minutes if croniter.match(expression, t.astimezone(zone).replace(tzinfo=None))
+    ]
+    fired = [f for f in chain(expression, zone, start, len(expected) + 1) if f <= minutes[-1]]
+    assert fired == expected

@@ -1,12 +1,15 @@
 """When a recurring schedule fires: cron expressions in an IANA time zone, with clock changes.
 
 Cron expressions have five fields (minute hour day month weekday) or a macro such as ``@hourly``,
-and are read in the schedule's local wall-clock time, as cron does. Around clock changes:
+and are read in the schedule's local wall-clock time, as cron does. Around clock changes, as
+Vixie cron and cronie do:
 
-- a firing time that does not exist (the hour skipped when clocks go forward) fires once, at the
-  moment the clock jumps, however many firings that hour held;
-- a firing time that happens twice (the hour repeated when clocks go back) fires once, at its
-  first occurrence.
+- a schedule whose hour field is ``*`` (``*/2`` and ``@hourly`` too) runs every hour or more
+  often, and follows the clock: a time the clock skips does not fire, and a time it goes
+  through twice fires twice, so that it never stops for an hour nor fires off its grid;
+- any other schedule fires at a time that does not exist (skipped when clocks go forward) once,
+  at the moment the clock jumps, however many firings that hour held; and at a time that happens
+  twice (repeated when clocks go back) once, at its first occurrence.
 
 A schedule that could not fire on time (its scheduler was down) fires once for the most recent
 missed time, then carries on from now: missed firings are not replayed one by one.
@@ -124,8 +127,75 @@ def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
     return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
 
 
+def _every_hour(expression: str) -> bool:
+    fields = expression.split()
+    return expression == "@hourly" or (len(fields) == 5 and fields[1].startswith("*"))
+
+
+def _instants(wall: datetime, zone: ZoneInfo) -> list[datetime]:
+    """Every UTC instant at which the clock reads ``wall``, earliest first: none in a skipped
+    hour, two in a repeated one."""
+    found: list[datetime] = []
+    for fold in (0, 1):
+        instant = wall.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+        if instant.astimezone(zone).replace(tzinfo=None) == wall and instant not in found:
+            found.append(instant)
+    return found
+
+
+# More than any clock change (Lord Howe's is 30 minutes, Troll's 2 hours).
+_NEAR = timedelta(hours=3)
+
+
+def _change_near(instant: datetime, zone: ZoneInfo) -> timedelta:
+    """By how much the clock changes within ``_NEAR`` of ``instant`` (zero if it does not)."""
+    before, after = ((instant + shift).astimezone(zone).utcoffset() for shift in (-_NEAR, _NEAR))
+    return abs((after or timedelta(0)) - (before or timedelta(0)))
+
+
+def _next_on_the_clock(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
+    # The clock reads each time in order, but for the times of a repeated hour, read again once
+    # it went back: near such a change, the walk starts that much earlier (the second pass of
+    # the times the clock read before ``after``), and goes on until a time is first read after
+    # the best found, as every later one is.
+    change = _change_near(after, zone)
+    walls = croniter(
+        _as_croniter_reads(expression), after.astimezone(zone).replace(tzinfo=None) - change
+    )
+    best: datetime | None = None
+    for _ in range(_MAX_STEPS):
+        instants = _instants(walls.get_next(datetime), zone)
+        if best is not None and instants and instants[0] > best:
+            return best
+        later = [instant for instant in instants if instant > after]
+        if later and (best is None or later[0] < best):
+            best = later[0]
+            if not change:
+                return best
+    raise InvalidSchedule(f"cron expression {expression!r} never fires")
+
+
+def _latest_on_the_clock(expression: str, zone: ZoneInfo, due: datetime, now: datetime) -> datetime:
+    change = _change_near(now, zone)
+    start = now.astimezone(zone).replace(tzinfo=None) + change + timedelta(seconds=1)
+    walls = croniter(_as_croniter_reads(expression), start)
+    best: datetime | None = None
+    for _ in range(_MAX_STEPS):
+        instants = _instants(walls.get_prev(datetime), zone)
+        if instants and instants[-1] <= max(best or due, due):
+            break  # every earlier time was last read before this one
+        earlier = [instant for instant in instants if instant <= now]
+        if earlier and (best is None or earlier[-1] > best):
+            best = earlier[-1]
+            if not change:
+                break
+    return due if best is None or best <= due else best
+
+
 def next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
     """The first firing strictly after the instant ``after``, as an aware UTC datetime."""
+    if _every_hour(expression):
+        return _next_on_the_clock(expression, zone, after)
     start = after.astimezone(zone).replace(tzinfo=None)
     walls = croniter(_as_croniter_reads(expression), start)
     for _ in range(_MAX_STEPS):
@@ -138,6 +208,8 @@ def next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
 def latest_fire(expression: str, zone: ZoneInfo, due: datetime, now: datetime) -> datetime:
     """The most recent firing at or before ``now``, given that ``due`` (≤ ``now``) was the next
     one owed: the one firing a late scheduler makes up for."""
+    if _every_hour(expression):
+        return _latest_on_the_clock(expression, zone, due, now)
     local = now.astimezone(zone)
     # In the second pass of a repeated hour, the firings of that hour fired at their first pass,
     # although their wall times are later than the clock's: walk back from where the clock stood

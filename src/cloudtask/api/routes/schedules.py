@@ -33,10 +33,12 @@ router = APIRouter(
 ScheduleId = Annotated[str, Path(description="The schedule's id.")]
 TIME_RULES = (
     "Cron expressions have five fields (minute hour day-of-month month day-of-week) or are a "
-    "macro such as `@hourly`, read in the schedule's IANA time zone. A firing time skipped when "
-    "clocks go forward fires once, when the clock jumps; one repeated when clocks go back fires "
-    "once, at its first occurrence. A firing missed while no scheduler ran fires once, late; "
-    "missed firings are not replayed one by one."
+    "macro such as `@hourly`, read in the schedule's IANA time zone. Around clock changes, as "
+    "in cron: a schedule whose hour field is `*` (or `@hourly`) follows the clock, so a time "
+    "skipped when clocks go forward does not fire and one repeated when they go back fires "
+    "twice; any other schedule fires a skipped time once, when the clock jumps, and a repeated "
+    "time once, at its first occurrence. A firing missed while no scheduler ran fires once, "
+    "late; missed firings are not replayed one by one."
 )
 
 
