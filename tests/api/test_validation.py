@@ -253,6 +253,17 @@ async def test_a_bad_query_parameter_is_400_naming_it(
     assert [(d["field"], d["location"]) for d in error["details"]] == [(name, "query")]
 
 
+async def test_a_400_with_more_bad_parameters_than_its_message_names_says_how_many_more(
+    client: Client,
+) -> None:
+    token = await client.register()
+    params = {"limit": "0", "status": "X", "type": "Y Z", "cursor": "nope"}
+    response = await client.http.get("/jobs", params=params, headers=client.auth(token))
+    error = assert_error(response, 400, "/jobs")
+    assert {d["field"] for d in error["details"]} == set(params)
+    assert error["message"].endswith("; and 1 more (see details)"), error["message"]
+
+
 async def test_a_repeated_idempotency_key_header_is_400_and_stores_nothing(
     client: Client,
 ) -> None:

@@ -163,8 +163,14 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         return await _unexpected(request, exc)
     details = validation_details(exc.errors())
     details += _body_checks_details(request, exc.body, {d["field"] for d in details})
-    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
-    return error_response(request, 400, f"Invalid request: {summary}", details=details)
+    return error_response(request, 400, invalid_request(details), details=details)
+
+
+def invalid_request(details: list[dict[str, str]]) -> str:
+    """A 400's message: the first few of ``details``, and how many more it holds."""
+    named = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+    more = f"; and {len(details) - 3} more (see details)" if len(details) > 3 else ""
+    return f"Invalid request: {named}{more}"
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from cloudtask.api.context import ApiContext
-from cloudtask.api.errors import ApiError, bad_request, validation_details
+from cloudtask.api.errors import ApiError, bad_request, invalid_request, validation_details
 from cloudtask.api.idempotency import fingerprint
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.api.security import Principal
@@ -163,5 +163,4 @@ async def idempotent(
 
 def raise_if_invalid(details: list[dict[str, str]]) -> None:
     if details:
-        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
-        raise ApiError(400, f"Invalid request: {summary}", details=details)
+        raise ApiError(400, invalid_request(details), details=details)
