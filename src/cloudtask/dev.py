@@ -85,9 +85,11 @@ async def requeue_unfinished(engine: AsyncEngine, broker: Broker, kv: KV) -> int
         await dispatch_q.redispatch(conn, put_back, now=now, counted=False)
         await outbox_q.remove_queue(conn, JOBS_CREATED)
         waiting = await dispatch_q.pending(conn)
-    # Used up: a marker still in the file would make a job this process runs and a kill cuts
-    # off look put back at the next start (uncounted, its cancel forgotten).
-    await kv.delete(*(lease_key(job.id, job.attempt) for job in put_back))
+    # Used up, for every job queued again (a PENDING one was put back while it waited to run
+    # alone): a marker still in the file would make a job this process runs and a kill cuts off
+    # look put back at the next start (uncounted, its cancel forgotten). Nothing runs yet, so no
+    # lease of theirs is anyone's.
+    await kv.delete(*(lease_key(job.id, job.attempt) for job in waiting))
     await broker.publish_many(
         [
             OutgoingMessage(
