@@ -122,6 +122,21 @@ async def test_a_lost_attempt_is_handed_out_again_under_the_same_number(
 
 
 @pytest.mark.usefixtures("scheduler")
+async def test_a_lost_attempt_is_found_behind_more_live_older_ones_than_a_batch(
+    backends: Backends, created: CreatedCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recovery, "BATCH", 2)
+    older = utcnow() - timedelta(minutes=5)
+    live = await _running(backends, 5, started=older, timeout_seconds=3600)
+    await backends.kv.set_many({lease_key(job_id, 1): b"live-worker" for job_id in live}, ttl=60)
+    [lost] = await _running(backends, timeout_seconds=3600)
+    await _redelivered(created, lost, 1)
+    for job_id in live:
+        assert (await _row(backends, job_id)).status == JobStatus.RUNNING
+    assert set(created.seen) == {(str(lost), 1)}
+
+
+@pytest.mark.usefixtures("scheduler")
 async def test_an_attempt_lost_max_deliveries_times_fails(
     backends: Backends, created: CreatedCounter
 ) -> None:

@@ -44,12 +44,20 @@ class Recovered:
 
 
 async def find_candidates(
-    conn: AsyncConnection, settings: Settings, now: datetime
+    conn: AsyncConnection,
+    settings: Settings,
+    now: datetime,
+    past: dispatch_q.Attempt | None = None,
 ) -> list[dispatch_q.Attempt]:
+    """The next ``BATCH`` RUNNING attempts to judge, oldest first, after ``past`` (the last of
+    the batch before)."""
     # The shortest timeout is 1 s: anything younger is neither hung nor (having taken its lease
     # before it started) lost.
     youngest = min(settings.worker_lease_seconds, 1 + settings.running_grace_seconds)
-    return await dispatch_q.running_since(conn, now - timedelta(seconds=youngest), BATCH)
+    after = None if past is None or past.started_at is None else (past.started_at, past.id)
+    return await dispatch_q.running_since(
+        conn, now - timedelta(seconds=youngest), BATCH, past=after
+    )
 
 
 async def lost_among(

@@ -11,6 +11,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -143,15 +144,28 @@ class SchedulerService:
         return rows
 
     async def _recover(self) -> None:
+        """Judge every RUNNING attempt, a batch at a time: a dead worker's are found however
+        many older ones live workers still run."""
         now = utcnow()
-        async with session.reading(self._db) as conn:
-            running = await recovery.find_candidates(conn, self._settings, now)
+        past = None
+        while True:
+            async with session.reading(self._db) as conn:
+                running = await recovery.find_candidates(conn, self._settings, now, past)
+            if not running or not await self._judge(running, now):
+                return
+            if len(running) < recovery.BATCH:
+                return
+            past = running[-1]
+
+    async def _judge(self, running: list[dispatch_q.Attempt], now: datetime) -> bool:
+        """Recover the lost and hung among ``running``; False if judging must wait (reports
+        are queued)."""
         lost = set()
         if self.leadership.store_steady_for(self._settings.worker_lease_seconds):
             lost = await recovery.lost_among(self._kv, running, self._settings, now)
         hung = [job for job in running if recovery.is_hung(job, self._settings, now)]
         if not lost and not hung:
-            return
+            return True
         if await recovery.reports_waiting(self._broker):
             # Behind a backlog of reports, a RUNNING job whose lease ran out has most likely
             # finished, its report still queued: handing it out again would run it twice, and
@@ -160,7 +174,7 @@ class SchedulerService:
                 "recovery waits for queued reports",
                 extra={"action": "scheduler.recovery_deferred", "lost": len(lost)},
             )
-            return
+            return False
 
         if not await recovery.mark_lost(self._kv, lost):
             # Unmarked, a lost attempt handed out again could be taken for a copy by a worker
@@ -179,3 +193,4 @@ class SchedulerService:
             return done.rows
 
         await self._fenced(step)
+        return True

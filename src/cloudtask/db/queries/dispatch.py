@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloudtask.contracts.messages import job_created_body
@@ -123,15 +123,29 @@ async def pending(conn: AsyncConnection) -> list[Attempt]:
 
 
 async def running_since(
-    conn: AsyncConnection, before: datetime, limit: int | None
+    conn: AsyncConnection,
+    before: datetime,
+    limit: int | None,
+    *,
+    past: tuple[datetime, UUID] | None = None,
 ) -> list[Attempt]:
-    """RUNNING attempts that started before ``before``, oldest first."""
-    rows = await conn.execute(
+    """RUNNING attempts that started before ``before``, oldest first; with ``past``, those
+    after that start and id (the last of the page before)."""
+    query = (
         select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt)
         .where(jobs.c.status == JobStatus.RUNNING, jobs.c.started_at < before)
-        .order_by(jobs.c.started_at)
+        .order_by(jobs.c.started_at, jobs.c.id)
         .limit(limit)
     )
+    if past is not None:
+        started, job_id = past
+        query = query.where(
+            or_(
+                jobs.c.started_at > started,
+                and_(jobs.c.started_at == started, jobs.c.id > job_id),
+            )
+        )
+    rows = await conn.execute(query)
     return [_attempt(row, row.dispatch_attempt) for row in rows]
 
 
