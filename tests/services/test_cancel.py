@@ -9,6 +9,7 @@ from uuid import uuid4
 import pytest
 
 from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key, lost_key
+from cloudtask.kv.memory import MemoryKV
 from cloudtask.settings import Settings
 from cloudtask.worker.leases import REQUEUED, RunningAttempts, Taken
 from cloudtask.worker.registry import HandlerRegistry
@@ -406,3 +407,34 @@ async def test_a_cancel_reaches_every_run_of_the_job_however_many_ended(
         assert not ended.cancelled()
     finally:
         await running.stop()
+
+
+class _SlowRenewals(MemoryKV):
+    """The in-process store, its heartbeat writes taking 0.2 s to land, as on a busy Redis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewing = asyncio.Event()
+
+    async def set_many(self, items: dict[str, bytes], *, ttl: float) -> None:
+        self.renewing.set()
+        await asyncio.sleep(0.2)
+        await super().set_many(items, ttl=ttl)
+
+
+async def test_a_requeued_marker_is_not_overwritten_by_a_renewal_already_on_its_way() -> None:
+    kv = _SlowRenewals()
+    running = RunningAttempts(kv, "worker-a", lease_seconds=0.3)  # a renewal every 0.1 s
+    job_id = uuid4()
+    await kv.start()
+    await running.start()
+    try:
+        assert await running.take(job_id, 1, claim=True) == Taken()
+        kv.renewing.clear()
+        await kv.renewing.wait()  # a renewal of its lease is on its way
+        await running.drop(job_id, 1, marker=REQUEUED)
+        await asyncio.sleep(0.3)  # that renewal has landed; no other writes the lease
+        assert await kv.get(lease_key(job_id, 1)) == REQUEUED
+    finally:
+        await running.stop()
+        await kv.close()

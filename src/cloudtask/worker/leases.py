@@ -96,6 +96,9 @@ class RunningAttempts:
         self._cancel_before_start: set[UUID] = set()
         self._subscription: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # Held while the heartbeat writes: a marker left over a lease waits for it, or the
+        # heartbeat's write, read before the lease was dropped, could land over the marker.
+        self._renewing = asyncio.Lock()
         self._takes = Batcher(
             self._take_many, shared_failures=(KVUnavailable,), name="leases", linger=TAKE_LINGER
         )
@@ -197,10 +200,11 @@ class RunningAttempts:
         if marker is not None:
             # Only over this worker's own lease: the copy put back may have been taken already,
             # and the worker running it holds the lease now.
-            with contextlib.suppress(KVUnavailable):
-                await self._kv.claim_many_and_get(
-                    {key: marker}, ttl=24 * 3600, free=token or marker, forced={}, get_keys=()
-                )
+            async with self._renewing:
+                with contextlib.suppress(KVUnavailable):
+                    await self._kv.claim_many_and_get(
+                        {key: marker}, ttl=24 * 3600, free=token or marker, forced={}, get_keys=()
+                    )
 
     def track(self, job_id: UUID, attempt: int, run: "asyncio.Future[Any]") -> None:
         self._runs[run] = (job_id, attempt)
@@ -225,11 +229,12 @@ class RunningAttempts:
             await asyncio.sleep(self.lease_seconds / 3)
             if not self._leases:
                 continue
-            items = {k: v for k, (_, v) in self._leases.items() if k not in self._claiming}
-            try:
-                await self._kv.set_many(items, ttl=self.lease_seconds)
-            except KVUnavailable as exc:
-                log.warning("could not renew leases: %s", exc)
+            async with self._renewing:
+                items = {k: v for k, (_, v) in self._leases.items() if k not in self._claiming}
+                try:
+                    await self._kv.set_many(items, ttl=self.lease_seconds)
+                except KVUnavailable as exc:
+                    log.warning("could not renew leases: %s", exc)
 
     def _on_cancel(self, message: bytes) -> None:
         try:
