@@ -104,3 +104,31 @@ async def test_an_attempt_whose_handler_returned_as_the_worker_stops_is_reported
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert (done["status"], done["result"]) == ("COMPLETED", "done")
     assert len(handlers.started) == 1
+
+
+async def test_an_attempt_reaching_its_handler_once_runs_are_put_back_is_put_back_too(
+    stack: Stack, handlers: Handlers, stack_handlers: HandlerRegistry
+) -> None:
+    # Past its grace, a stopping worker puts its runs back; a delivery that was still taking its
+    # lease then would start its handler only to be cut off as the worker exits.
+    stack.worker.pipeline.requeue_running()
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="quick", maxAttempts=1)
+    await asyncio.sleep(1.0)
+    assert handlers.started == []
+    assert (await stack.client.get_job(token, job["id"]))["status"] == "PENDING"
+    await stack.worker.stop(grace=0)
+    other = WorkerService(
+        stack.settings,
+        broker=stack.backends.broker,
+        kv=stack.backends.kv,
+        handlers=stack_handlers,
+        worker_id="other-worker",
+    )
+    await other.start()
+    try:
+        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
+    finally:
+        await other.stop(grace=1)
+    assert (done["status"], done["result"], done["attempts"]) == ("COMPLETED", "done", 1)
+    assert len(handlers.started) == 1

@@ -101,6 +101,7 @@ class Pipeline:
         self._gate = RunGate()
         self.stopping = asyncio.Event()
         self._requeue: set[tuple[object, int]] = set()
+        self._putting_back = False  # stopping, past the grace: no handler starts any more
         self._returning: asyncio.Task[None] | None = None
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -110,7 +111,9 @@ class Pipeline:
         await self._process(delivery, job)
 
     def requeue_running(self) -> None:
-        """Stop every running attempt and put it back on ``jobs.created`` (graceful shutdown)."""
+        """Stop every running attempt and put it back on ``jobs.created`` (graceful shutdown), and
+        those still on their way to their handler too."""
+        self._putting_back = True
         for job_id, attempt, run in self.deps.running.runs():
             if run.cancel():  # one done already is reported as it ended, not run again
                 self._requeue.add((job_id, attempt))
@@ -331,6 +334,9 @@ class Pipeline:
         label = deps.metrics.job_type(job.type)
         if handler is None:
             return execution.unknown_type(job.type)
+        if self._putting_back:  # it would be cut off as the worker exits, and counted lost
+            self._requeue.add((job.job_id, job.attempt))
+            return execution.CANCELLED
         deps.metrics.jobs_started.labels(label).inc()
         deps.metrics.in_flight.inc()
         begun = time.perf_counter()
