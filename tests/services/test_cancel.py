@@ -362,28 +362,6 @@ async def test_a_copy_of_an_attempt_handed_out_again_is_a_copy(
         await b.stop()
 
 
-async def test_an_attempt_handed_out_again_is_taken_from_a_worker_that_had_stalled(
-    backends: Backends,
-) -> None:
-    stalled = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
-    other = RunningAttempts(backends.kv, "worker-b", lease_seconds=15)
-    job_id = uuid4()
-    await stalled.start()
-    await other.start()
-    try:
-        assert await stalled.take(job_id, 1, claim=True) == Taken()
-        # Its lease lapsed, the scheduler handed the attempt out again, then it renewed it.
-        await backends.kv.set(lost_key(job_id, 1), b"1", ttl=60)
-        assert await other.take(job_id, 1, claim=True) == Taken(lost_before=True)
-        lease = await backends.kv.get(lease_key(job_id, 1))
-        assert lease is not None and lease.startswith(b"worker-b/")
-    finally:
-        await stalled.drop(job_id, 1)
-        await other.drop(job_id, 1)
-        await stalled.stop()
-        await other.stop()
-
-
 async def test_a_cancel_reaches_every_run_of_the_job_however_many_ended(
     backends: Backends,
 ) -> None:

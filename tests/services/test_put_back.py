@@ -10,9 +10,9 @@ import pytest
 from cloudtask.scheduler import service as scheduler_service
 from cloudtask.settings import Settings
 from cloudtask.worker.registry import HandlerRegistry
-from cloudtask.worker.service import WorkerService
 from tests.helpers import wait_for_status
 from tests.services.conftest import Stack
+from tests.services.support import finished_by_a_second_worker
 
 TIMEOUT = 4  # the job's timeoutSeconds
 RUN = 3.0  # each run of its handler: well inside the timeout
@@ -76,20 +76,7 @@ async def test_an_attempt_put_back_has_its_whole_timeout_again_on_the_worker_tha
     first = await wait_for_status(stack.client, token, job["id"], "RUNNING")
     await asyncio.sleep(PUT_BACK_AFTER)
     await stack.worker.stop(grace=0)  # a rolling deploy: the running attempt is put back
-    other = WorkerService(
-        stack.settings,
-        broker=stack.backends.broker,
-        kv=stack.backends.kv,
-        handlers=stack_handlers,
-        worker_id="other-worker",
-    )
-    await other.start()
-    try:
-        done = await wait_for_status(
-            stack.client, token, job["id"], "COMPLETED", "FAILED", timeout=30
-        )
-    finally:
-        await other.stop(grace=1)
+    done = await finished_by_a_second_worker(stack, stack_handlers, token, job["id"])
     assert len(handlers.started) == 2 and len(handlers.returned) == 1
     assert (done["status"], done["attempts"], done["result"]) == ("COMPLETED", 1, "done")
     assert done["startedAt"] > first["startedAt"]  # the run that completed it
@@ -118,17 +105,6 @@ async def test_an_attempt_reaching_its_handler_once_runs_are_put_back_is_put_bac
     assert handlers.started == []
     assert (await stack.client.get_job(token, job["id"]))["status"] == "PENDING"
     await stack.worker.stop(grace=0)
-    other = WorkerService(
-        stack.settings,
-        broker=stack.backends.broker,
-        kv=stack.backends.kv,
-        handlers=stack_handlers,
-        worker_id="other-worker",
-    )
-    await other.start()
-    try:
-        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
-    finally:
-        await other.stop(grace=1)
+    done = await finished_by_a_second_worker(stack, stack_handlers, token, job["id"])
     assert (done["status"], done["result"], done["attempts"]) == ("COMPLETED", "done", 1)
     assert len(handlers.started) == 1
