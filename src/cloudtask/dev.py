@@ -22,7 +22,7 @@ from cloudtask.contracts.queues import (
     JOBS_STARTED,
     REQUEUED_HEADER,
 )
-from cloudtask.contracts.signals import lease_key
+from cloudtask.contracts.signals import REQUEUED, lease_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.engine import create_engine
@@ -35,7 +35,6 @@ from cloudtask.results.service import ResultsService
 from cloudtask.scheduler.service import SchedulerService
 from cloudtask.settings import MIN_JWT_SECRET_BYTES, Settings, SettingsError
 from cloudtask.worker.handlers import builtin_handlers
-from cloudtask.worker.leases import REQUEUED
 from cloudtask.worker.registry import user_handlers
 from cloudtask.worker.service import WorkerService
 

@@ -8,10 +8,12 @@ from uuid import uuid4
 
 import pytest
 
-from cloudtask.contracts.signals import CANCEL_CHANNEL, cancel_key, lease_key, lost_key
+from cloudtask.contracts.queues import JOBS_COMPLETED
+from cloudtask.contracts.signals import CANCEL_CHANNEL, REQUEUED, cancel_key, lease_key, lost_key
 from cloudtask.kv.memory import MemoryKV
+from cloudtask.results.service import ResultsService
 from cloudtask.settings import Settings
-from cloudtask.worker.leases import REQUEUED, RunningAttempts, Taken
+from cloudtask.worker.leases import RunningAttempts, Taken
 from cloudtask.worker.registry import HandlerRegistry
 from tests.conftest import Backends
 from tests.helpers import eventually, wait_for_status
@@ -416,3 +418,29 @@ async def test_a_requeued_marker_is_not_overwritten_by_a_renewal_already_on_its_
     finally:
         await running.stop()
         await kv.close()
+
+
+async def test_a_job_a_worker_ran_before_its_cancel_arrived_keeps_its_result(
+    stack: Stack, handlers: Handlers
+) -> None:
+    # A short job sends no jobs.started: until its report is written it reads PENDING, though
+    # it ran. The results-processor is away, so the report waits.
+    await stack.results.stop()
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="never", payload={"n": 1})
+
+    async def reported() -> bool:
+        return (await stack.backends.broker.stats(JOBS_COMPLETED)).messages == 1
+
+    await eventually(reported)
+    assert handlers.never_calls == 1
+    answered = await _cancel(stack, token, job["id"])
+    assert (answered["status"], answered["finishedAt"]) == ("PENDING", None)  # its report decides
+    results = ResultsService(stack.settings, db=stack.backends.db, broker=stack.backends.broker)
+    await results.start()
+    try:
+        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "CANCELLED")
+    finally:
+        await results.stop()
+    assert (done["status"], done["result"]) == ("COMPLETED", "ran")
+    assert handlers.never_calls == 1

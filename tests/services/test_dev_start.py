@@ -2,11 +2,10 @@
 
 from datetime import timedelta
 
-from cloudtask.contracts.signals import lease_key
+from cloudtask.contracts.signals import REQUEUED, lease_key
 from cloudtask.contracts.statuses import JobStatus
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.dev import requeue_unfinished
-from cloudtask.worker.leases import REQUEUED
 from tests.conftest import Backends
 from tests.services import scheduling
 

@@ -23,6 +23,10 @@ def lease_key(job_id: UUID | str, attempt: int) -> str:
     return f"cloudtask:running:{job_id}:{attempt}"
 
 
+REQUEUED: Final = b"requeued"
+"""Left in the lease of an attempt put back on the queue: waiting there, not lost, not held."""
+
+
 def lost_key(job_id: UUID | str, attempt: int) -> str:
     """Set by the scheduler (to ``LOST``) on an attempt it hands out again because its worker
     vanished: the worker that takes it up runs it alone (see ``worker.gate``), and writes its

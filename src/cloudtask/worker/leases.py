@@ -39,6 +39,7 @@ from cloudtask.contracts.signals import (
     CANCEL_CHANNEL,
     LOST,
     LOST_MARK_TTL,
+    REQUEUED,
     cancel_key,
     lease_key,
     lost_key,
@@ -50,8 +51,6 @@ log = logging.getLogger(__name__)
 # Under load, the leases of jobs delivered within 2 ms of each other are taken in one Redis round
 # trip; a job delivered alone takes its lease at once (see Batcher).
 TAKE_LINGER = 0.002
-REQUEUED = b"requeued"
-"""Left in the lease of an attempt put back on the queue: waiting there, not lost, not held."""
 
 
 @dataclass

@@ -43,7 +43,7 @@ from cloudtask.contracts.queues import (
     JOBS_STARTED,
     REQUEUED_HEADER,
 )
-from cloudtask.contracts.signals import handler_key
+from cloudtask.contracts.signals import REQUEUED, handler_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.errors import BrokerUnavailable, KVUnavailable
 from cloudtask.kv.base import KV
@@ -51,7 +51,7 @@ from cloudtask.observability.metrics import WorkerMetrics
 from cloudtask.worker import execution
 from cloudtask.worker.execution import Outcome
 from cloudtask.worker.gate import RunGate
-from cloudtask.worker.leases import REQUEUED, RunningAttempts
+from cloudtask.worker.leases import RunningAttempts
 from cloudtask.worker.registry import HandlerRegistry
 from cloudtask.worker.slots import PrioritySlots
 

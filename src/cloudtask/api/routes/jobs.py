@@ -20,7 +20,13 @@ from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.api.serialize import job_json
 from cloudtask.contracts.api import Job, JobBatchCreate, JobCreate
 from cloudtask.contracts.job_types import TYPE_PATTERN
-from cloudtask.contracts.signals import CANCEL_CHANNEL, CANCEL_TTL, cancel_key
+from cloudtask.contracts.signals import (
+    CANCEL_CHANNEL,
+    CANCEL_TTL,
+    REQUEUED,
+    cancel_key,
+    lease_key,
+)
 from cloudtask.contracts.statuses import RETRYABLE_STATUSES, JobStatus
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
@@ -193,36 +199,63 @@ async def get_job(job_id: str, user: CurrentUser, context: Context) -> Response:
     summary="Cancel a job",
     description=(
         "A PENDING or SCHEDULED job becomes CANCELLED and never runs. A RUNNING job is asked to "
-        "stop (within about a second) and becomes CANCELLED when it does."
+        "stop (within about a second) and becomes CANCELLED when it does; so is a PENDING job a "
+        "worker has already taken (it may have run: if it completed, it stays COMPLETED)."
     ),
 )
 async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Response:
     target = _job_id(job_id)
-    async with session.transaction(context.db) as conn:
-        job = await jobs_q.cancel(conn, target, user.user_id, now=utcnow())
-        if job is None:
-            existing = await jobs_q.get(conn, target, user.user_id)
-            if existing is None:
+    flagged = False
+    try:
+        async with session.transaction(context.db) as conn:
+            current = await jobs_q.to_cancel(conn, target, user.user_id)
+            if current is None:
                 raise not_found()
-            raise ApiError(409, f"Job is already {existing.status.value}")
-        # Before the commit: workers read cancellations from the key-value store alone, so a
-        # cancel they cannot hear is not made (503, nothing changed) rather than made in the
-        # database while the queued copy runs anyway or the running one goes on.
-        await _signal_cancel(context, target)
+            status_now, attempt = current
+            if status_now not in _UNFINISHED:
+                raise ApiError(409, f"Job is already {status_now.value}")
+            # Before the commit: workers read cancellations from the key-value store alone, so
+            # a cancel they cannot hear is not made (503, nothing changed) rather than made in
+            # the database while the queued copy runs anyway.
+            taken = await _flag_cancel(context, target, attempt)
+            flagged = True
+            job = await jobs_q.cancel(
+                conn, target, user.user_id, now=utcnow(), taken=taken and status_now == PENDING
+            )
+            if job is None:  # it finished since it was read
+                raise ApiError(409, "Job is already finished")
+    except BaseException:
+        if flagged:  # the cancel was not made: a flag left behind would stop the job
+            with contextlib.suppress(KVUnavailable):
+                await context.kv.delete(cancel_key(target))
+        raise
+    # Once committed: a running handler is stopped. Were the notice lost, the job runs on and
+    # its report decides (the cancel stands for the copies still queued).
+    try:
+        await context.kv.publish(CANCEL_CHANNEL, str(target).encode())
+    except KVUnavailable:
+        log.warning("could not tell the workers of a cancel", extra={"jobId": str(target)})
     return JSONBytesResponse(job_json(job))
 
 
-async def _signal_cancel(context: Context, job_id: uuid.UUID) -> None:
-    """Tell the workers: a queued copy is skipped, a running one is stopped. If the flag is set
-    but the notice is not sent, the cancel fails and the flag is taken back, as far as the store
-    still answers (a flag left behind would make a worker skip a job that is not cancelled)."""
-    await context.kv.set(cancel_key(job_id), b"1", ttl=CANCEL_TTL)
-    try:
-        await context.kv.publish(CANCEL_CHANNEL, str(job_id).encode())
-    except KVUnavailable:
-        with contextlib.suppress(KVUnavailable):
-            await context.kv.delete(cancel_key(job_id))
-        raise
+_UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
+PENDING = JobStatus.PENDING
+
+
+async def _flag_cancel(context: Context, job_id: uuid.UUID, attempt: int) -> bool:
+    """Set the job's cancel flag, and say whether a worker has taken its latest attempt (holds
+    its lease), in one step: a worker taking it reads the flag in one step too, so either it
+    sees the flag and never runs the job, or this sees its lease. A job a worker has taken may
+    have run already while the database still says PENDING (a short job's only report may be
+    on its way): its report decides, as for a RUNNING job."""
+    _, (lease,) = await context.kv.claim_many_and_get(
+        {},
+        ttl=CANCEL_TTL,
+        free=b"",
+        forced={cancel_key(job_id): b"1"},
+        get_keys=[lease_key(job_id, attempt)],
+    )
+    return lease is not None and lease != REQUEUED
 
 
 @router.post(

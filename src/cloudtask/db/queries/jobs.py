@@ -359,14 +359,33 @@ async def list_for_user(
     return [JobRecord.from_row(row) for row in await conn.execute(query)]
 
 
+async def to_cancel(
+    conn: AsyncConnection, job_id: UUID, user_id: UUID
+) -> tuple[JobStatus, int] | None:
+    """The status and latest attempt handed out of this user's job, locked until the cancel
+    commits; ``None`` if there is no such job."""
+    row = (
+        await conn.execute(
+            select(jobs.c.status, jobs.c.dispatch_attempt)
+            .where(jobs.c.id == job_id, jobs.c.user_id == user_id)
+            .with_for_update()
+        )
+    ).first()
+    return None if row is None else (JobStatus(row.status), row.dispatch_attempt)
+
+
 async def cancel(
-    conn: AsyncConnection, job_id: UUID, user_id: UUID, *, now: datetime
+    conn: AsyncConnection, job_id: UUID, user_id: UUID, *, now: datetime, taken: bool = False
 ) -> JobRecord | None:
-    """Cancel a job that has not finished: at once if it is waiting, by request if it runs.
+    """Cancel a job that has not finished: at once if it is waiting, by request if it runs or a
+    worker has ``taken`` it (its lease is held: the job may have run already, its report on
+    the way).
 
     Returns the updated job, or ``None`` if there is no such unfinished job of this user.
     """
     running = jobs.c.status == JobStatus.RUNNING
+    if taken:
+        running = jobs.c.status.in_([JobStatus.RUNNING, JobStatus.PENDING])
     result = await conn.execute(
         update(jobs)
         .where(
