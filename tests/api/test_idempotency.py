@@ -1,11 +1,15 @@
 """The Idempotency-Key header of POST /jobs."""
 
-from uuid import UUID
+import asyncio
+from uuid import UUID, uuid4
 
 import jwt
+import pytest
 
+from cloudtask.api import idempotency
+from cloudtask.api.errors import ApiError
 from cloudtask.api.idempotency import IdempotencyStore, fingerprint
-from tests.conftest import JWT_SECRET
+from tests.conftest import JWT_SECRET, Backends
 from tests.helpers import Client, assert_error
 
 
@@ -80,3 +84,24 @@ async def test_a_batch_can_be_idempotent_too(client: Client) -> None:
     assert second.headers["Idempotent-Replayed"] == "true"
     assert second.json() == first.json()
     assert await _count(client, token) == 2
+
+
+async def test_a_request_running_longer_than_its_claim_lives_is_still_in_progress(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Waiting for a database connection and then its statement, a request may outlast the
+    # claim's lifetime; the same key sent again meanwhile must not run it a second time.
+    monkeypatch.setattr(idempotency, "IN_FLIGHT_TTL", 0.3)
+    store = IdempotencyStore(backends.kv)
+    user, print_ = uuid4(), fingerprint("POST", "/jobs", {"type": "echo"})
+    assert await store.begin(user, "slow", print_) is None
+    holding = asyncio.ensure_future(store.hold(user, "slow", print_))
+    try:
+        await asyncio.sleep(0.8)  # more than twice the claim's lifetime
+        with pytest.raises(ApiError) as refused:
+            await store.begin(user, "slow", print_)
+        assert refused.value.status == 409
+    finally:
+        holding.cancel()
+    await asyncio.sleep(0.5)  # its process died: the claim lapses
+    assert await store.begin(user, "slow", print_) is None

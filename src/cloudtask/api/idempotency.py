@@ -6,6 +6,8 @@ order do not matter): the same key with another body is a 422; the same key whil
 still runs is a 409. A request that fails releases its key so that the client can try again.
 """
 
+import asyncio
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -14,9 +16,12 @@ from uuid import UUID
 
 from cloudtask.api.errors import ApiError
 from cloudtask.contracts import jsoncodec
+from cloudtask.errors import KVUnavailable
 from cloudtask.kv.base import KV
 
 REPLAY_TTL = 24 * 3600.0
+# A claim outlives a request that died with its process by this much at most; one still running
+# renews it every third of it (see ``hold``).
 IN_FLIGHT_TTL = 60.0
 
 
@@ -59,6 +64,23 @@ class IdempotencyStore:
                 raise ApiError(409, "A request with this Idempotency-Key is still in progress")
             return Replay(int(record["status"]), record["body"].encode())
         raise ApiError(409, "A request with this Idempotency-Key is still in progress")
+
+    async def hold(self, user_id: UUID, key: str, print_: str) -> None:
+        """Renew this request's claim until cancelled: a request may run longer than the claim
+        lives (waiting for a database connection, then for its statement), and a retry must
+        still find it in progress rather than create the job again."""
+        claim = jsoncodec.dumps({"state": "running", "fingerprint": print_})
+        while True:
+            await asyncio.sleep(IN_FLIGHT_TTL / 3)
+            with contextlib.suppress(KVUnavailable):  # the next turn tries again
+                # Only while it is still a claim of this request's (or gone with its TTL).
+                await self._kv.claim_many_and_get(
+                    {self._key(user_id, key): claim},
+                    ttl=IN_FLIGHT_TTL,
+                    free=claim,
+                    forced={},
+                    get_keys=(),
+                )
 
     async def finish(self, user_id: UUID, key: str, print_: str, status: int, body: bytes) -> None:
         record = {

@@ -1,5 +1,7 @@
 """Turning validated ``POST /jobs`` bodies into stored jobs, and the Idempotency-Key flow."""
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections import Counter
@@ -143,14 +145,17 @@ async def idempotent(
         return JSONBytesResponse(
             replay.body, status_code=replay.status, headers={"Idempotent-Replayed": "true"}
         )
+    holding = asyncio.ensure_future(context.idempotency.hold(user.user_id, key, print_))
     try:
         response = await create()
     except BaseException:
+        await _stopped(holding)
         try:
             await context.idempotency.release(user.user_id, key)
         except KVUnavailable:
             log.warning("could not release an Idempotency-Key after a failed request")
         raise
+    await _stopped(holding)  # a renewal on its way would land over the answer
     try:
         await context.idempotency.finish(
             user.user_id, key, print_, response.status_code, bytes(response.body)
@@ -159,6 +164,12 @@ async def idempotent(
         # The job is committed: answering an error now would invite a duplicate.
         log.warning("could not record an Idempotency-Key answer; a retry will not replay it")
     return response
+
+
+async def _stopped(task: "asyncio.Future[None]") -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def raise_if_invalid(details: list[dict[str, str]]) -> None:
