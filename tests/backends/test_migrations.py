@@ -71,3 +71,21 @@ def test_downgrading_waits_until_no_outbox_row_holds_several_messages(empty_data
     assert _sql(url, "SELECT messages FROM outbox") == [(1,)]  # an older row holds one
     command.downgrade(alembic_config(url), "base")
     upgrade(url)
+
+
+def test_an_outbox_rows_id_is_never_given_again(empty_database: str) -> None:
+    url = empty_database
+    row = (
+        "INSERT INTO outbox (queue, body, priority, created_at)"
+        " VALUES ('jobs.created', '{}', 5, '2026-11-29 00:00:00')"
+    )
+    command.upgrade(alembic_config(url), "0004")
+    _sql(url, row)  # a row waiting when the upgrade runs keeps its id
+    upgrade(url)
+    [(kept,)] = _sql(url, "SELECT id FROM outbox")
+    _sql(url, "DELETE FROM outbox")  # relayed
+    _sql(url, row)
+    [(new,)] = _sql(url, "SELECT id FROM outbox")
+    assert new > kept
+    command.downgrade(alembic_config(url), "0004")
+    assert _sql(url, "SELECT id FROM outbox") == [(new,)]

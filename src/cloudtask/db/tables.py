@@ -107,6 +107,9 @@ outbox = Table(
     Column("priority", SmallInteger, nullable=False, server_default=text("0")),
     Column("created_at", UTCDateTime, nullable=False),
     Column("messages", Integer, nullable=False, server_default=text("1")),
+    # Never an id twice (migration 0005): a publisher holding a relayed row's id would take a
+    # new row that got it for its own.
+    sqlite_autoincrement=True,
 )
 
 schedules = Table(
