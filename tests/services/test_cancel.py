@@ -444,3 +444,56 @@ async def test_a_job_a_worker_ran_before_its_cancel_arrived_keeps_its_result(
         await results.stop()
     assert (done["status"], done["result"]) == ("COMPLETED", "ran")
     assert handlers.never_calls == 1
+
+
+async def test_a_copy_of_a_hand_out_reaching_the_worker_running_it_leaves_its_lease_alone(
+    backends: Backends,
+) -> None:
+    running = RunningAttempts(backends.kv, "worker-a", lease_seconds=15)
+    job_id = uuid4()
+    await running.start()
+    try:
+        await backends.kv.set(lost_key(job_id, 1), b"1", ttl=60)
+        assert await running.take(job_id, 1, claim=True) == Taken(lost_before=True)
+        lease = await backends.kv.get(lease_key(job_id, 1))
+        assert await running.take(job_id, 1, claim=True) == Taken(copy=True)
+        assert len(running) == 1  # still renewed by the heartbeat
+        assert await backends.kv.get(lease_key(job_id, 1)) == lease
+    finally:
+        await running.drop(job_id, 1)
+        await running.stop()
+
+
+class _SlowMarkers(MemoryKV):
+    """The in-process store, each claim taking 0.1 s, counting how many are on their way at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at_once = self.most_at_once = 0
+
+    async def claim_many_and_get(self, claims: Any, **rest: Any) -> Any:
+        self.at_once += 1
+        self.most_at_once = max(self.most_at_once, self.at_once)
+        try:
+            await asyncio.sleep(0.1)
+            return await super().claim_many_and_get(claims, **rest)
+        finally:
+            self.at_once -= 1
+
+
+async def test_a_stopping_worker_leaves_its_requeued_markers_side_by_side() -> None:
+    kv = _SlowMarkers()
+    running = RunningAttempts(kv, "worker-a", lease_seconds=15)
+    jobs = [uuid4() for _ in range(8)]
+    await kv.start()
+    await running.start()
+    try:
+        for job_id in jobs:
+            assert await running.take(job_id, 1, claim=True) == Taken()
+        kv.most_at_once = 0
+        await asyncio.gather(*(running.drop(job_id, 1, marker=REQUEUED) for job_id in jobs))
+        assert kv.most_at_once == len(jobs)  # not one after the other
+        assert await kv.get_many([lease_key(job_id, 1) for job_id in jobs]) == [REQUEUED] * 8
+    finally:
+        await running.stop()
+        await kv.close()

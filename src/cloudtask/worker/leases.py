@@ -95,8 +95,8 @@ class RunningAttempts:
         self._cancel_before_start: set[UUID] = set()
         self._subscription: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        # Held while the heartbeat writes: a marker left over a lease waits for it, or the
-        # heartbeat's write, read before the lease was dropped, could land over the marker.
+        # Held while the heartbeat writes: a marker left over a lease waits for the write on
+        # its way, which, read before the lease was dropped, could land over the marker.
         self._renewing = asyncio.Lock()
         self._takes = Batcher(
             self._take_many, shared_failures=(KVUnavailable,), name="leases", linger=TAKE_LINGER
@@ -123,13 +123,15 @@ class RunningAttempts:
         anyway: the heartbeat writes the lease once the store is back (and the scheduler does
         not judge leases until then)."""
         key = lease_key(job_id, attempt)
-        if claim and key in self._leases and not await self._marked_lost(job_id, attempt):
+        if claim and key in self._leases and not await self._handed_out_again(job_id, attempt):
             return Taken(copy=True)  # running here: a copy, unless handed out again meanwhile
         token = self._worker_id + b"/%d" % next(self._numbers)
         take = _Take(key, cancel_key(job_id), lost_key(job_id, attempt), claim, token)
+        before = self._leases.get(key)  # a run of this attempt here, which a copy leaves alone
         self._leases[key] = (job_id, token)
         if claim:
             self._claiming.add(key)
+        first = take
         try:
             await self._takes.add(take)
             if claim and take.lost_mark is not None:
@@ -144,12 +146,16 @@ class RunningAttempts:
             log.warning(
                 "running without a lease: %s", exc, extra={"jobId": str(job_id), "attempt": attempt}
             )
-            return Taken()
+            # What the first step read still holds: a cancel flag, a lost mark.
+            return Taken(first.cancel_flag is not None, first.lost_mark is not None)
         finally:
             self._claiming.discard(key)
         if take.holder is not None:
             if self._leases.get(key) == (job_id, token):  # not taken by a redelivery here
-                del self._leases[key]
+                if before is not None:
+                    self._leases[key] = before
+                else:
+                    del self._leases[key]
                 if not self._leases_job(job_id):  # a cancel heard meanwhile is not kept
                     self._cancel_before_start.discard(job_id)
             return Taken(copy=True)
@@ -167,12 +173,13 @@ class RunningAttempts:
             return True
         return refused[0] is None
 
-    async def _marked_lost(self, job_id: UUID, attempt: int) -> bool:
+    async def _handed_out_again(self, job_id: UUID, attempt: int) -> bool:
         """Whether the scheduler handed out again an attempt this worker still runs (its lease
-        lapsed while the worker stalled); if the store cannot say, it is taken to be, so that the
-        delivery runs rather than being dropped (at least once)."""
+        lapsed while the worker stalled), and no delivery took the hand-out up yet (the mark is
+        still the scheduler's); if the store cannot say, it is taken to be, so that the delivery
+        runs rather than being dropped (at least once)."""
         try:
-            return await self._kv.get(lost_key(job_id, attempt)) is not None
+            return await self._kv.get(lost_key(job_id, attempt)) == LOST
         except KVUnavailable:
             return True
 
@@ -199,11 +206,15 @@ class RunningAttempts:
         if marker is not None:
             # Only over this worker's own lease: the copy put back may have been taken already,
             # and the worker running it holds the lease now.
+            # After a renewal already on its way, which may hold this lease's old value; none
+            # after it does (the lease is no longer this worker's). Markers are not written in
+            # turn: a stopping worker leaves many at once.
             async with self._renewing:
-                with contextlib.suppress(KVUnavailable):
-                    await self._kv.claim_many_and_get(
-                        {key: marker}, ttl=24 * 3600, free=token or marker, forced={}, get_keys=()
-                    )
+                pass
+            with contextlib.suppress(KVUnavailable):
+                await self._kv.claim_many_and_get(
+                    {key: marker}, ttl=24 * 3600, free=token or marker, forced={}, get_keys=()
+                )
 
     def track(self, job_id: UUID, attempt: int, run: "asyncio.Future[Any]") -> None:
         self._runs[run] = (job_id, attempt)
