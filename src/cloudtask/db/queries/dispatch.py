@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloudtask.contracts.messages import job_created_body
@@ -139,11 +139,10 @@ async def running_since(
     )
     if past is not None:
         started, job_id = past
+        # The first condition alone bounds the index scan (the OR alone is only a filter).
         query = query.where(
-            or_(
-                jobs.c.started_at > started,
-                and_(jobs.c.started_at == started, jobs.c.id > job_id),
-            )
+            jobs.c.started_at >= started,
+            or_(jobs.c.started_at > started, jobs.c.id > job_id),
         )
     rows = await conn.execute(query)
     return [_attempt(row, row.dispatch_attempt) for row in rows]
