@@ -104,7 +104,7 @@ async def _refused(client: Client, token: str, body: dict[str, Any]) -> list[str
 async def test_an_invalid_cron_is_a_400_naming_cron(client: Client) -> None:
     token = await client.register()
     for cron in [
-        "61 * * * *", "0 0 * * * *", "* * * *", "garbage", "@reboot", "0 0 31 2 *", "30-10 * * * *"
+        "61 * * * *", "0 0 * * * *", "* * * *", "garbage", "@reboot", "0 0 31 2 *", "5-5/0 * * * *"
     ]:  # fmt: skip
         assert await _refused(client, token, BODY | {"cron": cron}) == ["cron"], cron
     assert await _list(client, token) == []

@@ -32,7 +32,7 @@ class InvalidSchedule(ValueError):
     """The cron expression or time zone is not valid."""
 
 
-_RANGE = re.compile(r"^([0-9A-Za-z]+)-([0-9A-Za-z]+)(?:/[0-9]+)?$")
+_RANGE = re.compile(r"^([0-9A-Za-z]+)-([0-9A-Za-z]+)(/[0-9]+)?$")
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 # The names each field takes (minute, hour, day of month, month, day of week).
@@ -45,31 +45,24 @@ _NAMES: tuple[dict[str, int], ...] = (
 )
 
 
-def _read_item(item: str, names: dict[str, int], expression: str) -> str:
+def _read_item(item: str, names: dict[str, int]) -> str:
     match = _RANGE.match(item)
-    if match is None:
-        return item
-    low, high = (int(v) if v.isdigit() else names.get(v.lower()) for v in (match[1], match[2]))
-    if low is None or high is None:
+    if match is None or match[3] == "/0":
         return item  # croniter judges it
-    if low > high:
-        raise InvalidSchedule(
-            f"invalid cron expression {expression!r}: the range {item!r} runs backwards"
-        )
-    return match[1] if low == high else item
+    low, high = (int(v) if v.isdigit() else names.get(v.lower()) for v in (match[1], match[2]))
+    return match[1] if low is not None and low == high else item
 
 
 @functools.lru_cache(maxsize=1024)
 def _as_croniter_reads(expression: str) -> str:
     """The expression as croniter must be given it to mean what cron means: a range of one value
-    (``30-30``, with a step or not) is that value, where croniter reads every value of the field;
-    a range running backwards (``30-10``), which croniter wraps around, is refused, as cron
-    refuses it."""
+    (``30-30``, with a step or not) is that value, where croniter reads every value of the field.
+    A range running backwards (``22-2``) wraps around, as in croniter and Celery's crontab."""
     fields = expression.split()
     if len(fields) != len(_NAMES):
         return expression  # a macro, or refused by croniter
     return " ".join(
-        ",".join(_read_item(item, names, expression) for item in field.split(","))
+        ",".join(_read_item(item, names) for item in field.split(","))
         for field, names in zip(fields, _NAMES, strict=True)
     )
 
