@@ -12,7 +12,7 @@ from cloudtask.settings import Settings
 from cloudtask.worker.registry import HandlerRegistry
 from tests.helpers import wait_for_status
 from tests.services.conftest import Stack
-from tests.services.support import finished_by_a_second_worker
+from tests.services.support import finished_by_a_second_worker, wait_for_metric
 
 TIMEOUT = 4  # the job's timeoutSeconds
 RUN = 3.0  # each run of its handler: well inside the timeout
@@ -24,11 +24,19 @@ class Handlers:
         self.started: list[float] = []
         self.returned: list[float] = []
         self.as_it_returns: Callable[[], None] = lambda: None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the test's, once it runs
 
     async def quick(self, payload: Any) -> str:
         self.started.append(time.monotonic())
         # Runs once the handler has returned, before the worker took in its outcome.
         asyncio.get_running_loop().call_soon(self.as_it_returns)
+        return "done"
+
+    def quick_in_a_thread(self, payload: Any) -> str:
+        self.started.append(time.monotonic())
+        # On the loop, ahead of the handler's result, which reaches it the same way.
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.as_it_returns)
         return "done"
 
     async def slow(self, payload: Any) -> str:
@@ -48,6 +56,7 @@ def stack_handlers(handlers: Handlers) -> HandlerRegistry:
     registry = HandlerRegistry()
     registry.register("slow", handlers.slow)
     registry.register("quick", handlers.quick)
+    registry.register("quick-in-a-thread", handlers.quick_in_a_thread)
     return registry
 
 
@@ -82,12 +91,14 @@ async def test_an_attempt_put_back_has_its_whole_timeout_again_on_the_worker_tha
     assert done["startedAt"] > first["startedAt"]  # the run that completed it
 
 
+@pytest.mark.parametrize("job_type", ["quick", "quick-in-a-thread"])
 async def test_an_attempt_whose_handler_returned_as_the_worker_stops_is_reported_not_put_back(
-    stack: Stack, handlers: Handlers
+    stack: Stack, handlers: Handlers, job_type: str
 ) -> None:
+    handlers.loop = asyncio.get_running_loop()
     handlers.as_it_returns = stack.worker.pipeline.requeue_running  # what stopping does
     token = await stack.client.register()
-    job = await stack.client.create_job(token, type="quick", maxAttempts=1)
+    job = await stack.client.create_job(token, type=job_type, maxAttempts=1)
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert (done["status"], done["result"]) == ("COMPLETED", "done")
     assert len(handlers.started) == 1
@@ -101,10 +112,11 @@ async def test_an_attempt_reaching_its_handler_once_runs_are_put_back_is_put_bac
     stack.worker.pipeline.requeue_running()
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="quick", maxAttempts=1)
-    await asyncio.sleep(1.0)
+    # Put back once; stopping, the worker takes no more (this one has not stopped receiving).
+    await wait_for_metric(stack.worker.metrics.registry, "cloudtask_worker_jobs_requeued_total", 1)
+    await stack.worker.stop(grace=0)
     assert handlers.started == []
     assert (await stack.client.get_job(token, job["id"]))["status"] == "PENDING"
-    await stack.worker.stop(grace=0)
     done = await finished_by_a_second_worker(stack, stack_handlers, token, job["id"])
     assert (done["status"], done["result"], done["attempts"]) == ("COMPLETED", "done", 1)
     assert len(handlers.started) == 1

@@ -141,14 +141,20 @@ async def finish(run: Run, timeout: float, *, since: float) -> Outcome:
         # is handed over through the loop), which may be after the deadline's timer.
         await asyncio.wait((future,))
         break
+    ended: concurrent.futures.Future[Any] | asyncio.Future[Any] = future
     if future.cancelled():
-        return CANCELLED
-    exc = future.exception()
+        call = run.thread_call
+        if call is None or not call.done() or call.cancelled():
+            return CANCELLED
+        # A sync handler that had returned as its run was cancelled, its result still on its
+        # way to the loop: what it returned stands (it ran to its end).
+        ended = call
+    exc = ended.exception()
     if span.ended is not None and not _returned_within(span, limit):
         return _timed_out(timeout)
     if exc is not None:
         return failure(exc)
-    return _completed(future.result())
+    return _completed(ended.result())
 
 
 async def settled_within(run: "asyncio.Future[Any]", timeout: float) -> bool:

@@ -216,9 +216,10 @@ class Pipeline:
 
     async def _conclude(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt") -> None:
         """Report the attempt (or put it back on the queue), then let its delivery and lease go."""
-        if (job.job_id, job.attempt) in self._requeue:
+        if (job.job_id, job.attempt) in self._requeue and attempt.outcome.kind == "cancelled":
             published = await self._put_back(job)
-        else:
+        else:  # it ended of itself as the worker began to stop: its outcome is reported
+            self._requeue.discard((job.job_id, job.attempt))
             published = await self._report(job, attempt.started_at, attempt.outcome)
         if not attempt.announced:
             if published:
