@@ -171,3 +171,9 @@ async def test_decr_takes_one_back_and_keeps_the_window(kv: KV) -> None:
 
 async def test_ping_is_true_when_the_store_is_up(kv: KV) -> None:
     assert await kv.ping() is True
+
+
+async def test_the_stores_instance_names_the_run_and_stays_while_it_runs(kv: KV) -> None:
+    first = await kv.instance()
+    await kv.set("some-key", b"v")
+    assert first and await kv.instance() == first

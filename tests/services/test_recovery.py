@@ -22,6 +22,7 @@ from cloudtask.kv.memory import MemoryKV
 from cloudtask.kv.redis import RedisKV
 from cloudtask.scheduler import recovery
 from cloudtask.scheduler import service as scheduler_service
+from cloudtask.scheduler.leadership import Leadership
 from cloudtask.scheduler.service import SchedulerService
 from cloudtask.settings import Settings
 from tests import infra
@@ -268,6 +269,49 @@ async def test_leases_lost_with_the_stores_keys_are_judged_once_heartbeats_could
     assert created.seen == {}
     [lost] = await _running(backends)  # a worker that really died is still found
     await _redelivered(created, lost, 1)
+
+
+async def test_leases_of_a_store_restarted_from_a_snapshot_are_judged_once_rewritten(
+    backends: Backends,
+    scheduler: SchedulerService,
+    created: CreatedCounter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not isinstance(backends.kv, MemoryKV):
+        pytest.skip("a test cannot restart the Redis server the others share")
+    monkeypatch.setattr(scheduler_service, "RECOVERY_EVERY", 0.1)
+    [alive] = await _running(backends, timeout_seconds=300)
+    await backends.kv.set(lease_key(alive, 1), b"live-worker", ttl=60)
+
+    async def judging() -> bool:
+        return scheduler.leadership.store_steady_for(3)
+
+    await eventually(judging)
+    await asyncio.sleep(0.5)  # rounds that found its lease
+    # Restarted, with the keys of a snapshot taken before the lease was written: the mark is
+    # back, the lease is not; the client reconnects without an error.
+    await backends.kv.delete(lease_key(alive, 1))
+    backends.kv.name = "restarted"
+    await asyncio.sleep(1.0)  # its worker's next heartbeat
+    await backends.kv.set(lease_key(alive, 1), b"live-worker", ttl=60)
+    row = await _row(backends, alive)
+    assert (row.status, row.redeliveries) == (JobStatus.RUNNING, 0)
+    await eventually(judging)
+    await asyncio.sleep(0.5)
+    assert (await _row(backends, alive)).status == JobStatus.RUNNING
+    assert created.seen == {}
+
+
+async def test_a_scheduler_finding_the_mark_just_written_by_another_waits_as_it_does(
+    backends: Backends, recovery_settings: Settings
+) -> None:
+    await backends.kv.delete(STORE_MARK)  # a store new to CloudTask, or just emptied
+    first = Leadership(backends.kv, backends.db, "first", lease_seconds=10)
+    second = Leadership(backends.kv, backends.db, "second", lease_seconds=10)
+    await first.refresh()  # writes the mark
+    await second.refresh()  # finds it
+    for leadership in (first, second):
+        assert not leadership.store_steady_for(recovery_settings.worker_lease_seconds)
 
 
 async def test_lost_attempts_are_marked_before_they_are_handed_out_or_not_handed_out(

@@ -93,3 +93,8 @@ class KV(ABC):
 
     @abstractmethod
     async def ping(self) -> bool: ...
+
+    @abstractmethod
+    async def instance(self) -> str:
+        """Names the running store: another name means it restarted (or failed over), and what
+        it holds is what it reloaded, if anything, not what it held."""

@@ -5,6 +5,7 @@ import base64
 import inspect
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,7 @@ class MemoryKV(KV):
         self._fences: dict[str, int] = defaultdict(int)
         self.subscribers: dict[str, set[_MemorySubscription]] = defaultdict(set)
         self.closed = False
+        self.name = uuid.uuid4().hex  # see instance(); a test may restart the store by it
 
     @staticmethod
     def _now() -> float:
@@ -161,6 +163,9 @@ class MemoryKV(KV):
 
     async def ping(self) -> bool:
         return not self.closed
+
+    async def instance(self) -> str:
+        return self.name
 
     def snapshot(self) -> dict[str, Any]:
         """What the store holds, as JSON: each live value with the seconds it has left."""

@@ -247,3 +247,7 @@ class RedisKV(KV):
             return bool(await self._client.ping())
         except (RedisError, OSError):
             return False
+
+    async def instance(self) -> str:
+        info = await self._call(self._client.info("server"))
+        return str(info["run_id"])  # new at every start of the server

@@ -41,26 +41,45 @@ class Leadership:
         self.token: int | None = None
         self.degraded = False
         self.changed = asyncio.Event()
-        # Steady "since forever" if the store holds the mark of an earlier check, since it came
-        # back after an outage or a loss of its keys, None while it is unreachable.
+        # Steady "since forever" unless this scheduler saw otherwise: since the store came back
+        # after an outage, lost its keys or restarted; None while it is unreachable.
         self._store_up_since: float | None = float("-inf")
         self._marked = False  # whether this scheduler found or wrote the store's mark
+        self._mark_written = float("-inf")  # when the mark was written (wall clock, any host)
+        self._instance: str | None = None  # the store's run, as last seen
 
     @property
     def acting(self) -> bool:
         return self.token is not None or self.degraded
 
+    @property
+    def store_instance(self) -> str | None:
+        """The store's run this scheduler last saw (see ``KV.instance``)."""
+        return self._instance
+
     def store_steady_for(self, seconds: float) -> bool:
         """Whether the key-value store has answered for ``seconds``: after an outage, workers
         need a heartbeat to write the leases they could not take meanwhile."""
         since = self._store_up_since
-        return since is not None and time.monotonic() - since >= seconds
+        return (
+            since is not None
+            and time.monotonic() - since >= seconds
+            # However this scheduler found the store, it has held its keys that long: another
+            # scheduler may have seen the loss (and written the mark) that this one did not.
+            and time.time() - self._mark_written >= seconds
+        )
 
     async def refresh(self) -> None:
         was = self.acting
         try:
             held = await self._kv.acquire_lease(SCHEDULER_LEASE, self.holder, self.lease_seconds)
-            emptied = await self._kv.set(STORE_MARK, b"1", only_if_absent=True)
+            now = time.time()
+            found = await self._kv.get(STORE_MARK)
+            if found is None and not await self._kv.set(
+                STORE_MARK, repr(now).encode(), only_if_absent=True
+            ):
+                found = await self._kv.get(STORE_MARK)  # another scheduler's, just written
+            instance = await self._kv.instance()
         except KVUnavailable:
             if not self.degraded:
                 log.warning("key-value store unreachable: every scheduler acts until it is back")
@@ -68,12 +87,16 @@ class Leadership:
             self._store_up_since = None
         else:
             self.degraded = False
-            if emptied and self._marked:
+            emptied = found is None  # the mark was missing: written now
+            restarted = self._instance is not None and instance != self._instance
+            if (emptied and self._marked) or restarted:
                 log.warning("key-value store lost its keys: leases are judged once rewritten")
-            # A store new to CloudTask is waited for the same way, once.
-            if self._store_up_since is None or emptied:
+            # A store new to CloudTask is waited for the same way, once. A restart that reloaded
+            # the keys from a snapshot brings leases back as they were, not as they are.
+            if self._store_up_since is None or emptied or restarted:
                 self._store_up_since = time.monotonic()
-            self._marked = True
+            self._mark_written = now if emptied else _written(found)
+            self._marked, self._instance = True, instance
             if held is None:
                 self.token = None
             elif self.token is None:
@@ -125,3 +148,11 @@ class Leadership:
             with contextlib.suppress(KVUnavailable):
                 await self._kv.release_lease(SCHEDULER_LEASE, self.holder)
         self.token = None
+
+
+def _written(mark: bytes | None) -> float:
+    """When the mark was written; an older scheduler's mark ("1") says nothing of it."""
+    try:
+        return float(mark or b"")
+    except ValueError:
+        return float("-inf")

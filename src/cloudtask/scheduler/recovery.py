@@ -61,11 +61,17 @@ async def find_candidates(
 
 
 async def lost_among(
-    kv: KV, running: list[dispatch_q.Attempt], settings: Settings, now: datetime
+    kv: KV,
+    running: list[dispatch_q.Attempt],
+    settings: Settings,
+    now: datetime,
+    *,
+    instance: str | None = None,
 ) -> set[dispatch_q.Attempt]:
     """The attempts whose lease is gone. A lease outlives a dead worker by up to its TTL, so only
-    attempts older than that are asked about; if the store cannot be asked, or lost its keys
-    since the schedulers last marked it (see ``leadership``), none is called lost."""
+    attempts older than that are asked about; if the store cannot be asked, lost its keys since
+    the schedulers last marked it, or is another run of it than ``instance`` (restarted: see
+    ``leadership``), none is called lost."""
     settled = now - timedelta(seconds=settings.worker_lease_seconds + 1)
     running = [job for job in running if job.started_at is not None and job.started_at < settled]
     if not running:
@@ -77,6 +83,11 @@ async def lost_among(
     except KVUnavailable:
         return set()
     if mark is None:
+        return set()
+    try:
+        if instance is not None and await kv.instance() != instance:
+            return set()
+    except KVUnavailable:
         return set()
     return {job for job, lease in zip(running, leases, strict=True) if lease is None}
 

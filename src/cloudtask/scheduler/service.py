@@ -162,7 +162,9 @@ class SchedulerService:
         are queued)."""
         lost = set()
         if self.leadership.store_steady_for(self._settings.worker_lease_seconds):
-            lost = await recovery.lost_among(self._kv, running, self._settings, now)
+            lost = await recovery.lost_among(
+                self._kv, running, self._settings, now, instance=self.leadership.store_instance
+            )
         hung = [job for job in running if recovery.is_hung(job, self._settings, now)]
         if not lost and not hung:
             return True
