@@ -110,3 +110,21 @@ async def test_a_server_still_starting_up_is_database_unavailable() -> None:
                 await connect()
     finally:
         await engine.dispose()
+
+
+async def test_a_server_taking_no_writes_is_database_unavailable(pg_url: str) -> None:
+    # As a standby reached after a failover: every transaction is read-only.
+    engine = create_engine(pg_url)
+
+    async def write() -> None:
+        async with session.transaction(engine) as conn:
+            await conn.execute(text("SET TRANSACTION READ ONLY"))
+            await conn.execute(text("INSERT INTO written VALUES (1)"))
+
+    try:
+        async with session.autocommit(engine) as conn:
+            await conn.execute(text("CREATE TABLE IF NOT EXISTS written (n int)"))
+        with pytest.raises(DatabaseUnavailable):
+            await write()
+    finally:
+        await engine.dispose()

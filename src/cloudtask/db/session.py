@@ -43,10 +43,15 @@ def _translated() -> Iterator[None]:
 # insufficient resources (too many connections), 57 operator intervention ("the database system
 # is shutting down", "... is starting up"). A restart answers with these, not a refused socket.
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57"})
+# And a server that takes no writes: a standby reached after a failover, before the connection
+# string points at the new primary (25006 read_only_sql_transaction).
+_UNAVAILABLE_STATES = frozenset({"25006"})
 
 
 def _server_unavailable(sqlstate: object) -> bool:
-    return isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_CLASSES
+    return isinstance(sqlstate, str) and (
+        sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate in _UNAVAILABLE_STATES
+    )
 
 
 async def driver(conn: AsyncConnection) -> asyncpg.Connection:
