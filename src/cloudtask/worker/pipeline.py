@@ -24,12 +24,14 @@
 """
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -102,6 +104,8 @@ class Pipeline:
         self.stopping = asyncio.Event()
         self._requeue: set[tuple[object, int]] = set()
         self._putting_back = False  # stopping, past the grace: no handler starts any more
+        # Each sync handler's call in its thread, by its run: one that returned is not put back.
+        self._calls: dict[asyncio.Future[Any], concurrent.futures.Future[Any]] = {}
         self._returning: asyncio.Task[None] | None = None
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -115,6 +119,9 @@ class Pipeline:
         those still on their way to their handler too."""
         self._putting_back = True
         for job_id, attempt, run in self.deps.running.runs():
+            call = self._calls.get(run)
+            if call is not None and call.done():
+                continue  # its handler returned, its result on its way to the loop: reported
             if run.cancel():  # one done already is reported as it ended, not run again
                 self._requeue.add((job_id, attempt))
 
@@ -216,10 +223,9 @@ class Pipeline:
 
     async def _conclude(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt") -> None:
         """Report the attempt (or put it back on the queue), then let its delivery and lease go."""
-        if (job.job_id, job.attempt) in self._requeue and attempt.outcome.kind == "cancelled":
+        if (job.job_id, job.attempt) in self._requeue:
             published = await self._put_back(job)
-        else:  # it ended of itself as the worker began to stop: its outcome is reported
-            self._requeue.discard((job.job_id, job.attempt))
+        else:
             published = await self._report(job, attempt.started_at, attempt.outcome)
         if not attempt.announced:
             if published:
@@ -343,12 +349,18 @@ class Pipeline:
         begun = time.perf_counter()
         run = execution.start(handler, job.payload, deps.executor)
         deps.running.track(job.job_id, job.attempt, run.future)
+        if run.thread_call is not None:
+            self._calls[run.future] = run.thread_call
         try:
             if not await execution.settled_within(run.future, ANNOUNCE_AFTER):
                 await announce()
             outcome = await execution.finish(run, job.timeout_seconds, since=begun)
+            if run.future.cancelled() and outcome.kind != "cancelled":
+                # A sync handler that returned as its run was put back: reported, not run again.
+                self._requeue.discard((job.job_id, job.attempt))
         finally:
             deps.running.untrack(run.future)
+            self._calls.pop(run.future, None)
             deps.metrics.in_flight.dec()
             deps.metrics.job_duration.labels(label).observe(time.perf_counter() - begun)
         if run.still_running:
