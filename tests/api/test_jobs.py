@@ -2,19 +2,22 @@
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import jwt
+import pytest
 from sqlalchemy import select, update
 
 from cloudtask.api.app import create_app
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED
-from cloudtask.contracts.signals import cancel_key
+from cloudtask.contracts.signals import cancel_key, lease_key
 from cloudtask.db import session
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.tables import jobs
+from cloudtask.errors import DatabaseUnavailable
 from cloudtask.kv.redis import RedisKV
 from cloudtask.settings import Settings
 from tests.conftest import JWT_SECRET, Backends
@@ -339,3 +342,32 @@ async def test_a_cancel_the_workers_cannot_hear_is_503_and_changes_nothing(
     assert asked == [False, False]
     response = await client.http.post(f"/jobs/{waiting['id']}/cancel", headers=client.auth(token))
     assert response.json()["status"] == "CANCELLED"
+
+
+async def test_a_cancel_the_database_refused_takes_back_only_a_flag_of_its_own(
+    client: Client, backends: Backends, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = await client.register()
+    taken = await client.create_job(token, type="echo")
+    # A worker has taken it: the first cancel is made, the job's report decides.
+    await client.backends.kv.set(lease_key(taken["id"], 1), b"worker-x/1", ttl=60)
+    first = await client.http.post(f"/jobs/{taken['id']}/cancel", headers=client.auth(token))
+    assert (first.status_code, first.json()["status"]) == (200, "PENDING")
+    waiting = await client.create_job(token, type="echo")
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise DatabaseUnavailable("database: the commit failed")
+
+    monkeypatch.setattr(jobs_q, "cancel", refused)
+    app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        for job in (taken, waiting):
+            path = f"/jobs/{job['id']}/cancel"
+            assert_error(await http.post(path, headers=client.auth(token)), 503, path)
+    # The first cancel stands, its flag with it; the failed one of a job not cancelled leaves
+    # none to stop it.
+    assert await client.backends.kv.get(cancel_key(taken["id"])) == b"1"
+    assert await client.backends.kv.get(cancel_key(waiting["id"])) is None

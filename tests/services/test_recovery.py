@@ -332,3 +332,26 @@ async def test_lost_attempts_are_marked_before_they_are_handed_out_or_not_handed
     finally:
         await down.close()
     assert await recovery.mark_lost(down, set())  # nothing to mark: nothing held back
+
+
+class _SaysNotWhichRun(MemoryKV):
+    """A store that will not name its run (a Redis whose INFO is renamed or not allowed)."""
+
+    async def instance(self) -> str | None:
+        return None
+
+
+async def test_a_store_that_will_not_name_its_run_is_still_led_and_judged(
+    backends: Backends,
+) -> None:
+    kv = _SaysNotWhichRun()
+    leadership = Leadership(kv, backends.db, "only", lease_seconds=10)
+    await kv.start()
+    try:
+        for _ in range(2):
+            await leadership.refresh()
+        assert not leadership.degraded
+        assert leadership.token is not None
+        assert leadership.store_steady_for(0)
+    finally:
+        await kv.close()

@@ -95,6 +95,7 @@ class KV(ABC):
     async def ping(self) -> bool: ...
 
     @abstractmethod
-    async def instance(self) -> str:
+    async def instance(self) -> str | None:
         """Names the running store: another name means it restarted (or failed over), and what
-        it holds is what it reloaded, if anything, not what it held."""
+        it holds is what it reloaded, if anything, not what it held. ``None`` if it does not
+        say (a server that refuses to)."""

@@ -164,7 +164,7 @@ class MemoryKV(KV):
     async def ping(self) -> bool:
         return not self.closed
 
-    async def instance(self) -> str:
+    async def instance(self) -> str | None:
         return self.name
 
     def snapshot(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from cloudtask.errors import KVUnavailable
 from cloudtask.kv.base import KV, MessageCallback, Subscription
@@ -248,6 +248,12 @@ class RedisKV(KV):
         except (RedisError, OSError):
             return False
 
-    async def instance(self) -> str:
-        info = await self._call(self._client.info("server"))
-        return str(info["run_id"])  # new at every start of the server
+    async def instance(self) -> str | None:
+        try:
+            info = await self._client.info("server")
+        except ResponseError:
+            return None  # INFO refused (renamed, or not allowed to this user)
+        except (RedisError, OSError) as exc:
+            raise KVUnavailable(f"Redis: {exc!r}") from None
+        run_id = info.get("run_id")  # new at every start of the server
+        return None if run_id is None else str(run_id)

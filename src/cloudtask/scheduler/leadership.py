@@ -46,7 +46,7 @@ class Leadership:
         self._store_up_since: float | None = float("-inf")
         self._marked = False  # whether this scheduler found or wrote the store's mark
         self._mark_written = float("-inf")  # when the mark was written (wall clock, any host)
-        self._instance: str | None = None  # the store's run, as last seen
+        self._instance: str | None = None  # the store's run, as last seen (if it says)
 
     @property
     def acting(self) -> bool:
@@ -88,14 +88,16 @@ class Leadership:
         else:
             self.degraded = False
             emptied = found is None  # the mark was missing: written now
-            restarted = self._instance is not None and instance != self._instance
+            restarted = None not in (instance, self._instance) and instance != self._instance
             if (emptied and self._marked) or restarted:
                 log.warning("key-value store lost its keys: leases are judged once rewritten")
             # A store new to CloudTask is waited for the same way, once. A restart that reloaded
             # the keys from a snapshot brings leases back as they were, not as they are.
             if self._store_up_since is None or emptied or restarted:
                 self._store_up_since = time.monotonic()
-            self._mark_written = now if emptied else _written(found)
+            # Not later than now: a mark from a host whose clock runs ahead would hold back
+            # every judgment until this clock caught up.
+            self._mark_written = now if emptied else min(_written(found), now)
             self._marked, self._instance = True, instance
             if held is None:
                 self.token = None

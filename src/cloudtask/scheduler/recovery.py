@@ -85,7 +85,7 @@ async def lost_among(
     if mark is None:
         return set()
     try:
-        if instance is not None and await kv.instance() != instance:
+        if instance is not None and await kv.instance() not in (instance, None):
             return set()
     except KVUnavailable:
         return set()

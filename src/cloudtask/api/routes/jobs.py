@@ -1,6 +1,5 @@
 """``/jobs``: submit, list, read, cancel and retry a user's jobs."""
 
-import contextlib
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,7 @@ from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.ids import new_job_id
 from cloudtask.db.queries import jobs as jobs_q
-from cloudtask.errors import KVUnavailable
+from cloudtask.errors import DatabaseUnavailable, KVUnavailable
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -211,14 +210,14 @@ async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Respon
             current = await jobs_q.to_cancel(conn, target, user.user_id)
             if current is None:
                 raise not_found()
-            status_now, attempt = current
+            status_now, attempt, already_asked = current
             if status_now not in _UNFINISHED:
                 raise ApiError(409, f"Job is already {status_now.value}")
             # Before the commit: workers read cancellations from the key-value store alone, so
             # a cancel they cannot hear is not made (503, nothing changed) rather than made in
             # the database while the queued copy runs anyway.
             taken = await _flag_cancel(context, target, attempt)
-            flagged = True
+            flagged = not already_asked  # a cancel already made keeps its flag, come what may
             job = await jobs_q.cancel(
                 conn, target, user.user_id, now=utcnow(), taken=taken and status_now == PENDING
             )
@@ -226,8 +225,7 @@ async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Respon
                 raise ApiError(409, "Job is already finished")
     except BaseException:
         if flagged:  # the cancel was not made: a flag left behind would stop the job
-            with contextlib.suppress(KVUnavailable):
-                await context.kv.delete(cancel_key(target))
+            await _take_back_flag(context, target)
         raise
     # Once committed: a running handler is stopped. Were the notice lost, the job runs on and
     # its report decides (the cancel stands for the copies still queued).
@@ -236,6 +234,19 @@ async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Respon
     except KVUnavailable:
         log.warning("could not tell the workers of a cancel", extra={"jobId": str(target)})
     return JSONBytesResponse(job_json(job))
+
+
+async def _take_back_flag(context: Context, job_id: uuid.UUID) -> None:
+    """Delete the flag of a cancel that failed, once the database says it did not commit (a
+    commit whose answer was lost may have): a flag wrongly kept stops a job, one wrongly taken
+    back lets a cancelled job run."""
+    try:
+        async with session.reading(context.db) as conn:
+            asked = await jobs_q.cancel_asked(conn, job_id)
+        if not asked:
+            await context.kv.delete(cancel_key(job_id))
+    except (DatabaseUnavailable, KVUnavailable):
+        log.warning("a cancel failed and its flag stays", extra={"jobId": str(job_id)})
 
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)

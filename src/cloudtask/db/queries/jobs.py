@@ -361,17 +361,25 @@ async def list_for_user(
 
 async def to_cancel(
     conn: AsyncConnection, job_id: UUID, user_id: UUID
-) -> tuple[JobStatus, int] | None:
-    """The status and latest attempt handed out of this user's job, locked until the cancel
-    commits; ``None`` if there is no such job."""
+) -> tuple[JobStatus, int, bool] | None:
+    """The status, latest attempt handed out and whether a cancel was asked, of this user's job,
+    locked until the cancel commits; ``None`` if there is no such job."""
     row = (
         await conn.execute(
-            select(jobs.c.status, jobs.c.dispatch_attempt)
+            select(jobs.c.status, jobs.c.dispatch_attempt, jobs.c.cancel_requested)
             .where(jobs.c.id == job_id, jobs.c.user_id == user_id)
             .with_for_update()
         )
     ).first()
-    return None if row is None else (JobStatus(row.status), row.dispatch_attempt)
+    if row is None:
+        return None
+    return JobStatus(row.status), row.dispatch_attempt, bool(row.cancel_requested)
+
+
+async def cancel_asked(conn: AsyncConnection, job_id: UUID) -> bool:
+    """Whether a cancel of the job was committed."""
+    asked = await conn.scalar(select(jobs.c.cancel_requested).where(jobs.c.id == job_id))
+    return bool(asked)
 
 
 async def cancel(
