@@ -5,6 +5,7 @@ worker) or without one (a dead worker), and watches ``jobs.created`` and the job
 """
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -355,3 +356,14 @@ async def test_a_store_that_will_not_name_its_run_is_still_led_and_judged(
         assert leadership.store_steady_for(0)
     finally:
         await kv.close()
+
+
+async def test_a_mark_written_by_a_clock_running_ahead_counts_from_when_first_seen(
+    backends: Backends,
+) -> None:
+    await backends.kv.set(STORE_MARK, repr(time.time() + 3600).encode())
+    leadership = Leadership(backends.kv, backends.db, "only", lease_seconds=10)
+    await leadership.refresh()
+    await asyncio.sleep(0.3)
+    await leadership.refresh()  # the mark unchanged: still counted from its first sighting
+    assert leadership.store_steady_for(0.25)

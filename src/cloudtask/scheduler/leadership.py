@@ -46,6 +46,7 @@ class Leadership:
         self._store_up_since: float | None = float("-inf")
         self._marked = False  # whether this scheduler found or wrote the store's mark
         self._mark_written = float("-inf")  # when the mark was written (wall clock, any host)
+        self._mark: bytes | None = None  # the mark as last read (one this scheduler wrote: None)
         self._instance: str | None = None  # the store's run, as last seen (if it says)
 
     @property
@@ -95,10 +96,15 @@ class Leadership:
             # the keys from a snapshot brings leases back as they were, not as they are.
             if self._store_up_since is None or emptied or restarted:
                 self._store_up_since = time.monotonic()
-            # Not later than now: a mark from a host whose clock runs ahead would hold back
-            # every judgment until this clock caught up.
-            self._mark_written = now if emptied else min(_written(found), now)
-            self._marked, self._instance = True, instance
+            if emptied:
+                self._mark_written, self._mark = now, None
+            elif found != self._mark:
+                # Not later than when first seen: a mark from a host whose clock runs ahead
+                # would hold back every judgment until this clock caught up.
+                self._mark_written, self._mark = min(_written(found), now), found
+            self._marked = True
+            if instance is not None:  # a store that stops saying which run it is, is the same
+                self._instance = instance
             if held is None:
                 self.token = None
             elif self.token is None:

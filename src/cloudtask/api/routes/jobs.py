@@ -237,15 +237,19 @@ async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Respon
 
 
 async def _take_back_flag(context: Context, job_id: uuid.UUID) -> None:
-    """Delete the flag of a cancel that failed, once the database says it did not commit (a
-    commit whose answer was lost may have): a flag wrongly kept stops a job, one wrongly taken
-    back lets a cancelled job run."""
+    """Delete the flag of a cancel that failed, unless the database says it committed (a commit
+    whose answer was lost may have): a flag wrongly kept stops a job, one wrongly taken back lets
+    a cancelled job run. A database that cannot say most likely took no commit either."""
     try:
         async with session.reading(context.db) as conn:
             asked = await jobs_q.cancel_asked(conn, job_id)
-        if not asked:
-            await context.kv.delete(cancel_key(job_id))
-    except (DatabaseUnavailable, KVUnavailable):
+    except DatabaseUnavailable:
+        asked = False
+    if asked:
+        return
+    try:
+        await context.kv.delete(cancel_key(job_id))
+    except KVUnavailable:
         log.warning("a cancel failed and its flag stays", extra={"jobId": str(job_id)})
 
 
