@@ -74,13 +74,7 @@ class IdempotencyStore:
             await asyncio.sleep(IN_FLIGHT_TTL / 3)
             with contextlib.suppress(KVUnavailable):  # the next turn tries again
                 # Only while it is still a claim of this request's (or gone with its TTL).
-                await self._kv.claim_many_and_get(
-                    {self._key(user_id, key): claim},
-                    ttl=IN_FLIGHT_TTL,
-                    free=claim,
-                    forced={},
-                    get_keys=(),
-                )
+                await self._kv.claim(self._key(user_id, key), claim, ttl=IN_FLIGHT_TTL, free=claim)
 
     async def finish(self, user_id: UUID, key: str, print_: str, status: int, body: bytes) -> None:
         record = {

@@ -57,6 +57,14 @@ class KV(ABC):
         Returns, for each claim in order, the value that kept it from being stored (``None``
         where it was), and the values read."""
 
+    async def claim(self, key: str, value: bytes, *, ttl: float, free: bytes) -> bytes | None:
+        """:meth:`claim_many_and_get` of one claim: the value that kept it from being stored,
+        ``None`` where it was."""
+        (holder,), _ = await self.claim_many_and_get(
+            {key: value}, ttl=ttl, free=free, forced={}, get_keys=()
+        )
+        return holder
+
     @abstractmethod
     async def delete(self, *keys: str) -> int: ...
 

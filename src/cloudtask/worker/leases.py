@@ -166,12 +166,9 @@ class RunningAttempts:
         scheduler's (or this take's already). If the store cannot say, it is taken to be, so
         that the delivery runs rather than being dropped (at least once)."""
         try:
-            refused, _ = await self._kv.claim_many_and_get(
-                {take.lost: take.token}, ttl=LOST_MARK_TTL, free=LOST, forced={}, get_keys=()
-            )
+            return await self._kv.claim(take.lost, take.token, ttl=LOST_MARK_TTL, free=LOST) is None
         except KVUnavailable:
             return True
-        return refused[0] is None
 
     async def _handed_out_again(self, job_id: UUID, attempt: int) -> bool:
         """Whether the scheduler handed out again an attempt this worker still runs (its lease
@@ -204,17 +201,14 @@ class RunningAttempts:
         _, token = self._leases.pop(key, (job_id, None))
         self._cancel_before_start.discard(job_id)
         if marker is not None:
-            # Only over this worker's own lease: the copy put back may have been taken already,
-            # and the worker running it holds the lease now.
-            # After a renewal already on its way, which may hold this lease's old value; none
-            # after it does (the lease is no longer this worker's). Markers are not written in
-            # turn: a stopping worker leaves many at once.
+            # Only over this worker's own lease (the copy put back may have been taken already,
+            # and the worker running it holds the lease now), and after a renewal already on its
+            # way, which may hold the lease's old value; none after it does. Not under the lock:
+            # a stopping worker leaves many markers at once.
             async with self._renewing:
                 pass
             with contextlib.suppress(KVUnavailable):
-                await self._kv.claim_many_and_get(
-                    {key: marker}, ttl=24 * 3600, free=token or marker, forced={}, get_keys=()
-                )
+                await self._kv.claim(key, marker, ttl=24 * 3600, free=token or marker)
 
     def track(self, job_id: UUID, attempt: int, run: "asyncio.Future[Any]") -> None:
         self._runs[run] = (job_id, attempt)
