@@ -24,14 +24,12 @@
 """
 
 import asyncio
-import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -104,8 +102,6 @@ class Pipeline:
         self.stopping = asyncio.Event()
         self._requeue: set[tuple[object, int]] = set()
         self._putting_back = False  # stopping, past the grace: no handler starts any more
-        # Each sync handler's call in its thread, by its run: one that returned is not put back.
-        self._calls: dict[asyncio.Future[Any], concurrent.futures.Future[Any]] = {}
         self._returning: asyncio.Task[None] | None = None
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -119,10 +115,9 @@ class Pipeline:
         those still on their way to their handler too."""
         self._putting_back = True
         for job_id, attempt, run in self.deps.running.runs():
-            call = self._calls.get(run)
-            if call is not None and call.done():
-                continue  # its handler returned, its result on its way to the loop: reported
-            if run.cancel():  # one done already is reported as it ended, not run again
+            # One done already is reported as it ended, not run again; so is a sync handler that
+            # had returned, its result on its way to the loop (see ``_run``).
+            if run.cancel():
                 self._requeue.add((job_id, attempt))
 
     async def _decode(self, delivery: Delivery) -> JobCreated | None:
@@ -349,8 +344,6 @@ class Pipeline:
         begun = time.perf_counter()
         run = execution.start(handler, job.payload, deps.executor)
         deps.running.track(job.job_id, job.attempt, run.future)
-        if run.thread_call is not None:
-            self._calls[run.future] = run.thread_call
         try:
             if not await execution.settled_within(run.future, ANNOUNCE_AFTER):
                 await announce()
@@ -360,7 +353,6 @@ class Pipeline:
                 self._requeue.discard((job.job_id, job.attempt))
         finally:
             deps.running.untrack(run.future)
-            self._calls.pop(run.future, None)
             deps.metrics.in_flight.dec()
             deps.metrics.job_duration.labels(label).observe(time.perf_counter() - begun)
         if run.still_running:
