@@ -51,6 +51,6 @@ SCHEDULER_LEASE: Final = "cloudtask:scheduler"
 """Leadership lease among schedulers."""
 
 STORE_MARK: Final = "cloudtask:store"
-"""Written by the schedulers, without a TTL: its absence says the store lost its keys (restarted
-without persistence, flushed, or failed over to a replica without them), workers' leases with
-them, until the workers' heartbeats write them again."""
+"""Written by the schedulers, without a TTL, holding when it was written: its absence says the
+store lost its keys (restarted without persistence, flushed, or failed over to a replica without
+them), workers' leases with them, until the workers' heartbeats write them again."""

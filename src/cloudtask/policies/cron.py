@@ -107,24 +107,6 @@ def check_cron(expression: str) -> None:
         raise InvalidSchedule(f"cron expression {expression!r} never fires") from None
 
 
-def _exists(wall: datetime, zone: ZoneInfo) -> bool:
-    back = wall.replace(tzinfo=zone).astimezone(UTC).astimezone(zone).replace(tzinfo=None)
-    return back == wall
-
-
-def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
-    """The UTC instant of a local wall time: the first occurrence if it happens twice, the moment
-    the clock jumps if it does not happen at all."""
-    while not _exists(wall, zone):
-        wall = wall.replace(second=0, microsecond=0) + timedelta(minutes=1)
-    return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
-
-
-def _every_hour(expression: str) -> bool:
-    fields = expression.split()
-    return expression == "@hourly" or (len(fields) == 5 and fields[1].startswith("*"))
-
-
 def _instants(wall: datetime, zone: ZoneInfo) -> list[datetime]:
     """Every UTC instant at which the clock reads ``wall``, earliest first: none in a skipped
     hour, two in a repeated one."""
@@ -134,6 +116,19 @@ def _instants(wall: datetime, zone: ZoneInfo) -> list[datetime]:
         if instant.astimezone(zone).replace(tzinfo=None) == wall and instant not in found:
             found.append(instant)
     return found
+
+
+def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC instant of a local wall time: the first occurrence if it happens twice, the moment
+    the clock jumps if it does not happen at all."""
+    while not (instants := _instants(wall, zone)):
+        wall = wall.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return instants[0]
+
+
+def _every_hour(expression: str) -> bool:
+    fields = expression.split()
+    return expression == "@hourly" or (len(fields) == 5 and fields[1].startswith("*"))
 
 
 # More than any clock change (Lord Howe's is 30 minutes, Troll's 2 hours).

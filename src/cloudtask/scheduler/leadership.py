@@ -10,9 +10,11 @@ keeps dispatching and firing exactly-once (row locks with SKIP LOCKED, condition
 unique key per firing), so scheduling goes on rather than stopping.
 
 A store that lost its keys without being unreachable for long (Redis restarted without
-persistence: the client reconnects within one call) counts as an outage too: each check also
-writes ``STORE_MARK`` if it is missing, and a missing mark restarts the time the store has been
-steady, so that workers' leases are not judged before their heartbeats wrote them again.
+persistence: the client reconnects within one call) counts as an outage too, so that workers'
+leases are not judged before their heartbeats wrote them again: each check writes
+``STORE_MARK`` (its write time) if it is missing, and no lease is judged until the mark is a
+lease period old; and a new run of the server (``KV.instance``: one that reloaded a snapshot
+keeps the mark, but not the leases as they are) restarts the wait as well.
 """
 
 import asyncio

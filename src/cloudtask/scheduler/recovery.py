@@ -80,12 +80,7 @@ async def lost_among(
         mark, *leases = await kv.get_many(
             [STORE_MARK, *(lease_key(job.id, job.attempt) for job in running)]
         )
-    except KVUnavailable:
-        return set()
-    if mark is None:
-        return set()
-    try:
-        if instance is not None and await kv.instance() not in (instance, None):
+        if mark is None or (instance is not None and await kv.instance() not in (instance, None)):
             return set()
     except KVUnavailable:
         return set()

@@ -26,7 +26,7 @@ from cloudtask.contracts.signals import (
     cancel_key,
     lease_key,
 )
-from cloudtask.contracts.statuses import RETRYABLE_STATUSES, JobStatus
+from cloudtask.contracts.statuses import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, JobStatus
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.ids import new_job_id
@@ -211,7 +211,7 @@ async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Respon
             if current is None:
                 raise not_found()
             status_now, attempt, already_asked = current
-            if status_now not in _UNFINISHED:
+            if status_now not in CANCELLABLE_STATUSES:
                 raise ApiError(409, f"Job is already {status_now.value}")
             # Before the commit: workers read cancellations from the key-value store alone, so
             # a cancel they cannot hear is not made (503, nothing changed) rather than made in
@@ -219,7 +219,11 @@ async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Respon
             taken = await _flag_cancel(context, target, attempt)
             flagged = not already_asked  # a cancel already made keeps its flag, come what may
             job = await jobs_q.cancel(
-                conn, target, user.user_id, now=utcnow(), taken=taken and status_now == PENDING
+                conn,
+                target,
+                user.user_id,
+                now=utcnow(),
+                taken=taken and status_now == JobStatus.PENDING,
             )
             if job is None:  # it finished since it was read
                 raise ApiError(409, "Job is already finished")
@@ -251,10 +255,6 @@ async def _take_back_flag(context: Context, job_id: uuid.UUID) -> None:
         await context.kv.delete(cancel_key(job_id))
     except KVUnavailable:
         log.warning("a cancel failed and its flag stays", extra={"jobId": str(job_id)})
-
-
-_UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
-PENDING = JobStatus.PENDING
 
 
 async def _flag_cancel(context: Context, job_id: uuid.UUID, attempt: int) -> bool:
