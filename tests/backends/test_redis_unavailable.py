@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from uuid import uuid4
 
 import pytest
 import redis.asyncio as aioredis
@@ -73,3 +74,23 @@ async def test_connections_the_server_closed_are_replaced_without_failing_a_comm
         await kv.delete(*keys)
     finally:
         await kv.close()
+
+
+async def test_a_redis_that_refuses_info_does_not_say_its_run_and_still_serves(
+    redis_url: str,
+) -> None:
+    # As a managed Redis with INFO renamed or not allowed: a user whose ACL leaves it out.
+    admin = aioredis.Redis.from_url(redis_url)
+    user = f"ct-test-no-info-{uuid4().hex[:8]}"
+    await admin.acl_setuser(
+        user, enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-info"]
+    )
+    kv = RedisKV(redis_url.replace("redis://", f"redis://{user}@", 1))
+    try:
+        assert await kv.instance() is None
+        await kv.set("key", b"value")
+        assert await kv.get("key") == b"value"
+    finally:
+        await kv.close()
+        await admin.acl_deluser(user)
+        await admin.aclose()
