@@ -1,9 +1,12 @@
 """/actuator/health, /actuator/prometheus and /openapi.json."""
 
 import httpx
+import pytest
+from sqlalchemy.engine import make_url
 
 from cloudtask.api.app import create_app
 from cloudtask.broker.memory import MemoryBroker
+from cloudtask.db.engine import create_engine
 from cloudtask.kv.memory import MemoryKV
 from cloudtask.kv.redis import RedisKV
 from cloudtask.settings import Settings
@@ -45,6 +48,40 @@ async def test_health_is_503_naming_the_dependency_that_is_down(
     assert body["status"] == "DOWN"
     assert body["components"]["redis"] == {"status": "DOWN"}
     assert body["components"]["db"] == {"status": "UP"}
+
+
+async def test_a_database_that_turns_connections_away_is_503_on_every_route(
+    client: Client, backends: Backends, settings: Settings
+) -> None:
+    # A role dropped or a password rotated: PostgreSQL answers, and refuses. Each route answers
+    # 503 in the error body, as when it cannot be reached, and health names the database.
+    if backends.kind == "memory":
+        pytest.skip("SQLite has no server to refuse a connection")
+    token = await client.register()
+    url = make_url(backends.database_url).set(username="ct_no_such_role")
+    refused = create_engine(url.render_as_string(hide_password=False))
+    app = create_app(settings, db=refused, broker=backends.broker, kv=backends.kv)
+    credentials = {"email": "refused@example.com", "password": "correct-horse"}
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            base_url="http://t",
+        ) as http:
+            for method, path, body in [
+                ("POST", "/auth/register", credentials),
+                ("POST", "/auth/login", credentials),
+                ("POST", "/jobs", {"type": "echo"}),
+                ("POST", "/jobs/batch", {"jobs": [{"type": "echo"}]}),
+                ("GET", "/jobs", None),
+                ("GET", "/schedules", None),
+            ]:
+                response = await http.request(method, path, json=body, headers=client.auth(token))
+                assert_error(response, 503, path)
+            health = await http.get("/actuator/health")
+    finally:
+        await refused.dispose()
+    assert health.status_code == 503
+    assert health.json()["components"]["db"] == {"status": "DOWN"}
 
 
 async def test_health_reports_a_closed_broker(backends: Backends, settings: Settings) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from cloudtask.db import session
 from cloudtask.db.engine import create_engine
@@ -126,5 +127,30 @@ async def test_a_server_taking_no_writes_is_database_unavailable(pg_url: str) ->
             await conn.execute(text("CREATE TABLE IF NOT EXISTS written (n int)"))
         with pytest.raises(DatabaseUnavailable):
             await write()
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"username": "ct_no_such_role"},  # a role dropped, or renamed (SQLSTATE 28000)
+        {"database": "ct_no_such_database"},  # the database dropped (3D000)
+    ],
+)
+async def test_a_server_turning_the_connection_away_is_database_unavailable(
+    pg_url: str, change: dict[str, str]
+) -> None:
+    # Until an operator acts, every statement fails the same way: a dependency down (a 503, a
+    # warning in the services' logs), not an unexpected error with its traceback.
+    engine = create_engine(make_url(pg_url).set(**change).render_as_string(hide_password=False))
+
+    async def connect() -> None:
+        async with session.reading(engine) as conn:
+            await conn.execute(text("SELECT 1"))
+
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await connect()
     finally:
         await engine.dispose()

@@ -42,7 +42,10 @@ def _translated() -> Iterator[None]:
 # SQLSTATE classes of a server going away, coming back or full: 08 connection exception, 53
 # insufficient resources (too many connections), 57 operator intervention ("the database system
 # is shutting down", "... is starting up"). A restart answers with these, not a refused socket.
-_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57"})
+# And of a server that turns the connection away: 28 invalid authorization (a role dropped, a
+# password rotated, pg_hba.conf changed), 3D invalid catalog name (the database is gone). Every
+# statement fails alike until an operator acts; callers see a dependency down, not a bug.
+_UNAVAILABLE_CLASSES = frozenset({"08", "28", "3D", "53", "57"})
 # And a server that takes no writes: a standby reached after a failover, before the connection
 # string points at the new primary (25006 read_only_sql_transaction).
 _UNAVAILABLE_STATES = frozenset({"25006"})
