@@ -13,7 +13,7 @@ from cloudtask import dev, log, serving
 from cloudtask.api.app import create_app
 from cloudtask.backends import Backends, open_backends
 from cloudtask.db.engine import Plans
-from cloudtask.db.migrate import upgrade
+from cloudtask.db.migrate import DatabaseRefused, upgrade
 from cloudtask.observability import shared_values
 from cloudtask.observability.health import database_check, standard_checks
 from cloudtask.observability.server import status_app
@@ -135,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     except serving.PortUnavailable as exc:
         print(f"cloudtask: {exc}", file=sys.stderr)  # noqa: T201 - the one-line start-up error
+        sys.exit(1)
+    except DatabaseRefused as exc:
+        print(f"cloudtask: cannot use the database: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -26,7 +26,7 @@ from cloudtask.contracts.signals import REQUEUED, lease_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.engine import create_engine
-from cloudtask.db.migrate import upgrade_async
+from cloudtask.db.migrate import DatabaseRefused, upgrade_async
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.kv.base import KV
@@ -153,9 +153,14 @@ async def _run(
     settings: Settings, host: str, port: int, db_path: Path, sock: socket.socket
 ) -> None:
     db_path = await asyncio.to_thread(_prepare, db_path)
-    secret = await asyncio.to_thread(dev_secret, db_path, settings)
     url = f"sqlite:///{db_path}"
-    await upgrade_async(url)
+    try:
+        await upgrade_async(url)
+    except DatabaseRefused as exc:
+        raise SettingsError(
+            f"--db {db_path}: {exc} (give the path of a new file, or of a dev database)"
+        ) from None
+    secret = await asyncio.to_thread(dev_secret, db_path, settings)
     engine = create_engine(url)
     broker, kv = MemoryBroker(), MemoryKV()
     await asyncio.to_thread(_load_kv, kv, _kv_path(db_path))
@@ -181,7 +186,7 @@ async def _run(
     await worker.start()
     await scheduler.start()
     print(  # noqa: T201 - the start-up line the operator reads
-        f"CloudTask dev listening on http://{host}:{port} "
+        f"CloudTask dev listening on http://{host}:{sock.getsockname()[1]} "
         f"(database {db_path}, mail without SMTP goes to {mail_dir})",
         file=sys.stderr,
         flush=True,

@@ -16,8 +16,12 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url as parse_redis_url
+from sqlalchemy.exc import ArgumentError
 
 from cloudtask.contracts.urls import check_host_and_port
+from cloudtask.db.engine import async_url
+from cloudtask.errors import CloudTaskError
 
 ENV_PREFIX = "CLOUDTASK_"
 MIN_JWT_SECRET_BYTES = 32
@@ -88,6 +92,43 @@ class Settings(BaseSettings):
         if urlsplit(url).scheme not in ("smtp", "smtps"):
             raise ValueError("must be smtp://[user:password@]host[:port] or smtps://…")
         check_host_and_port(url)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr) -> SecretStr:
+        # Checked at start, by the parser that will read it: a mistyped URL otherwise failed at
+        # the first query with a traceback. Messages never repeat the URL (its password).
+        try:
+            async_url(value.get_secret_value())
+        except (CloudTaskError, ArgumentError, ValueError):
+            raise ValueError(
+                "must be postgresql://user:password@host[:port]/database, the port a number"
+            ) from None
+        return value
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _rabbitmq_url(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ValueError("must be amqp://user:password@host[:port]/[vhost] or amqps://…")
+        try:
+            parts.port  # noqa: B018 - parsed on access
+        except ValueError:
+            raise ValueError("has a port that is not a number from 0 to 65535") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        try:
+            parse_redis_url(value.get_secret_value())  # type: ignore[no-untyped-call]
+        except ValueError:
+            raise ValueError(
+                "must be redis://[user:password@]host[:port][/db], rediss://… or unix://…, "
+                "the port a number"
+            ) from None
         return value
 
     @field_validator("log_level", mode="before")

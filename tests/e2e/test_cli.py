@@ -5,9 +5,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.e2e.probes import metric
 from tests.e2e.processes import CLOUDTASK, Processes, clean_env, free_port, processes
@@ -32,6 +34,56 @@ def test_a_service_refuses_to_start_without_a_strong_jwt_secret(
     assert len(lines) == 1, done.stderr
     assert "CLOUDTASK_JWT_SECRET" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("database_url", "mysql://ct:s3cret@127.0.0.1/ct"),
+        ("database_url", "postgresql://ct:s3cret@127.0.0.1:5432x/ct"),
+        ("rabbitmq_url", "http://ct:s3cret@127.0.0.1/"),
+        ("redis_url", "redis://:s3cret@127.0.0.1:63x79/0"),
+    ],
+)
+def test_a_mistyped_connection_url_stops_a_service_in_one_line(name: str, url: str) -> None:
+    # It once started, and failed at its first use of the URL with a traceback (or, for
+    # RabbitMQ, retried an http:// URL for ever).
+    done = subprocess.run(
+        [CLOUDTASK, "api", "--port", "0"],
+        env=clean_env(jwt_secret="x" * 32, **{name: url}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"cloudtask: CLOUDTASK_{name.upper()}: ")
+    assert "s3cret" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"database": "ct_no_such_database"}, 'database "ct_no_such_database" does not exist'),
+        ({"username": "ct_no_such_role"}, 'role "ct_no_such_role" does not exist'),
+        ({"port": 1}, "Connect call failed"),
+    ],
+)
+def test_migrate_on_a_database_it_cannot_use_says_why_in_one_line(
+    service_env: dict[str, str], change: dict[str, Any], reason: str
+) -> None:
+    url = make_url(service_env["CLOUDTASK_DATABASE_URL"]).set(**change)
+    env = {**service_env, "CLOUDTASK_DATABASE_URL": url.render_as_string(hide_password=False)}
+    done = subprocess.run(
+        [CLOUDTASK, "migrate"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("cloudtask: cannot use the database: ")
+    assert reason in lines[0]
 
 
 def test_a_misspelled_setting_is_reported_in_one_line_and_the_service_starts(
@@ -102,6 +154,46 @@ def test_cloudtask_dev_given_a_directory_for_its_database_says_so_in_one_line(
         f"cloudtask: --db {tmp_path} is a directory: give the database file's path, such as "
         f"{tmp_path / 'cloudtask-dev.db'}"
     ]
+
+
+def test_cloudtask_dev_given_a_file_that_is_not_a_database_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "notes.txt"
+    database.write_text("not a database\n")
+    done = subprocess.run(
+        [CLOUDTASK, "dev", "--port", "0", "--db", str(database)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"cloudtask: --db {database}: file is not a database (give the path of a new file, or "
+        "of a dev database)"
+    ]
+    assert database.read_text() == "not a database\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]  # no secret beside
+
+
+def test_cloudtask_dev_on_port_0_says_which_port_it_listens_on(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [CLOUDTASK, "dev", "--port", "0", "--db", str(tmp_path / "dev.db")],
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            line = next(line for line in proc.stderr if "listening on" in line)
+            url = line.split("listening on ")[1].split()[0]
+            assert not url.endswith(":0")
+            assert httpx.get(url + "/actuator/health", timeout=10).status_code == 200
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=60)
 
 
 @pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler"])

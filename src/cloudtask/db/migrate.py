@@ -5,8 +5,18 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from cloudtask.db.engine import create_engine
+from cloudtask.errors import CloudTaskError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class DatabaseRefused(CloudTaskError):
+    """The database could not be reached, or turned the connection away; the message is the
+    driver's own reason, in one line, without the URL (which may hold a password)."""
 
 
 def alembic_config(url: str) -> Config:
@@ -17,9 +27,27 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` up to ``revision``. Blocking; call it off the event loop."""
+    """Bring the database at ``url`` up to ``revision``. Blocking; call it off the event loop.
+    Raises :class:`DatabaseRefused` if it cannot be used at all."""
+    # Connected to first on its own: a server away, a role refused or a file that is not a
+    # database is an operator's one-line answer; an error while migrating keeps its traceback.
+    try:
+        asyncio.run(_connect(url))
+    except (DBAPIError, OSError) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        lines = str(cause).strip().splitlines()
+        raise DatabaseRefused(lines[0] if lines else type(cause).__name__) from None
     command.upgrade(alembic_config(url), revision)
 
 
 async def upgrade_async(url: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, url, revision)
+
+
+async def _connect(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
