@@ -38,6 +38,17 @@ class Handlers:
             raise
         return "ran to the end"
 
+    async def stubborn(self, payload: Any) -> Any:
+        # Catches the cancellation, tidies up, and returns as if it had ended its work.
+        self.long_started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.long_cancelled = True
+            await asyncio.sleep(0.2)
+            return "tidied up after the cancel"
+        return "ran to the end"
+
     async def gate(self, payload: Any) -> Any:
         self.gate_started.set()
         await self.release_gate.wait()
@@ -55,7 +66,7 @@ def handlers() -> Handlers:
 
 @pytest.fixture
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
-    return registry_of(handlers, "long", "gate", "never")
+    return registry_of(handlers, "long", "stubborn", "gate", "never")
 
 
 @pytest.fixture
@@ -90,6 +101,25 @@ async def test_cancelling_a_running_job_stops_its_handler_and_ends_it_cancelled(
     assert done["attempts"] == 1
     assert done["finishedAt"] is not None
     assert handlers.long_cancelled
+
+
+async def test_a_handler_that_catches_the_cancel_and_returns_ends_its_job_cancelled(
+    stack: Stack, handlers: Handlers
+) -> None:
+    # It stopped when asked: the job is CANCELLED, as the contract says, not COMPLETED with what
+    # the handler returned on its way out.
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="stubborn", payload={}, maxAttempts=3)
+    await wait_until_set(handlers.long_started)
+    await wait_for_status(stack.client, token, job["id"], "RUNNING")
+
+    assert (await _cancel(stack, token, job["id"]))["status"] == "RUNNING"
+
+    done = await wait_for_status(
+        stack.client, token, job["id"], "CANCELLED", "COMPLETED", "FAILED", timeout=5
+    )
+    assert handlers.long_cancelled
+    assert (done["status"], done["result"], done["attempts"]) == ("CANCELLED", None, 1)
 
 
 async def test_a_job_cancelled_while_it_waits_in_the_queue_never_runs(

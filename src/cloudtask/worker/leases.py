@@ -93,6 +93,9 @@ class RunningAttempts:
         # timeout, still going, and the next attempt).
         self._runs: dict[asyncio.Future[Any], tuple[UUID, int]] = {}
         self._cancel_before_start: set[UUID] = set()
+        # Runs a cancel reached while they ran: an async handler may catch the cancellation and
+        # return all the same; it stopped when asked, and its attempt ends cancelled.
+        self._stopped: set[asyncio.Future[Any]] = set()
         self._subscription: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         # Held while the heartbeat writes: a marker left over a lease waits for the write on
@@ -220,6 +223,12 @@ class RunningAttempts:
 
     def untrack(self, run: "asyncio.Future[Any]") -> None:
         self._runs.pop(run, None)
+        self._stopped.discard(run)
+
+    def stopped(self, run: "asyncio.Future[Any]") -> bool:
+        """Whether a cancel of its job stopped ``run`` (see ``_on_cancel``); ask before
+        ``untrack``."""
+        return run in self._stopped
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -255,4 +264,5 @@ class RunningAttempts:
                 "cancelling a running job",
                 extra={"action": "job.cancel", "jobId": str(job_id), "attempt": attempt},
             )
-            run.cancel()
+            if run.cancel():
+                self._stopped.add(run)

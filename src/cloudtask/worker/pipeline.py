@@ -348,6 +348,11 @@ class Pipeline:
             if not await execution.settled_within(run.future, ANNOUNCE_AFTER):
                 await announce()
             outcome = await execution.finish(run, job.timeout_seconds, since=begun)
+            if outcome.completed and run.thread_call is None and deps.running.stopped(run.future):
+                # An async handler that caught the cancellation and returned: it stopped when
+                # its job was cancelled, which ends CANCELLED, not COMPLETED with what it
+                # returned. (A sync one cannot be stopped; one that returned first stands.)
+                outcome = execution.CANCELLED
             if run.future.cancelled() and outcome.kind != "cancelled":
                 # A sync handler that returned as its run was put back: reported, not run again.
                 self._requeue.discard((job.job_id, job.attempt))
