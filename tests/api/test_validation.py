@@ -43,6 +43,13 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
      "payload.subject"),
     ({"type": "email", "payload": {"to": "a@example.com", "subject": "two\nlines"}},
      "payload.subject"),
+    # Where else the mail library breaks a header's line (str.splitlines): every attempt failed.
+    *[({"type": "email", "payload": {"to": "a@example.com", "subject": f"two{brk}lines"}},
+       "payload.subject") for brk in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"],
+    # One address, not a list or a group: a comma once sent one job's mail to three recipients.
+    *[({"type": "email", "payload": {"to": to, "subject": "Hi"}}, "payload.to")
+      for to in ("postmaster,root,x@example.com", "a:b@example.com;", "Ada <a@example.com>",
+                 '"a b"@example.com', "a@example.com; b@example.com")],
     ({"type": "http", "payload": {"url": "ftp://example.com"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http://127.0.0.1:18099.evil.com/"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http://example.com:65536/"}}, "payload.url"),

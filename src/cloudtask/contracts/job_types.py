@@ -26,10 +26,16 @@ class SleepPayload(_Payload):
     seconds: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)]
 
 
-EMAIL_ADDRESS = r"^[^@\t\n\v\f\r ]+@[^@\t\n\v\f\r ]+$"
+# One address: no control characters or spaces, and none of the characters that would make the
+# To header a list or a group of addresses (a comma sent one job's mail to several).
+EMAIL_ADDRESS = (
+    r'^[^@\x00-\x20\x7f-\x9f,;:<>()\[\]\\"\u2028\u2029]+'
+    r'@[^@\x00-\x20\x7f-\x9f,;:<>()\[\]\\"\u2028\u2029]+$'
+)
 # A header line ends at a line break: a subject or header value holding one is refused by the
-# mail and HTTP libraries when the job runs, so it is refused at submission (400) instead.
-ONE_LINE = r"^[^\r\n]*$"
+# mail and HTTP libraries when the job runs, so it is refused at submission (400) instead. The
+# mail library breaks lines where Python's str.splitlines does: at these ten characters.
+ONE_LINE = r"^[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*$"
 # RFC 9110: a field name is a token; a value is visible ASCII, spaces and tabs (the HTTP client
 # encodes header values as ASCII).
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"

@@ -34,9 +34,12 @@ class EmailHandler:
         except ValidationError as exc:
             raise PermanentFailure(f"invalid email payload: {exc.errors()[0]['msg']}") from None
         message = EmailMessage()
-        message["From"] = self._sender
-        message["To"] = mail.to
-        message["Subject"] = mail.subject
+        try:
+            message["From"] = self._sender
+            message["To"] = mail.to
+            message["Subject"] = mail.subject
+        except ValueError as exc:  # a header the mail library refuses: so would every attempt
+            raise PermanentFailure(f"invalid email header: {exc}") from None
         message["Message-ID"] = make_msgid(domain="cloudtask")
         message["Date"] = formatdate(usegmt=True)  # RFC 5322 requires it
         message.set_content(mail.body)
