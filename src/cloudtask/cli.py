@@ -12,6 +12,7 @@ from pathlib import Path
 from cloudtask import dev, log, serving
 from cloudtask.api.app import create_app
 from cloudtask.backends import Backends, open_backends
+from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
 from cloudtask.db.engine import Plans
 from cloudtask.db.migrate import DatabaseRefused, upgrade
 from cloudtask.observability import shared_values
@@ -21,7 +22,7 @@ from cloudtask.results.service import ResultsService
 from cloudtask.scheduler.service import SchedulerService
 from cloudtask.settings import Settings, SettingsError, load_settings, unknown_settings
 from cloudtask.worker.handlers import builtin_handlers
-from cloudtask.worker.registry import user_handlers
+from cloudtask.worker.registry import RegistrationError, user_handlers
 from cloudtask.worker.service import WorkerService
 
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - services listen on every interface, as in containers
@@ -148,8 +149,14 @@ def import_handler_modules(modules: Sequence[str]) -> None:
     for module in modules:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
+        except (ImportError, RegistrationError) as exc:
             raise SettingsError(f"--import {module}: {exc}") from None
+        for handler in user_handlers:
+            if handler.type in BUILTIN_PAYLOADS:
+                raise SettingsError(
+                    f"--import {module}: job type {handler.type!r} is built in; "
+                    "register yours under another name"
+                )
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:

@@ -86,6 +86,38 @@ def test_migrate_on_a_database_it_cannot_use_says_why_in_one_line(
     assert reason in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("registers", "says"),
+    [
+        ("echo", "job type 'echo' is built in; register yours under another name"),
+        ("Resize Image", "job type 'Resize Image' must be 1-64 characters of a-z 0-9 _ . -"),
+    ],
+)
+@pytest.mark.parametrize("command", ["worker", "dev"])
+def test_a_handler_module_registering_a_type_it_cannot_have_is_refused_in_one_line(
+    tmp_path: Path, command: str, registers: str, says: str
+) -> None:
+    # It stopped the worker with a traceback.
+    (tmp_path / "myjobs.py").write_text(
+        "from cloudtask import job_handler\n\n\n"
+        f"@job_handler({registers!r})\n"
+        "def handle(payload):\n"
+        "    return payload\n"
+    )
+    done = subprocess.run(
+        [CLOUDTASK, command, "--port", "0", "--import", "myjobs"]
+        + (["--db", str(tmp_path / "dev.db")] if command == "dev" else []),
+        env=clean_env(jwt_secret="x" * 32),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"cloudtask: --import myjobs: {says}"]
+
+
 def test_a_misspelled_setting_is_reported_in_one_line_and_the_service_starts(
     procs: Processes,
 ) -> None:

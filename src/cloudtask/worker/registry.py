@@ -32,16 +32,22 @@ class Handler:
     is_async: bool
 
 
+class RegistrationError(ValueError):
+    """A handler that cannot be registered: a type name outside the pattern, or one taken."""
+
+
 class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
 
     def register(self, job_type: str, function: HandlerFunction) -> None:
         if not re.fullmatch(TYPE_PATTERN, job_type):
-            raise ValueError(f"job type {job_type!r} must be 1-64 characters of a-z 0-9 _ . -")
+            raise RegistrationError(
+                f"job type {job_type!r} must be 1-64 characters of a-z 0-9 _ . -"
+            )
         existing = self._handlers.get(job_type)
         if existing is not None and existing.function is not function:
-            raise ValueError(f"a handler for job type {job_type!r} is already registered")
+            raise RegistrationError(f"a handler for job type {job_type!r} is already registered")
         self._handlers[job_type] = Handler(job_type, function, _is_async(function))
 
     def get(self, job_type: str) -> Handler | None:
