@@ -305,3 +305,34 @@ def test_a_schedule_on_the_clock_fires_at_every_minute_whose_local_time_it_names
     ]
     fired = [f for f in chain(expression, zone, start, len(expected) + 1) if f <= minutes[-1]]
     assert fired == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "days"),
+    [
+        # The 8th, or the second Monday (croniter: second Mondays only).
+        ("0 0 8 * 1#2", ["2026-12-08", "2026-12-14", "2027-01-08", "2027-01-11"]),
+        # The 15th, or the first Monday (croniter: never).
+        ("0 0 15 * 1#1", ["2026-12-07", "2026-12-15", "2027-01-04", "2027-01-15"]),
+        # The weekday nearest the 15th, or every Monday (croniter: no Mondays).
+        ("0 0 15W * 1", ["2026-11-30", "2026-12-07", "2026-12-14", "2026-12-15"]),
+        # Plain values, as before: the 8th, or every Monday.
+        ("0 0 8 * 1", ["2026-11-30", "2026-12-07", "2026-12-08", "2026-12-14"]),
+        # Only one half ever fires: that one.
+        ("0 0 31 2 1#1", ["2027-02-01", "2028-02-07", "2029-02-05", "2030-02-04"]),
+    ],
+)
+def test_a_day_of_the_month_and_of_the_week_fire_on_either(
+    expression: str, days: list[str]
+) -> None:
+    # As cron reads two restricted day fields, whatever syntax each uses.
+    cron.check_cron(expression)
+    fired = chain(expression, ZONE_UTC, utc(2026, 11, 29), len(days))
+    assert [instant.date().isoformat() for instant in fired] == days
+
+
+def test_the_latest_missed_firing_of_either_day_is_the_later_one() -> None:
+    # Owed the 8th's firing; by the 15th, the second Monday (the 14th) had come too.
+    owed, now = utc(2026, 12, 8), utc(2026, 12, 15, 12)
+    assert cron.latest_fire("0 0 8 * 1#2", ZONE_UTC, owed, now) == utc(2026, 12, 14)
+    assert cron.latest_fire("0 0 8 * 1#2", ZONE_UTC, owed, utc(2026, 12, 9)) == owed

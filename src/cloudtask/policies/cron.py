@@ -15,6 +15,7 @@ A schedule that could not fire on time (its scheduler was down) fires once for t
 missed time, then carries on from now: missed firings are not replayed one by one.
 """
 
+import contextlib
 import functools
 import re
 from datetime import UTC, datetime, timedelta
@@ -180,8 +181,34 @@ def _latest_on_the_clock(expression: str, zone: ZoneInfo, due: datetime, now: da
     return due if best is None or best <= due else best
 
 
+def _either_day(expression: str) -> tuple[str, str] | None:
+    """A day of the month and a day of the week both given: cron fires on either (``0 0 8 * 1``,
+    the 8th and every Monday). croniter does so for plain values, but with ``#`` (the Nth
+    weekday) it fires on neither or ignores the day of the month, and with ``W`` (the nearest
+    weekday) it ignores the day of the week; the two halves are read apart instead."""
+    fields = expression.split()
+    if len(fields) != len(_NAMES) or fields[2][0] in "*?" or fields[4][0] in "*?":
+        return None
+    minute, hour, day, month, weekday = fields
+    return f"{minute} {hour} {day} {month} *", f"{minute} {hour} * {month} {weekday}"
+
+
 def next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
     """The first firing strictly after the instant ``after``, as an aware UTC datetime."""
+    if halves := _either_day(expression):
+        fires = []
+        for half in halves:
+            try:
+                fires.append(_next_fire(half, zone, after))
+            except (ValueError, KeyError, InvalidSchedule):
+                continue  # that half never fires (the 31st of February); the other may
+        if not fires:
+            raise InvalidSchedule(f"cron expression {expression!r} never fires")
+        return min(fires)
+    return _next_fire(expression, zone, after)
+
+
+def _next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
     if _every_hour(expression):
         return _next_on_the_clock(expression, zone, after)
     start = after.astimezone(zone).replace(tzinfo=None)
@@ -196,6 +223,16 @@ def next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
 def latest_fire(expression: str, zone: ZoneInfo, due: datetime, now: datetime) -> datetime:
     """The most recent firing at or before ``now``, given that ``due`` (≤ ``now``) was the next
     one owed: the one firing a late scheduler makes up for."""
+    if halves := _either_day(expression):
+        latest = due
+        for half in halves:
+            with contextlib.suppress(ValueError, KeyError, InvalidSchedule):
+                latest = max(latest, _latest_fire(half, zone, due, now))
+        return latest
+    return _latest_fire(expression, zone, due, now)
+
+
+def _latest_fire(expression: str, zone: ZoneInfo, due: datetime, now: datetime) -> datetime:
     if _every_hour(expression):
         return _latest_on_the_clock(expression, zone, due, now)
     local = now.astimezone(zone)
