@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.connection import parse_url as parse_redis_url
 from sqlalchemy.exc import ArgumentError
 
-from cloudtask.contracts.urls import check_host_and_port
+from cloudtask.contracts.urls import allowed_host, check_host_and_port
 from cloudtask.db.engine import async_url
 from cloudtask.errors import CloudTaskError
 
@@ -73,12 +73,20 @@ class Settings(BaseSettings):
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
-            # Either a JSON list (as pydantic-settings reads lists) or "a, b".
+            # Either a JSON list (as pydantic-settings reads lists) or "a, b", whose first entry
+            # may be an IPv6 address in brackets ("[::1]:8000, b").
             text = value.strip()
-            value = json.loads(text) if text.startswith("[") else text.split(",")
+            try:
+                value = json.loads(text) if text.startswith("[") else text.split(",")
+            except json.JSONDecodeError:
+                value = text.split(",")
         if isinstance(value, list):
             hosts = [h.strip().lower() if isinstance(h, str) else h for h in value]
-            return [host for host in hosts if host != ""]
+            hosts = [host for host in hosts if host != ""]
+            for host in hosts:
+                if isinstance(host, str):
+                    allowed_host(host)  # ValueError: the entry is named in the one-line error
+            return hosts
         return value
 
     @field_validator("smtp_url")

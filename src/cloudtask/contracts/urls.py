@@ -1,7 +1,11 @@
 """What a URL needs beyond its pattern, checked where URLs are accepted (an ``http`` job's
-payload, ``CLOUDTASK_SMTP_URL``)."""
+payload, ``CLOUDTASK_SMTP_URL``), and how an ``http`` job's URL is matched against the hosts
+allowed."""
 
+import ipaddress
 from urllib.parse import urlsplit
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def check_host_and_port(url: str) -> None:
@@ -15,3 +19,41 @@ def check_host_and_port(url: str) -> None:
         raise ValueError("has a port that is not a number from 0 to 65535") from None
     if not parts.hostname:
         raise ValueError("has no host")
+
+
+def allowed_host(entry: str) -> tuple[str, int | None]:
+    """An entry of ``HTTP_ALLOWED_HOSTS`` as (host, port): ``host`` (any port), ``host:port``,
+    an IPv6 address bare or in brackets, ``[address]:port``. Raise ``ValueError`` for anything
+    else (a URL, a path): such an entry would never match, and the jobs it was meant for fail."""
+    text = entry.strip().lower()
+    if text.count(":") > 1 and not text.startswith("["):  # an IPv6 address without a port
+        try:
+            return str(ipaddress.IPv6Address(text)), None
+        except ValueError:
+            raise ValueError(f"{entry!r} is not a host, host:port or [IPv6]:port") from None
+    try:
+        parts = urlsplit("//" + text)
+    except ValueError:  # an unclosed bracket
+        raise ValueError(f"{entry!r} is not a host, host:port or [IPv6]:port") from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{entry!r} has a port that is not a number from 0 to 65535") from None
+    if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"{entry!r} is not a host, host:port or [IPv6]:port")
+    return _canonical(parts.hostname), port
+
+
+def url_host(url: str) -> tuple[str, int]:
+    """The host of an ``http``/``https`` URL (checked by ``HttpPayload``), and the port it
+    connects to: its own, or its scheme's default."""
+    parts = urlsplit(url)
+    return _canonical(parts.hostname or ""), parts.port or DEFAULT_PORTS[parts.scheme.lower()]
+
+
+def _canonical(host: str) -> str:
+    # An IPv6 address has several spellings (::1, 0:0:0:0:0:0:0:1): compared in one.
+    try:
+        return str(ipaddress.IPv6Address(host))
+    except ValueError:
+        return host.lower()

@@ -7,26 +7,27 @@ any other answer completes the job with its status code, headers and body.
 """
 
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
 
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.job_types import HttpPayload
+from cloudtask.contracts.urls import allowed_host, url_host
 from cloudtask.errors import PermanentFailure
 from cloudtask.settings import Settings
 
 
 class HttpHandler:
     def __init__(self, settings: Settings) -> None:
-        self._allowed = {host.lower() for host in settings.http_allowed_hosts}
+        # (host, None) allows every port of the host; (host, port) that port alone.
+        self._allowed = {allowed_host(entry) for entry in settings.http_allowed_hosts}
         self._timeout = settings.http_timeout_seconds
         self._max_bytes = settings.http_max_response_bytes
 
     def is_allowed(self, url: str) -> bool:
-        host, with_port = _host(url)
-        return host in self._allowed or with_port in self._allowed
+        host, port = url_host(url)
+        return (host, None) in self._allowed or (host, port) in self._allowed
 
     async def __call__(self, payload: Any) -> dict[str, Any]:
         try:
@@ -34,8 +35,9 @@ class HttpHandler:
         except ValidationError as exc:
             raise PermanentFailure(f"invalid http payload: {exc.errors()[0]['msg']}") from None
         if not self.is_allowed(request.url):
-            _, with_port = _host(request.url)
-            raise PermanentFailure(f"host {with_port!r} is not in CLOUDTASK_HTTP_ALLOWED_HOSTS")
+            host, port = url_host(request.url)
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise PermanentFailure(f"host {shown!r} is not in CLOUDTASK_HTTP_ALLOWED_HOSTS")
         content = None
         headers = dict(request.headers)
         if request.body is not None:
@@ -62,11 +64,3 @@ class HttpHandler:
                 raise PermanentFailure(f"the response is larger than {self._max_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks).decode(reply.encoding or "utf-8", errors="replace")
-
-
-def _host(url: str) -> tuple[str, str]:
-    """The URL's host, and the host with its port if it names one (``HttpPayload`` checked
-    that it has a host and a valid port)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    return host, f"{host}:{parts.port}" if parts.port else host
