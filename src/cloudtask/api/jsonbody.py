@@ -37,7 +37,16 @@ class StrictJSONRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = jsoncodec.loads(await self.body(), max_depth=self.max_depth)
+            try:
+                self._json = jsoncodec.loads(await self.body(), max_depth=self.max_depth)
+            except jsoncodec.TooDeep:
+                if self.max_depth == jsoncodec.MAX_DEPTH:
+                    raise
+                # A body holding other bodies (see nests_bodies): its limit is theirs, moved
+                # down; said as theirs, the limit a client knows.
+                raise jsoncodec.TooDeep(
+                    f"a body in it is nested more than {jsoncodec.MAX_DEPTH} levels deep"
+                ) from None
         return self._json
 
     @classmethod

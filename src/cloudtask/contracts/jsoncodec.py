@@ -28,6 +28,10 @@ class InvalidJSON(json.JSONDecodeError):
         super().__init__(message, doc, pos)
 
 
+class TooDeep(InvalidJSON):
+    """Arrays and objects nest deeper than allowed."""
+
+
 def _refuse_constant(name: str) -> Any:
     raise InvalidJSON(f"{name} is not valid JSON")
 
@@ -76,7 +80,7 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
             pass
         else:
             if too_deep(value, data, max_depth):
-                raise InvalidJSON(f"nested more than {max_depth} levels deep")
+                raise TooDeep(f"nested more than {max_depth} levels deep")
             return value
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
@@ -88,14 +92,14 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     except UnicodeDecodeError:
         raise InvalidJSON("the body is not UTF-8") from None
     except RecursionError:
-        raise InvalidJSON(f"nested more than {max_depth} levels deep") from None
+        raise TooDeep(f"nested more than {max_depth} levels deep") from None
     if _skip_space(text, end) != len(text):
         raise InvalidJSON(f"extra data after the JSON value at position {end}")
     # Both checks walk the value only when the text could break them: rare, and cheap otherwise.
     if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
         raise InvalidJSON("a string holds an unpaired UTF-16 surrogate, which is not Unicode")
     if too_deep(value, text, max_depth):
-        raise InvalidJSON(f"nested more than {max_depth} levels deep")
+        raise TooDeep(f"nested more than {max_depth} levels deep")
     return value
 
 
