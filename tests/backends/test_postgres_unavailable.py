@@ -132,14 +132,16 @@ async def test_a_server_taking_no_writes_is_database_unavailable(pg_url: str) ->
 
 
 @pytest.mark.parametrize(
-    "change",
+    ("change", "reason"),
     [
-        {"username": "ct_no_such_role"},  # a role dropped, or renamed (SQLSTATE 28000)
-        {"database": "ct_no_such_database"},  # the database dropped (3D000)
+        # A role dropped, or renamed (SQLSTATE 28000).
+        ({"username": "ct_no_such_role"}, 'role "ct_no_such_role" does not exist'),
+        # The database dropped (3D000).
+        ({"database": "ct_no_such_database"}, 'database "ct_no_such_database" does not exist'),
     ],
 )
 async def test_a_server_turning_the_connection_away_is_database_unavailable(
-    pg_url: str, change: dict[str, str]
+    pg_url: str, change: dict[str, str], reason: str
 ) -> None:
     # Until an operator acts, every statement fails the same way: a dependency down (a 503, a
     # warning in the services' logs), not an unexpected error with its traceback.
@@ -150,7 +152,7 @@ async def test_a_server_turning_the_connection_away_is_database_unavailable(
             await conn.execute(text("SELECT 1"))
 
     try:
-        with pytest.raises(DatabaseUnavailable):
+        with pytest.raises(DatabaseUnavailable, match=reason):  # the server's words, logged
             await connect()
     finally:
         await engine.dispose()

@@ -22,21 +22,30 @@ def _translated() -> Iterator[None]:
             or exc.connection_invalidated
             or _server_unavailable(getattr(exc.orig, "sqlstate", None))
         ):
-            raise DatabaseUnavailable(f"database: {type(exc.orig).__name__}") from None
+            raise DatabaseUnavailable(f"database: {_reason(exc.orig)}") from None
         raise
     except (OSError, TimeoutError) as exc:
-        raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
+        raise DatabaseUnavailable(f"database: {_reason(exc)}") from None
     except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
         # From the statements run on the asyncpg connection itself (the submission's hot path);
         # a connection the server dropped mid-statement leaves its state machine mid-way.
         raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
     except asyncpg.PostgresError as exc:
         if _server_unavailable(exc.sqlstate):
-            raise DatabaseUnavailable(f"database: {type(exc).__name__}") from None
+            raise DatabaseUnavailable(f"database: {_reason(exc)}") from None
         raise
     except PoolTimeout:
         # Every pooled connection stayed busy past the pool's timeout: overloaded, for now.
         raise DatabaseUnavailable("database: no connection free in the pool") from None
+
+
+def _reason(exc: BaseException | None) -> str:
+    """The driver's own words, first line, for the operator's log: 'role "x" does not exist',
+    'Connect call failed (...)'. The server's messages name roles, databases and hosts, never a
+    password."""
+    lines = str(exc).strip().splitlines() if exc is not None else []
+    name = type(exc).__name__
+    return f"{name}: {lines[0]}" if lines else name
 
 
 # SQLSTATE classes of a server going away, coming back or full: 08 connection exception, 53
