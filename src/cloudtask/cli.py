@@ -166,6 +166,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         settings = settings.model_copy(update={"worker_grace_seconds": args.grace})
     import_handler_modules(getattr(args, "imports", []))
     if args.command == "migrate":
+        settings.require_urls("database_url")
         log.configure("migrate", settings.log_level, settings.log_format)
         upgrade(settings.database_url.get_secret_value())
         return
@@ -174,6 +175,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         serving.run(lambda: dev.run(settings, args.host, args.port, Path(args.db)))
         return
     settings.require_jwt_secret()
+    # Each service opens all three back ends (open_backends), whichever it then uses.
+    settings.require_urls("database_url", "rabbitmq_url", "redis_url")
     log.configure(args.command, settings.log_level, settings.log_format)
     if args.command == "api" and args.workers > 1:
         sock = serving.listening_socket(args.host, args.port)

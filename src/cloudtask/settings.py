@@ -9,6 +9,7 @@ must not stop a service; an invalid value or a weak JWT secret stops it at start
 import difflib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -16,7 +17,8 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from redis.connection import parse_url as parse_redis_url
+from redis.asyncio.connection import parse_url as parse_redis_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from cloudtask.contracts.urls import allowed_host, check_host_and_port
@@ -102,47 +104,21 @@ class Settings(BaseSettings):
         check_host_and_port(url)
         return value
 
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, value: SecretStr) -> SecretStr:
-        # Checked at start, by the parser that will read it: a mistyped URL otherwise failed at
-        # the first query with a traceback. Messages never repeat the URL (its password).
-        try:
-            async_url(value.get_secret_value())
-        except (CloudTaskError, ArgumentError, ValueError):
-            raise ValueError(
-                "must be postgresql://user:password@host[:port]/database, the port a number"
-            ) from None
-        return value
-
-    @field_validator("rabbitmq_url")
-    @classmethod
-    def _rabbitmq_url(cls, value: SecretStr) -> SecretStr:
-        parts = urlsplit(value.get_secret_value())
-        if parts.scheme not in ("amqp", "amqps"):
-            raise ValueError("must be amqp://user:password@host[:port]/[vhost] or amqps://…")
-        try:
-            parts.port  # noqa: B018 - parsed on access
-        except ValueError:
-            raise ValueError("has a port that is not a number from 0 to 65535") from None
-        return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: SecretStr) -> SecretStr:
-        try:
-            parse_redis_url(value.get_secret_value())  # type: ignore[no-untyped-call]
-        except ValueError:
-            raise ValueError(
-                "must be redis://[user:password@]host[:port][/db], rediss://… or unix://…, "
-                "the port a number"
-            ) from None
-        return value
-
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    def require_urls(self, *names: Literal["database_url", "rabbitmq_url", "redis_url"]) -> None:
+        """Refuse a connection URL the command uses that its library cannot read (a scheme, a
+        port), in one line naming the variable: it otherwise failed at first use, with a
+        traceback (or retried an http:// RabbitMQ URL for ever). Only those of the command
+        (``cloudtask dev`` reads none of them). Messages never repeat a URL (its password)."""
+        for name in names:
+            url = getattr(self, name).get_secret_value()
+            problem = _URL_CHECKS[name](url)
+            if problem is not None:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {problem}")
 
     def require_jwt_secret(self) -> None:
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
@@ -151,6 +127,45 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}JWT_SECRET must be set to at least {MIN_JWT_SECRET_BYTES} bytes "
                 "(for example: export CLOUDTASK_JWT_SECRET=$(openssl rand -hex 32))"
             )
+
+
+def _database_url_problem(url: str) -> str | None:
+    try:
+        port = make_url(async_url(url)).port
+    except (CloudTaskError, ArgumentError, ValueError):
+        port = -1
+    if port is not None and not 0 <= port <= 65535:
+        return "must be postgresql://user:password@host[:port]/database, the port 0 to 65535"
+    return None
+
+
+def _rabbitmq_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("amqp", "amqps"):
+        return "must be amqp://user:password@host[:port]/[vhost] or amqps://…"
+    try:
+        parts.port  # noqa: B018 - parsed on access
+    except ValueError:
+        return "has a port that is not a number from 0 to 65535"
+    return None
+
+
+def _redis_url_problem(url: str) -> str | None:
+    try:
+        parse_redis_url(url)  # the parser of the asyncio client the services build
+    except ValueError:
+        return (
+            "must be redis://[user:password@]host[:port][/db], rediss://… or unix://…, "
+            "the port 0 to 65535"
+        )
+    return None
+
+
+_URL_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "database_url": _database_url_problem,
+    "rabbitmq_url": _rabbitmq_url_problem,
+    "redis_url": _redis_url_problem,
+}
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
