@@ -156,3 +156,25 @@ async def test_a_server_turning_the_connection_away_is_database_unavailable(
             await connect()
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize(("mode", "connects"), [("disable", True), ("require", False)])
+async def test_a_libpq_sslmode_in_the_url_is_honoured(
+    pg_url: str, mode: str, connects: bool
+) -> None:
+    # The common spelling of connection strings; asyncpg's own keyword refused it (TypeError).
+    # This server has no TLS: "require" must not fall back to a plain connection.
+    engine = create_engine(f"{pg_url}?sslmode={mode}")
+
+    async def select_one() -> object:
+        async with session.reading(engine) as conn:
+            return (await conn.execute(text("SELECT 1"))).scalar()
+
+    try:
+        if connects:
+            assert await select_one() == 1
+        else:
+            with pytest.raises(DatabaseUnavailable, match="SSL"):
+                await select_one()
+    finally:
+        await engine.dispose()

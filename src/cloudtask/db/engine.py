@@ -26,6 +26,11 @@ def async_url(url: str) -> str:
         raise CloudTaskError(
             f"unsupported database URL scheme {parsed.drivername!r}: use postgresql:// or sqlite://"
         )
+    if driver == "postgresql+asyncpg" and "sslmode" in parsed.query:
+        # libpq's spelling, in most connection strings; asyncpg takes the same modes as "ssl".
+        query = dict(parsed.query)
+        query.setdefault("ssl", query.pop("sslmode"))
+        parsed = parsed.set(query=query)
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
