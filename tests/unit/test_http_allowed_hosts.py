@@ -36,6 +36,7 @@ def test_an_allowed_host_and_port_is_allowed(entries: list[str], url: str) -> No
         ([], "http://127.0.0.1/"),
         (["127.0.0.1:8000"], "http://127.0.0.1:8001/"),
         (["127.0.0.1:80"], "https://127.0.0.1/"),  # 443
+        (["127.0.0.1:80"], "http://127.0.0.1:0/"),  # port 0 is a port of its own, not 80
         (["api.example.com"], "http://api.example.com.evil.example/"),
         (["api.example.com"], "http://api.example.com@evil.example/"),
         (["[::1]:9000"], "http://[::1]:9001/"),

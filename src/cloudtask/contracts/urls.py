@@ -48,7 +48,10 @@ def url_host(url: str) -> tuple[str, int]:
     """The host of an ``http``/``https`` URL (checked by ``HttpPayload``), and the port it
     connects to: its own, or its scheme's default."""
     parts = urlsplit(url)
-    return _canonical(parts.hostname or ""), parts.port or DEFAULT_PORTS[parts.scheme.lower()]
+    port = parts.port
+    return _canonical(parts.hostname or ""), (
+        DEFAULT_PORTS[parts.scheme.lower()] if port is None else port
+    )
 
 
 def _canonical(host: str) -> str:
