@@ -26,16 +26,18 @@ class SleepPayload(_Payload):
     seconds: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)]
 
 
-# One address: no control characters or spaces, and none of the characters that would make the
-# To header a list or a group of addresses (a comma sent one job's mail to several).
-EMAIL_ADDRESS = (
-    r'^[^@\x00-\x20\x7f-\x9f,;:<>()\[\]\\"\u2028\u2029]+'
-    r'@[^@\x00-\x20\x7f-\x9f,;:<>()\[\]\\"\u2028\u2029]+$'
-)
+# U+2028 and U+2029 as themselves, not as \u escapes, which Go's and other RE2 clients' regular
+# expressions cannot read in the published schema.
+_LINE_AND_PARAGRAPH_SEPARATORS = "\u2028\u2029"
+# One address, as a dot-atom on each side of its @: no control characters or spaces, none of
+# the characters that would make the To header a list or a group of addresses (a comma sent one
+# job's mail to several), and no empty part between dots (a@b.com. was sent to <>).
+_ATOM = r'[^@.\x00-\x20\x7f-\x9f,;:<>()\[\]\\"' + _LINE_AND_PARAGRAPH_SEPARATORS + "]+"
+EMAIL_ADDRESS = rf"^{_ATOM}(\.{_ATOM})*@{_ATOM}(\.{_ATOM})*$"
 # A header line ends at a line break: a subject or header value holding one is refused by the
 # mail and HTTP libraries when the job runs, so it is refused at submission (400) instead. The
 # mail library breaks lines where Python's str.splitlines does: at these ten characters.
-ONE_LINE = r"^[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*$"
+ONE_LINE = r"^[^\n\r\x0b\x0c\x1c-\x1e\x85" + _LINE_AND_PARAGRAPH_SEPARATORS + "]*$"
 # RFC 9110: a field name is a token; a value is visible ASCII, spaces and tabs (the HTTP client
 # encodes header values as ASCII).
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
