@@ -158,23 +158,33 @@ async def test_a_server_turning_the_connection_away_is_database_unavailable(
         await engine.dispose()
 
 
-@pytest.mark.parametrize(("mode", "connects"), [("disable", True), ("require", False)])
-async def test_a_libpq_sslmode_in_the_url_is_honoured(
-    pg_url: str, mode: str, connects: bool
+@pytest.mark.parametrize(
+    ("query", "connects"),
+    [
+        ("sslmode=disable", True),
+        ("sslmode=prefer&application_name=ct-tests&connect_timeout=3", True),
+        # This server has no TLS: "require" must not fall back to a plain connection.
+        ("sslmode=require", False),
+        ("sslmode=verify-full&sslrootcert=/nonexistent/root.crt", False),
+    ],
+)
+async def test_libpq_parameters_in_the_url_are_honoured(
+    pg_url: str, query: str, connects: bool
 ) -> None:
-    # The common spelling of connection strings; asyncpg's own keyword refused it (TypeError).
-    # This server has no TLS: "require" must not fall back to a plain connection.
-    engine = create_engine(f"{pg_url}?sslmode={mode}")
+    # The common spelling of connection strings, which SQLAlchemy handed asyncpg as keywords
+    # it refused (a TypeError at every connection).
+    engine = create_engine(f"{pg_url}?{query}")
 
-    async def select_one() -> object:
+    async def application_name() -> object:
         async with session.reading(engine) as conn:
-            return (await conn.execute(text("SELECT 1"))).scalar()
+            return (await conn.execute(text("SELECT current_setting('application_name')"))).scalar()
 
     try:
         if connects:
-            assert await select_one() == 1
+            expected = "ct-tests" if "application_name" in query else ""
+            assert await application_name() == expected
         else:
-            with pytest.raises(DatabaseUnavailable, match="SSL"):
-                await select_one()
+            with pytest.raises(DatabaseUnavailable):
+                await application_name()
     finally:
         await engine.dispose()

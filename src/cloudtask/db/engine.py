@@ -2,6 +2,7 @@
 
 from enum import Enum
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -26,12 +27,40 @@ def async_url(url: str) -> str:
         raise CloudTaskError(
             f"unsupported database URL scheme {parsed.drivername!r}: use postgresql:// or sqlite://"
         )
-    if driver == "postgresql+asyncpg" and "sslmode" in parsed.query:
-        # libpq's spelling, in most connection strings; asyncpg takes the same modes as "ssl".
-        query = dict(parsed.query)
-        query.setdefault("ssl", query.pop("sslmode"))
-        parsed = parsed.set(query=query)
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+# The connection string parameters of libpq's that asyncpg reads from a DSN (its own keywords are
+# not these: SQLAlchemy passed ?sslmode=require as a keyword, and asyncpg refused it).
+_LIBPQ_PARAMETERS = frozenset(
+    {
+        "sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "sslnegotiation",
+        "ssl_min_protocol_version", "ssl_max_protocol_version", "target_session_attrs",
+        "krbsrvname", "gsslib", "passfile", "service", "application_name",
+    }
+)  # fmt: skip
+
+
+def _libpq_parameters(url: str, connect_args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Move the libpq parameters of a PostgreSQL URL's query into a DSN asyncpg parses as libpq
+    does, and ``connect_timeout`` into asyncpg's ``timeout``; SQLAlchemy's own (``ssl``,
+    ``host``, ...) stay in the URL."""
+    parsed = make_url(url)
+    libpq = {key: value for key, value in parsed.query.items() if key in _LIBPQ_PARAMETERS}
+    timeout = parsed.query.get("connect_timeout")
+    if not libpq and timeout is None:
+        return url, connect_args
+    args = dict(connect_args)
+    if libpq:
+        args["dsn"] = "postgresql://?" + urlencode(libpq, doseq=True)
+    if isinstance(timeout, str) and timeout.isdigit() and int(timeout) > 0:
+        args["timeout"] = int(timeout)
+    rest = {
+        key: value
+        for key, value in parsed.query.items()
+        if key not in _LIBPQ_PARAMETERS and key != "connect_timeout"
+    }
+    return parsed.set(query=rest).render_as_string(hide_password=False), args
 
 
 class Plans(Enum):
@@ -62,6 +91,7 @@ def create_engine(url: str, *, pool_size: int = 10, plans: Plans = Plans.KEPT) -
     if full_url.startswith("sqlite"):
         return _sqlite_engine(full_url)
     connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 60}
+    full_url, connect_args = _libpq_parameters(full_url, connect_args)
     if plans is Plans.FRESH:
         connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
     elif plans is Plans.FRESH_SQLALCHEMY:
