@@ -140,7 +140,10 @@ def _database_url_problem(url: str) -> str | None:
 
 
 def _rabbitmq_url_problem(url: str) -> str | None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed bracket, a host that changes under NFKC normalization
+        return "is not a URL: use amqp://user:password@host[:port]/[vhost] or amqps://…"
     if parts.scheme.lower() not in ("amqp", "amqps"):
         return "must be amqp://user:password@host[:port]/[vhost] or amqps://…"
     try:
