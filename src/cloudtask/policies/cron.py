@@ -187,7 +187,8 @@ def _either_day(expression: str) -> tuple[str, str] | None:
     weekday) it fires on neither or ignores the day of the month, and with ``W`` (the nearest
     weekday) it ignores the day of the week; the two halves are read apart instead."""
     fields = expression.split()
-    if len(fields) != len(_NAMES) or fields[2][0] in "*?" or fields[4][0] in "*?":
+    # Given: anything but * or ? alone (*/10 is given, as croniter reads plain values).
+    if len(fields) != len(_NAMES) or fields[2] in ("*", "?") or fields[4] in ("*", "?"):
         return None
     minute, hour, day, month, weekday = fields
     return f"{minute} {hour} {day} {month} *", f"{minute} {hour} * {month} {weekday}"
