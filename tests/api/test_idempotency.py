@@ -42,6 +42,24 @@ async def test_the_same_key_with_another_body_is_422(client: Client) -> None:
     assert await _count(client, token) == 1
 
 
+async def test_a_body_is_compared_as_the_json_it_parses_to(client: Client) -> None:
+    # As the README says: escapes and exponents aside, but an integer is not a decimal, and a
+    # default spelled out is another body.
+    token = await client.register()
+    headers = {**client.auth(token), "Idempotency-Key": "k2", "Content-Type": "application/json"}
+    first = b'{"type": "echo", "payload": {"s": "A", "n": 1.0}}'
+    assert (await client.http.post("/jobs", content=first, headers=headers)).status_code == 201
+    same = b'{"payload": {"n": 1E0, "s": "\\u0041"}, "type": "echo"}'
+    replayed = await client.http.post("/jobs", content=same, headers=headers)
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    for other in (
+        b'{"type": "echo", "payload": {"s": "A", "n": 1}}',
+        b'{"type": "echo", "payload": {"s": "A", "n": 1.0}, "priority": 5}',
+    ):
+        assert_error(await client.http.post("/jobs", content=other, headers=headers), 422)
+    assert await _count(client, token) == 1
+
+
 async def test_the_same_key_while_the_first_request_runs_is_409(client: Client) -> None:
     token = await client.register()
     user = UUID(jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["sub"])
