@@ -29,11 +29,13 @@ class SleepPayload(_Payload):
 # U+2028 and U+2029 as themselves, not as \u escapes, which Go's and other RE2 clients' regular
 # expressions cannot read in the published schema.
 _LINE_AND_PARAGRAPH_SEPARATORS = "\u2028\u2029"
-# One address, as a dot-atom on each side of its @: no control characters or spaces, none of
-# the characters that would make the To header a list or a group of addresses (a comma sent one
-# job's mail to several), and no empty part between dots (a@b.com. was sent to <>).
-_ATOM = r'[^@.\x00-\x20\x7f-\x9f,;:<>()\[\]\\"' + _LINE_AND_PARAGRAPH_SEPARATORS + "]+"
-EMAIL_ADDRESS = rf"^{_ATOM}(\.{_ATOM})*@{_ATOM}(\.{_ATOM})*$"
+# One address: no control characters or spaces, none of the characters that would make the To
+# header a list or a group of addresses (a comma sent one job's mail to several), and a domain
+# with no empty part between its dots (a@b.com. was sent to <>). The local part may hold dots
+# anywhere, as some providers' old addresses do (a..b@, a.@), and the mail library sends them.
+_NOT_IN_ADDRESS = r'@\x00-\x20\x7f-\x9f,;:<>()\[\]\\"' + _LINE_AND_PARAGRAPH_SEPARATORS
+_LABEL = rf"[^.{_NOT_IN_ADDRESS}]+"
+EMAIL_ADDRESS = rf"^[^{_NOT_IN_ADDRESS}]+@{_LABEL}(\.{_LABEL})*$"
 # A header line ends at a line break: a subject or header value holding one is refused by the
 # mail and HTTP libraries when the job runs, so it is refused at submission (400) instead. The
 # mail library breaks lines where Python's str.splitlines does: at these ten characters.
