@@ -79,6 +79,8 @@ def test_a_tampered_token_is_refused(tokens: TokenService) -> None:
         {"sub": "not-a-uuid", "email": "a@example.com", "iat": 1, "exp": 2**40},
         {"sub": str(USER), "iat": 1, "exp": 2**40},
         {"sub": str(USER), "email": "a@example.com", "exp": 2**40},
+        {"sub": str(USER), "email": "a@example.com", "iat": "yesterday", "exp": 2**40},
+        {"sub": str(USER), "email": "a@example.com", "iat": 1.5, "exp": 2**40},
     ],
 )
 def test_a_token_missing_or_garbling_a_claim_is_refused(
@@ -86,6 +88,13 @@ def test_a_token_missing_or_garbling_a_claim_is_refused(
 ) -> None:
     with pytest.raises(InvalidToken):
         tokens.verify(jwt.encode(payload, SECRET))
+
+
+def test_a_token_issued_by_a_host_whose_clock_runs_ahead_is_accepted(tokens: TokenService) -> None:
+    # Its iat is a few seconds ahead of this host's clock; its client uses it at once.
+    ahead = int(time.time()) + 5
+    token = jwt.encode(claims(iat=ahead, exp=ahead + 3600), SECRET)
+    assert tokens.verify(token).user_id == USER
 
 
 @pytest.mark.parametrize("token", ["", "garbage", "a.b.c", "Bearer x.y.z"])
