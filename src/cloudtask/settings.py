@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -161,6 +162,10 @@ def _redis_url_problem(url: str) -> str | None:
             "must be redis://[user:password@]host[:port][/db], rediss://… or unix://…, "
             "the port 0 to 65535"
         )
+    try:  # its query's options, as a connection takes them (none is opened here)
+        Redis.from_url(url).connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError):
+        return "has a query option the Redis client does not take (TLS options need rediss://)"
     return None
 
 

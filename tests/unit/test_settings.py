@@ -184,6 +184,8 @@ def test_an_smtp_url_is_read(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
         ("CLOUDTASK_REDIS_URL", "notaurl"),
         ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example:6379x/0"),
         ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example:65536/0"),
+        ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/0?ssl_cert_reqs=none"),
+        ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/0?socket_timeout=soon"),
     ],
 )
 def test_a_connection_url_its_library_cannot_read_is_refused_naming_the_variable(
@@ -209,6 +211,7 @@ def test_a_connection_url_its_library_cannot_read_is_refused_naming_the_variable
         ("CLOUDTASK_RABBITMQ_URL", "amqps://u:p@mq.example:5671/jobs"),
         ("CLOUDTASK_RABBITMQ_URL", "amqp://mq.example"),
         ("CLOUDTASK_REDIS_URL", "rediss://:p@cache.example:6380/2"),
+        ("CLOUDTASK_REDIS_URL", "rediss://cache.example/0?ssl_cert_reqs=none&socket_timeout=5"),
         ("CLOUDTASK_REDIS_URL", "unix:///run/redis.sock?db=1"),
         ("CLOUDTASK_REDIS_URL", "REDIS://cache.example:6379/0"),  # as the client reads it
         ("CLOUDTASK_REDIS_URL", "redis://user:p@cache.example/0"),
