@@ -320,6 +320,9 @@ def test_a_schedule_on_the_clock_fires_at_every_minute_whose_local_time_it_names
         ("0 0 8 * 1", ["2026-11-30", "2026-12-07", "2026-12-08", "2026-12-14"]),
         # A step over * is a day given too: the 1st, 11th, 21st, 31st, or the first Monday.
         ("0 0 */10 * 1#1", ["2026-12-01", "2026-12-07", "2026-12-11", "2026-12-21"]),
+        # A list that starts with * is every day, as croniter reads it: Mondays alone.
+        ("0 0 *,5 * 1", ["2026-11-30", "2026-12-07", "2026-12-14", "2026-12-21"]),
+        ("0 0 *,8 * 1#1", ["2026-12-07", "2027-01-04", "2027-02-01", "2027-03-01"]),
         # Only one half ever fires: that one.
         ("0 0 31 2 1#1", ["2027-02-01", "2028-02-07", "2029-02-05", "2030-02-04"]),
     ],

@@ -187,11 +187,19 @@ def _either_day(expression: str) -> tuple[str, str] | None:
     weekday) it fires on neither or ignores the day of the month, and with ``W`` (the nearest
     weekday) it ignores the day of the week; the two halves are read apart instead."""
     fields = expression.split()
-    # Given: anything but * or ? alone (*/10 is given, as croniter reads plain values).
-    if len(fields) != len(_NAMES) or fields[2] in ("*", "?") or fields[4] in ("*", "?"):
+    if len(fields) != len(_NAMES) or not (_given(fields[2]) and _given(fields[4])):
         return None
     minute, hour, day, month, weekday = fields
     return f"{minute} {hour} {day} {month} *", f"{minute} {hour} * {month} {weekday}"
+
+
+_STEP_OVER_ALL = re.compile(r"^[*?]/[0-9]+$")
+
+
+def _given(field: str) -> bool:
+    """Whether a day field restricts the day, as croniter reads plain values: a field that starts
+    with * or ? does not (``*,5`` is every day), unless it is a step over all (``*/10``)."""
+    return field[0] not in "*?" or _STEP_OVER_ALL.match(field) is not None
 
 
 def next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
