@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url as parse_redis_url
+from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -164,8 +165,11 @@ def _redis_url_problem(url: str) -> str | None:
         )
     try:  # its query's options, as a connection takes them (none is opened here)
         Redis.from_url(url).connection_pool.make_connection()  # type: ignore[no-untyped-call]
-    except (TypeError, ValueError):
-        return "has a query option the Redis client does not take (TLS options need rediss://)"
+    except (TypeError, ValueError, AttributeError, RedisError):
+        return (
+            "has a query option the Redis client does not take, or a value it cannot use "
+            "(TLS options need rediss://)"
+        )
     return None
 
 

@@ -186,6 +186,9 @@ def test_an_smtp_url_is_read(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
         ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example:65536/0"),
         ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/0?ssl_cert_reqs=none"),
         ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/0?socket_timeout=soon"),
+        ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/0?protocol=4"),
+        ("CLOUDTASK_REDIS_URL", "rediss://:s3cret@cache.example/0?ssl_cert_reqs=bogus"),
+        ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/0?retry=x"),
     ],
 )
 def test_a_connection_url_its_library_cannot_read_is_refused_naming_the_variable(
