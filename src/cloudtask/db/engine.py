@@ -53,7 +53,7 @@ def _libpq_parameters(url: str, connect_args: dict[str, Any]) -> tuple[str, dict
     args = dict(connect_args)
     if libpq:
         args["dsn"] = "postgresql://?" + urlencode(libpq, doseq=True)
-    if isinstance(timeout, str) and timeout.isdigit() and int(timeout) > 0:
+    if isinstance(timeout, str) and timeout.isascii() and timeout.isdigit() and int(timeout) > 0:
         args["timeout"] = int(timeout)
     rest = {
         key: value
