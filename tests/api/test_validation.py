@@ -51,7 +51,9 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
       for to in ("postmaster,root,x@example.com", "a:b@example.com;", "Ada <a@example.com>",
                  '"a b"@example.com', "a@example.com; b@example.com",
                  # An empty part between dots: the mail library read these as no address (<>).
-                 "a@example.com.", "a@example..com", "a@.example.com")],
+                 "a@example.com.", "a@example..com", "a@.example.com",
+                 # A MIME encoded word, which the mail library decodes to another address.
+                 "=?utf-8?q?evil=40evil.com?=.@example.com", "x@=?utf-8?q?evil.com?=")],
     ({"type": "http", "payload": {"url": "ftp://example.com"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http://127.0.0.1:18099.evil.com/"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http://example.com:65536/"}}, "payload.url"),

@@ -33,7 +33,9 @@ _LINE_AND_PARAGRAPH_SEPARATORS = "\u2028\u2029"
 # header a list or a group of addresses (a comma sent one job's mail to several), and a domain
 # with no empty part between its dots (a@b.com. was sent to <>). The local part may hold dots
 # anywhere, as some providers' old addresses do (a..b@, a.@), and the mail library sends them.
-_NOT_IN_ADDRESS = r'@\x00-\x20\x7f-\x9f,;:<>()\[\]\\"' + _LINE_AND_PARAGRAPH_SEPARATORS
+# No ?: the mail library decodes a MIME encoded word (=?utf-8?q?...?=) in an address, and sent
+# such a one to <> or to another address than the one given.
+_NOT_IN_ADDRESS = r'@?\x00-\x20\x7f-\x9f,;:<>()\[\]\\"' + _LINE_AND_PARAGRAPH_SEPARATORS
 _LABEL = rf"[^.{_NOT_IN_ADDRESS}]+"
 EMAIL_ADDRESS = rf"^[^{_NOT_IN_ADDRESS}]+@{_LABEL}(\.{_LABEL})*$"
 # A header line ends at a line break: a subject or header value holding one is refused by the
