@@ -15,19 +15,30 @@ from tests.e2e.probes import metric
 from tests.e2e.processes import CLOUDTASK, Processes, clean_env, free_port, processes
 
 
+def _cloudtask(
+    args: list[str], env: dict[str, str], *, cwd: Path | None = None
+) -> "subprocess.CompletedProcess[str]":
+    """Run ``cloudtask *args`` to its end (a minute at most); its output as text."""
+    return subprocess.run(
+        [CLOUDTASK, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize("command", ["api", "worker", "results", "scheduler"])
 @pytest.mark.parametrize("secret", [None, "too-short"])
 def test_a_service_refuses_to_start_without_a_strong_jwt_secret(
     command: str, secret: str | None
 ) -> None:
     env = clean_env(**({"jwt_secret": secret} if secret else {}))
-    done = subprocess.run(
-        [CLOUDTASK, command, "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = _cloudtask(
+        [command, "--port", "0"],
+        env,
     )
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
@@ -47,13 +58,9 @@ def test_a_service_refuses_to_start_without_a_strong_jwt_secret(
 def test_a_mistyped_connection_url_stops_a_service_in_one_line(name: str, url: str) -> None:
     # It once started, and failed at its first use of the URL with a traceback (or, for
     # RabbitMQ, retried an http:// URL for ever).
-    done = subprocess.run(
-        [CLOUDTASK, "api", "--port", "0"],
-        env=clean_env(jwt_secret="x" * 32, **{name: url}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = _cloudtask(
+        ["api", "--port", "0"],
+        clean_env(jwt_secret="x" * 32, **{name: url}),
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -74,9 +81,7 @@ def test_migrate_on_a_database_it_cannot_use_says_why_in_one_line(
 ) -> None:
     url = make_url(service_env["CLOUDTASK_DATABASE_URL"]).set(**change)
     env = {**service_env, "CLOUDTASK_DATABASE_URL": url.render_as_string(hide_password=False)}
-    done = subprocess.run(
-        [CLOUDTASK, "migrate"], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    done = _cloudtask(["migrate"], env)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -101,15 +106,11 @@ def test_a_handler_module_registering_a_type_it_cannot_have_is_refused_in_one_li
         "def handle(payload):\n"
         "    return payload\n"
     )
-    done = subprocess.run(
-        [CLOUDTASK, command, "--port", "0", "--import", "myjobs"]
+    done = _cloudtask(
+        [command, "--port", "0", "--import", "myjobs"]
         + (["--db", str(tmp_path / "dev.db")] if command == "dev" else []),
-        env=clean_env(jwt_secret="x" * 32),
+        clean_env(jwt_secret="x" * 32),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"cloudtask: --import myjobs: {says}"]
@@ -155,14 +156,10 @@ def _on_a_taken_port(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        done = subprocess.run(
-            [CLOUDTASK, *args, "--host", "127.0.0.1", "--port", port],
-            env=env,
+        done = _cloudtask(
+            [*args, "--host", "127.0.0.1", "--port", port],
+            env,
             cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
         )
     return port, done
 
@@ -170,13 +167,9 @@ def _on_a_taken_port(
 def test_cloudtask_dev_given_a_directory_for_its_database_says_so_in_one_line(
     tmp_path: Path,
 ) -> None:
-    done = subprocess.run(
-        [CLOUDTASK, "dev", "--port", "0", "--db", str(tmp_path)],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = _cloudtask(
+        ["dev", "--port", "0", "--db", str(tmp_path)],
+        clean_env(),
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -190,13 +183,9 @@ def test_cloudtask_dev_given_a_file_that_is_not_a_database_says_so_in_one_line(
 ) -> None:
     database = tmp_path / "notes.txt"
     database.write_text("not a database\n")
-    done = subprocess.run(
-        [CLOUDTASK, "dev", "--port", "0", "--db", str(database)],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = _cloudtask(
+        ["dev", "--port", "0", "--db", str(database)],
+        clean_env(),
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
