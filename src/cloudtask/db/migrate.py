@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from cloudtask.db.engine import create_engine
+from cloudtask.db.session import driver_message
 from cloudtask.errors import CloudTaskError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -35,8 +36,7 @@ def upgrade(url: str, revision: str = "head") -> None:
         asyncio.run(_connect(url))
     except (DBAPIError, OSError) as exc:
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        lines = str(cause).strip().splitlines()
-        raise DatabaseRefused(lines[0] if lines else type(cause).__name__) from None
+        raise DatabaseRefused(driver_message(cause)) from None
     command.upgrade(alembic_config(url), revision)
 
 

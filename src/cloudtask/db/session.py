@@ -39,13 +39,18 @@ def _translated() -> Iterator[None]:
         raise DatabaseUnavailable("database: no connection free in the pool") from None
 
 
+def driver_message(exc: BaseException) -> str:
+    """The driver's own words, first line, for an operator: 'role "x" does not exist',
+    'Connect call failed (...)'; the class's name if it has none. The server's messages name
+    roles, databases and hosts, never a password."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _reason(exc: BaseException | None) -> str:
-    """The driver's own words, first line, for the operator's log: 'role "x" does not exist',
-    'Connect call failed (...)'. The server's messages name roles, databases and hosts, never a
-    password."""
-    lines = str(exc).strip().splitlines() if exc is not None else []
     name = type(exc).__name__
-    return f"{name}: {lines[0]}" if lines else name
+    message = name if exc is None else driver_message(exc)
+    return name if message == name else f"{name}: {message}"
 
 
 # SQLSTATE classes of a server going away, coming back or full: 08 connection exception, 53
