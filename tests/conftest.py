@@ -1,5 +1,7 @@
 """Fixtures shared by every tier: settings, real infrastructure, and the back ends to test on."""
 
+import asyncio
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,26 @@ def pg_url(pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def pg_process_database(pg_template: str) -> Iterator[infra.ReusedDatabase]:
+    with infra.pg_database(pg_template) as url:
+        yield infra.ReusedDatabase(url)
+
+
+@pytest.fixture
+def pg_reset_url(pg_process_database: infra.ReusedDatabase) -> str:
+    """This test process's database as the migrations left it: for tests that only read and
+    write rows (a test that changes more takes ``pg_url``, a database of its own)."""
+    return pg_process_database.reset()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "cloudtask.db"
+    asyncio.run(upgrade_async(f"sqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
 def rabbit_url() -> Iterator[str]:
     with infra.rabbit_vhost() as url:
         yield url
@@ -84,10 +106,12 @@ class BackendURLs:
 def backend_urls(request: pytest.FixtureRequest, tmp_path: Path) -> BackendURLs:
     # Synchronous on purpose: preparing PostgreSQL and RabbitMQ runs outside the test's loop.
     if request.param == "memory":
-        return BackendURLs("memory", f"sqlite:///{tmp_path / 'cloudtask.db'}")
+        path = tmp_path / "cloudtask.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return BackendURLs("memory", f"sqlite:///{path}")
     return BackendURLs(
         "real",
-        request.getfixturevalue("pg_url"),
+        request.getfixturevalue("pg_reset_url"),
         request.getfixturevalue("rabbit_url"),
         request.getfixturevalue("redis_url"),
     )
@@ -100,7 +124,6 @@ async def backends(backend_urls: BackendURLs) -> AsyncIterator[Backends]:
     kv: KV
     url = backend_urls.database
     if backend_urls.kind == "memory":
-        await upgrade_async(url)
         broker, kv = MemoryBroker(), MemoryKV()
     else:
         broker, kv = RabbitMQBroker(backend_urls.rabbitmq), RedisKV(backend_urls.redis)

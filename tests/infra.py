@@ -1,5 +1,6 @@
-"""Real infrastructure for tests: a fresh PostgreSQL database per test (cloned from a migrated
-template), a RabbitMQ vhost per test run, a Redis database flushed per test.
+"""Real infrastructure for tests: a fresh PostgreSQL database (cloned from a migrated template)
+per test that needs one to itself, else one per test process emptied before each test; a RabbitMQ
+vhost per test run; a Redis database flushed per test.
 
 A service that is not reachable fails the run; nothing is skipped.
 """
@@ -61,6 +62,56 @@ def pg_database(template: str) -> Iterator[str]:
         yield pg_url(name)
     finally:
         admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _tables(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT quote_ident(tablename) AS name FROM pg_tables"
+        " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+    )
+    return [row["name"] for row in rows]
+
+
+async def _seed(url: str) -> dict[str, str]:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        seed = {}
+        for table in await _tables(conn):
+            rows = await conn.fetchval(f"SELECT json_agg(t) FROM {table} t")  # noqa: S608
+            if rows is not None:
+                seed[table] = rows
+        return seed
+    finally:
+        await conn.close()
+
+
+async def _reset(url: str, seed: dict[str, str]) -> None:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        # A lock still held by the test before (it would wait forever) fails this one at once.
+        await conn.execute("SET lock_timeout = '10s'")
+        async with conn.transaction():
+            await conn.execute(f"TRUNCATE {', '.join(await _tables(conn))} RESTART IDENTITY")
+            for table, rows in seed.items():
+                await conn.execute(
+                    f"INSERT INTO {table} SELECT * FROM json_populate_recordset(NULL::{table}, $1)",  # noqa: S608
+                    rows,
+                )
+    finally:
+        await conn.close()
+
+
+class ReusedDatabase:
+    """A database cloned from the template once, then reset before each test to the rows the
+    migrations left in it: as good as a new clone, for a tenth of the time."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._seed = asyncio.run(_seed(url))
+
+    def reset(self) -> str:
+        asyncio.run(_reset(self.url, self._seed))
+        return self.url
 
 
 def rabbitmqctl(*args: str) -> str:
