@@ -68,10 +68,7 @@ def _held_delivery_is_cut_off(url: str) -> bool:
 @pytest.mark.usefixtures("short_consumer_timeout")
 def test_a_job_longer_than_the_consumer_timeout_runs_once(procs: Processes) -> None:
     assert _held_delivery_is_cut_off(procs.env["CLOUDTASK_RABBITMQ_URL"])
-    api = procs.start("api")
-    procs.start("results")
-    procs.start("scheduler")
-    worker = procs.start("worker")
+    api, _, _, worker = procs.start_side_by_side("api", "results", "scheduler", "worker")
     client = procs.client(api)
     job = client.submit(type="sleep", payload={"seconds": 3 * TIMEOUT_MS / 1000}, maxAttempts=1)
     done = client.wait(job["id"], "COMPLETED", "FAILED", timeout=30)

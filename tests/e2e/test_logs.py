@@ -12,7 +12,6 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -92,8 +91,7 @@ def secret_urls(
 
 
 def _start(procs: Processes) -> dict[str, Process]:
-    with ThreadPoolExecutor(len(SERVICES)) as pool:
-        return dict(zip(SERVICES, pool.map(procs.start, SERVICES), strict=True))
+    return dict(zip(SERVICES, procs.start_side_by_side(*SERVICES), strict=True))
 
 
 def _lines(process: Process) -> list[dict[str, Any]]:
@@ -193,7 +191,7 @@ def test_unreachable_dependencies_are_logged_without_their_passwords(procs: Proc
         CLOUDTASK_RABBITMQ_URL=f"amqp://ct:{passwords[1]}@127.0.0.1:{closed[1]}/",
         CLOUDTASK_REDIS_URL=f"redis://ct:{passwords[2]}@127.0.0.1:{closed[2]}/0",
     )
-    started = [procs.start(name, up_even_if_degraded=True) for name in SERVICES]
+    started = procs.start_side_by_side(*SERVICES, up_even_if_degraded=True)
     register = {"email": "down@example.com", "password": _marker("regpass")}
     assert (
         httpx.post(f"{started[0].url}/auth/register", json=register, timeout=10).status_code == 503

@@ -6,7 +6,6 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,8 +72,7 @@ def _eventually(check: Callable[[], None], timeout: float = 30) -> None:
 
 def _stack(procs: Processes) -> dict[str, Process]:
     """The four services, started side by side."""
-    with ThreadPoolExecutor(len(SERVICES)) as pool:
-        return dict(zip(SERVICES, pool.map(procs.start, SERVICES), strict=True))
+    return dict(zip(SERVICES, procs.start_side_by_side(*SERVICES), strict=True))
 
 
 def _run_every_outcome(client: ApiClient) -> None:

@@ -15,10 +15,9 @@ HANDLERS = ["--import", "tests.e2e.handlers"]
 
 
 def _stack(procs: Processes, *worker_args: str) -> ApiClient:
-    api = procs.start("api")
-    procs.start("results")
-    procs.start("scheduler")
-    procs.start("worker", *worker_args, cwd=ROOT)
+    api, *_ = procs.start_side_by_side(
+        "api", "results", "scheduler", ("worker", *worker_args), cwd=ROOT
+    )
     return procs.client(api)
 
 
@@ -62,9 +61,7 @@ def test_a_job_that_kills_its_worker_is_failed_and_the_jobs_beside_it_run(
 ) -> None:
     # It kills its worker at once: its delivery, and theirs, come back redelivered.
     procs.env["CLOUDTASK_MAX_DELIVERIES"] = "3"
-    api = procs.start("api")
-    procs.start("results")
-    procs.start("scheduler")
+    api, _, _ = procs.start_side_by_side("api", "results", "scheduler")
     client = procs.client(api)
     poison = client.submit(type="e2e.crash", payload={})
     beside = [client.submit(type="e2e.double", payload={"n": n}) for n in range(6)]
@@ -83,9 +80,7 @@ def test_a_running_job_that_kills_its_worker_is_failed_and_the_jobs_beside_it_ru
     # once beside them, once alone.
     procs.env["CLOUDTASK_MAX_DELIVERIES"] = "2"
     procs.env["CLOUDTASK_WORKER_LEASE_SECONDS"] = "3"
-    api = procs.start("api")
-    procs.start("results")
-    procs.start("scheduler")
+    api, _, _ = procs.start_side_by_side("api", "results", "scheduler")
     client = procs.client(api)
     poison = client.submit(type="e2e.crash_later", payload={"seconds": 0.3})
     beside = [client.submit(type="e2e.block", payload={"seconds": 1}) for _ in range(3)]
@@ -156,10 +151,9 @@ def test_a_hung_worker_does_not_leave_its_job_running(procs: Processes) -> None:
 
 def test_two_schedulers_survive_the_leader_being_killed(procs: Processes) -> None:
     procs.env["CLOUDTASK_SCHEDULER_LEASE_SECONDS"] = "4"
-    api = procs.start("api")
-    procs.start("results")
-    procs.start("worker")
-    first, second = procs.start("scheduler"), procs.start("scheduler")
+    api, _, _, first, second = procs.start_side_by_side(
+        "api", "results", "worker", "scheduler", "scheduler"
+    )
     client = procs.client(api)
 
     def leader_flags() -> list[float]:
@@ -184,11 +178,7 @@ def test_two_schedulers_survive_the_leader_being_killed(procs: Processes) -> Non
 
 
 def test_a_real_cron_firing_creates_exactly_one_job(procs: Processes) -> None:
-    api = procs.start("api")
-    procs.start("results")
-    procs.start("worker")
-    procs.start("scheduler")
-    procs.start("scheduler")
+    api, *_ = procs.start_side_by_side("api", "results", "worker", "scheduler", "scheduler")
     client = procs.client(api)
     response = client.http.post(
         "/schedules",

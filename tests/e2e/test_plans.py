@@ -44,9 +44,8 @@ def test_the_results_processor_reads_one_row_per_update_after_the_table_grew(
     procs: Processes,
 ) -> None:
     database_url = procs.env["CLOUDTASK_DATABASE_URL"]
-    client = procs.client(procs.start("api"))
-    procs.start("results")
-    procs.start("worker")
+    api, _, _ = procs.start_side_by_side("api", "results", "worker")
+    client = procs.client(api)
     for _ in range(FIRST_JOBS):  # one at a time: each write is a batch of its own
         job = client.submit(type="echo", payload={})
         client.wait(job["id"], "COMPLETED")
