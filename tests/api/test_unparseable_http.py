@@ -6,8 +6,9 @@ comes from the server's protocol, not from the application.
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import httpx
 import pytest
 
 from cloudtask.api.app import create_app
@@ -70,3 +71,52 @@ async def test_a_well_formed_request_on_the_same_server_is_answered_as_usual(
     )
     assert (status, headers["content-type"]) == (404, "application/json")
     assert json.loads(body)["path"] == "/nope"
+
+
+def _chunked_without_its_end(body: bytes) -> bytes:
+    return b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(body), body)
+
+
+def _chunk_cut(body: bytes) -> bytes:
+    return b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s" % (len(body) + 8, body)
+
+
+def _content_length_cut(body: bytes) -> bytes:
+    return b"Content-Length: %d\r\n\r\n%s" % (len(body) + 8, body)
+
+
+async def _sent_and_cut(address: tuple[str, int], head: bytes, cut: bytes) -> bytes:
+    """Send a request whose body the client never finishes, then close its side."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(head + b"Content-Type: application/json\r\n" + cut)
+    await writer.drain()
+    writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize("cut", [_chunked_without_its_end, _chunk_cut, _content_length_cut])
+async def test_a_body_cut_short_by_the_client_going_away_is_never_acted_on(
+    address: tuple[str, int], cut: Callable[[bytes], bytes]
+) -> None:
+    # A client whose upload broke retries it: had the first one been acted on, the retry
+    # would meet its own registration (409), or create a second job or schedule.
+    account = b'{"email": "cut@example.com", "password": "correct-horse"}'
+    head = b"POST /auth/register HTTP/1.1\r\nHost: t\r\n"
+    assert await _sent_and_cut(address, head, cut(account)) == b""
+    async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as http:
+        retried = await http.post("/auth/register", content=account)
+        assert retried.status_code == 201, retried.text
+        token = retried.json()["token"]
+        writes = {
+            "/jobs": b'{"type": "cut"}',
+            "/jobs/batch": b'{"jobs": [{"type": "cut"}]}',
+            "/schedules": b'{"name": "cut", "cron": "* * * * *", "type": "cut"}',
+        }
+        for path, body in writes.items():
+            head = f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n"
+            assert await _sent_and_cut(address, head.encode(), cut(body)) == b""
+        auth = {"Authorization": f"Bearer {token}"}
+        assert (await http.get("/jobs", headers=auth)).json() == []
+        assert (await http.get("/schedules", headers=auth)).json() == []

@@ -43,7 +43,10 @@ class BodyLimitMiddleware:
             await self._refuse(scope, receive, send)
             return
         if declared is None and chunked:
-            body = await self._read_up_to_limit(receive)
+            try:
+                body = await self._read_up_to_limit(receive)
+            except _ClientGone:
+                return  # nobody to answer, and half a body is never acted on
             if body is None:
                 await self._refuse(scope, receive, send)
                 return
@@ -62,13 +65,14 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
     async def _read_up_to_limit(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passed the limit (or the client went away)."""
+        """The whole body, or None once it passed the limit; :class:`_ClientGone` if the client
+        went away before its end."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return b"".join(chunks)  # disconnected: the app will see an empty body
+                raise _ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
@@ -81,6 +85,10 @@ class BodyLimitMiddleware:
         await error_response(Request(scope), 413, _too_large_message(self.limit))(
             scope, receive, send
         )
+
+
+class _ClientGone(Exception):
+    """The client disconnected before the last chunk of its body."""
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:
