@@ -166,7 +166,9 @@ async def test_a_token_that_outlived_its_user_is_401_for_writes_at_once_and_read
 ) -> None:
     email = unique_email()
     token = await client.register(email)
-    await client.create_job(token)
+    keyed = {**client.auth(token), "Idempotency-Key": "made-before"}
+    first = await client.http.post("/jobs", json={"type": "echo"}, headers=keyed)
+    assert first.status_code == 201
     async with backends.db.begin() as conn:
         await conn.execute(delete(jobs).where(jobs.c.type == "echo"))
         await conn.execute(delete(users).where(users.c.email_key == email))
@@ -174,6 +176,9 @@ async def test_a_token_that_outlived_its_user_is_401_for_writes_at_once_and_read
         response = await client.http.post(path, json=body, headers=client.auth(token))
         assert_error(response, 401, path)
         assert response.headers["WWW-Authenticate"] == "Bearer"
+    # Nor is the answer kept for its Idempotency-Key replayed: the job it names is gone too.
+    replay = await client.http.post("/jobs", json={"type": "echo"}, headers=keyed)
+    assert_error(replay, 401, "/jobs")
     # Reads trust a user found in the last minute; after that the lookup is made again.
     later = time.monotonic() + 61
     monkeypatch.setattr(api_context, "time", SimpleNamespace(monotonic=lambda: later))

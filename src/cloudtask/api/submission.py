@@ -23,9 +23,11 @@ from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.api import JobCreate, ScheduleCreate
 from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
 from cloudtask.contracts.timefmt import utcnow
+from cloudtask.db import session
 from cloudtask.db.ids import new_job_id
 from cloudtask.db.queries import jobs as jobs_q
-from cloudtask.errors import KVUnavailable
+from cloudtask.db.queries import users as users_q
+from cloudtask.errors import KVUnavailable, UnknownUser
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,11 @@ async def idempotent(
     print_ = fingerprint(request.method, request.url.path, body)
     replay = await context.idempotency.begin(user.user_id, key, print_)
     if replay is not None:
+        # As the request it replays would be: refused if the user was removed since (and
+        # their jobs with them). A replay is rare; the lookup costs nothing on the usual path.
+        async with session.reading(context.db) as conn:
+            if not await users_q.exists(conn, user.user_id):
+                raise UnknownUser
         return JSONBytesResponse(
             replay.body, status_code=replay.status, headers={"Idempotent-Replayed": "true"}
         )
