@@ -2,6 +2,7 @@
 cannot be parsed, and putting a running job back on the queue when the worker stops."""
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -114,6 +115,62 @@ async def test_a_job_message_of_the_wrong_shape_is_dead_lettered_naming_the_bad_
     dead = await next_dead_letter(stack.backends.broker)
     assert dead.body == body
     assert "userId" in str(dead.headers["x-death-reason"])
+
+
+def _with(fields: dict[str, Any], name: str, raw: bytes) -> bytes:
+    """``fields`` as a JSON body, ``name``'s value written as ``raw``."""
+    return json.dumps({**fields, name: "@"}).encode().replace(b'"@"', raw)
+
+
+_CREATED = {
+    "jobId": "8d1c1f3e-5a8f-4c89-9d25-bb3f1f0b8d4e",
+    "userId": "0b6f7a0e-2f0c-4f57-9a53-0d2f6a3c8e11",
+    "type": "echo",
+    "payload": 1,
+    "priority": 5,
+    "attempt": 1,
+    "timeoutSeconds": 30,
+    "enqueuedAt": "2026-11-29T10:00:00Z",
+}
+_FINISHED = {
+    "jobId": "8d1c1f3e-5a8f-4c89-9d25-bb3f1f0b8d4e",
+    "attempt": 1,
+    "status": "COMPLETED",
+    "result": 1,
+    "error": None,
+    "retryable": False,
+    "workerId": "peer",
+    "startedAt": "2026-11-29T10:00:00Z",
+    "finishedAt": "2026-11-29T10:00:01Z",
+}
+
+
+@pytest.mark.parametrize(
+    ("queue", "body", "field"),
+    [
+        (JOBS_CREATED, _with(_CREATED, "payload", b"NaN"), "payload"),
+        (JOBS_CREATED, _with(_CREATED, "payload", b'{"n": [1e400]}'), "payload"),
+        (JOBS_CREATED, _with(_CREATED, "priority", b"true"), "priority"),
+        (JOBS_CREATED, _with(_CREATED, "attempt", b'"1"'), "attempt"),
+        (JOBS_CREATED, _with(_CREATED, "timeoutSeconds", b'"Infinity"'), "timeoutSeconds"),
+        (JOBS_COMPLETED, _with(_FINISHED, "result", b"-Infinity"), "result"),
+        (JOBS_COMPLETED, _with(_FINISHED, "result", b'{"a": NaN}'), "result"),
+        (JOBS_COMPLETED, _with(_FINISHED, "attempt", b"1.0"), "attempt"),
+        (JOBS_COMPLETED, _with(_FINISHED, "retryable", b'"true"'), "retryable"),
+    ],
+)  # fmt: skip
+async def test_a_message_that_is_not_strict_json_of_its_types_is_dead_lettered_naming_the_field(
+    stack: Stack, queue: str, body: bytes, field: str
+) -> None:
+    # Read leniently, these were stored as null (a NaN, an infinity) or taken for what they
+    # might mean (true for priority 1, "Infinity" for a timeout that never comes).
+    await stack.backends.broker.publish(queue, body)
+    dead = await next_dead_letter(stack.backends.broker)
+    assert dead.body == body
+    assert dead.headers["x-original-queue"] == queue
+    reason = str(dead.headers["x-death-reason"])
+    assert reason.startswith("unparseable message"), reason
+    assert field in reason, reason
 
 
 async def test_an_unparseable_completion_is_dead_lettered_and_results_keep_being_written(

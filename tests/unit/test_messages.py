@@ -64,3 +64,23 @@ def test_job_created_body_takes_ids_of_a_uuid_subclass() -> None:
     assert job_created_body(
         job_id=_DriverUUID(int=job_id.int), user_id=_DriverUUID(int=user_id.int), **fields
     ) == job_created_body(job_id=job_id, user_id=user_id, **fields)
+
+
+@pytest.mark.parametrize(
+    ("stored", "written"), [(300.0, b'"timeoutSeconds":300,'), (1.5, b'"timeoutSeconds":1.5,')]
+)
+def test_a_whole_timeout_is_written_as_an_integer_as_the_api_writes_it(
+    stored: float, written: bytes
+) -> None:
+    # The column is a float; a reader decoding into an integer (Go's int) refuses 300.0.
+    fields: dict[str, Any] = {
+        "job_id": uuid.uuid4(),
+        "user_id": uuid.uuid4(),
+        "type": "echo",
+        "priority": 5,
+        "attempt": 1,
+        "timeout_seconds": stored,
+        "enqueued_at": datetime(2026, 11, 28, 10, 0, tzinfo=UTC),
+    }
+    assert written in job_created_body(payload_json="null", **fields)
+    assert written in JobCreated(payload=None, **fields).encode()

@@ -10,10 +10,6 @@ from cloudtask.db.queries.jobs import JobRecord
 from cloudtask.db.queries.schedules import ScheduleRecord
 
 
-def _number(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
-
-
 def _parse(text: str | None) -> Any:
     # The codec, not orjson: orjson would turn integers beyond 64 bits into floats.
     return None if text is None else jsoncodec.loads(text)
@@ -42,7 +38,7 @@ def job_json(job: JobRecord) -> dict[str, Any]:
         "priority": job.priority,
         "attempts": job.attempts,
         "maxAttempts": job.max_attempts,
-        "timeoutSeconds": _number(job.timeout_seconds),
+        "timeoutSeconds": jsoncodec.whole_as_int(job.timeout_seconds),
         "runAt": format_rfc3339(job.run_at),
         "result": _stored(job.result),
         "error": job.error,
@@ -64,7 +60,7 @@ def schedule_json(schedule: ScheduleRecord) -> dict[str, Any]:
         "payload": _parse(schedule.payload),
         "priority": schedule.priority,
         "maxAttempts": schedule.max_attempts,
-        "timeoutSeconds": _number(schedule.timeout_seconds),
+        "timeoutSeconds": jsoncodec.whole_as_int(schedule.timeout_seconds),
         "paused": schedule.paused,
         "nextRunAt": None if schedule.paused else format_rfc3339(schedule.next_run_at),
         "lastRunAt": format_rfc3339(schedule.last_run_at),

@@ -164,8 +164,11 @@ def dumps(value: Any) -> bytes:
 def has_non_finite(value: Any, text: bytes) -> bool:
     """Whether ``value``, written as ``text`` by :func:`dumps`, holds a NaN or an infinity
     (which JSON cannot carry): walked only when ``text`` holds a ``null`` to be one."""
-    if b"null" not in text:
-        return False
+    return b"null" in text and holds_non_finite(value)
+
+
+def holds_non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or an infinity anywhere."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -176,6 +179,12 @@ def has_non_finite(value: Any, text: bytes) -> bool:
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
     return False
+
+
+def whole_as_int(value: float) -> float | int:
+    """A number as the API writes it: ``300``, not ``300.0``, when it is whole (as stored in a
+    float column), so readers that want an integer there get one."""
+    return int(value) if float(value).is_integer() else value
 
 
 def uuid_value(value: UUID) -> UUID | str:

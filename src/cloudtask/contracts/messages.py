@@ -5,9 +5,10 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
+from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.jsoncodec import uuid_value
 from cloudtask.contracts.timefmt import format_rfc3339
 
@@ -21,9 +22,27 @@ def _aware(value: datetime) -> datetime:
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
 
 
+def _finite(value: Any) -> Any:
+    # The JSON parser reads NaN, Infinity and 1e400 (out of a float's range) as floats, which
+    # would be stored as null: such a body is not JSON, and goes to jobs.dead.
+    if not isinstance(value, (str, int, type(None))) and jsoncodec.holds_non_finite(value):
+        raise ValueError("holds a NaN or an infinity, which JSON cannot carry")
+    return value
+
+
+AnyJSON = Annotated[Any, AfterValidator(_finite)]
+
+
 class Message(BaseModel):
+    # Strict, as the HTTP API: a number sent as a string, or true for a number, is a message
+    # of the wrong shape (jobs.dead), not a guess. Ids and times are JSON strings all the same.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore"
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        extra="ignore",
+        strict=True,
+        allow_inf_nan=False,
     )
 
     def encode(self) -> bytes:
@@ -36,10 +55,10 @@ class JobCreated(Message):
     job_id: UUID
     user_id: UUID
     type: str
-    payload: Any = None
+    payload: AnyJSON = None
     priority: Annotated[int, Field(ge=0, le=9)] = 5
     attempt: Annotated[int, Field(ge=1)] = 1
-    timeout_seconds: Annotated[float, Field(gt=0)] = 300
+    timeout_seconds: Annotated[float, Field(gt=0), PlainSerializer(jsoncodec.whole_as_int)] = 300
     enqueued_at: AwareDatetime
 
 
@@ -69,7 +88,7 @@ def job_created_body(
             "payload": orjson.Fragment(payload_json),
             "priority": priority,
             "attempt": attempt,
-            "timeoutSeconds": float(timeout_seconds),
+            "timeoutSeconds": jsoncodec.whole_as_int(timeout_seconds),
             "enqueuedAt": format_rfc3339(enqueued_at),
         }
     )
@@ -90,7 +109,7 @@ class JobFinished(Message):
     job_id: UUID
     attempt: Annotated[int, Field(ge=1)]
     status: Literal["COMPLETED", "FAILED"]
-    result: Any = None
+    result: AnyJSON = None
     error: str | None = None
     retryable: bool = False
     worker_id: str
