@@ -5,6 +5,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -180,3 +181,42 @@ async def test_events_of_an_older_attempt_do_not_touch_the_running_retry(
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert done["result"] == "second attempt"
     assert done["attempts"] == 2
+
+
+async def test_times_from_a_worker_whose_clock_runs_ahead_do_not_put_a_job_out_of_reach(
+    stack: Stack,
+) -> None:
+    # A start stamped in the future would keep the scheduler from judging the attempt hung or
+    # lost until then; a retry counted from a future finish would wait as long again.
+    await stack.worker.stop(grace=0)
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="echo", payload=1, maxAttempts=2)
+    ahead = utcnow() + timedelta(days=365)
+    await stack.backends.broker.publish(
+        JOBS_STARTED,
+        JobStarted(job_id=UUID(job["id"]), attempt=1, worker_id="ahead", started_at=ahead).encode(),
+    )
+    running = await wait_for_status(stack.client, token, job["id"], "RUNNING")
+    assert (await job_row(stack.backends, job["id"]))["started_at"] <= utcnow()
+    assert running["startedAt"] <= running["updatedAt"]
+    failed = JobFinished(
+        job_id=UUID(job["id"]),
+        attempt=1,
+        status="FAILED",
+        error="boom",
+        retryable=True,
+        worker_id="ahead",
+        started_at=ahead,
+        finished_at=ahead + timedelta(seconds=1),
+    )
+    await stack.backends.broker.publish(JOBS_COMPLETED, failed.encode())
+    await eventually(lambda: _attempts_failed(stack, job["id"]))
+    row = await job_row(stack.backends, job["id"])
+    cap = timedelta(seconds=stack.settings.retry_backoff_cap_seconds)
+    assert row["run_at"] <= utcnow() + cap
+    assert row["started_at"] <= utcnow()
+    assert row["finished_at"] is None  # waiting for its retry
+
+
+async def _attempts_failed(stack: Stack, job_id: str) -> bool:
+    return (await job_row(stack.backends, job_id))["status"] != "RUNNING"

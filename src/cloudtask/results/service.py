@@ -9,7 +9,7 @@ parsed goes to ``jobs.dead``.
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -101,7 +101,9 @@ class ResultsService:
         return handle
 
     async def _write(self, events: Sequence[BaseModel]) -> None:
-        finished = [self._finished(e) for e in events if isinstance(e, JobFinished)]
+        now = utcnow()
+        events = [_not_after(e, now) for e in events]
+        finished = [self._finished(e, now) for e in events if isinstance(e, JobFinished)]
         ends = {(f.event.job_id, f.event.attempt) for f in finished}
         # A start whose attempt's end is in the same batch adds nothing to it: the end applies to
         # a PENDING job as well, taking startedAt and the attempt from its own event. Skipping
@@ -112,7 +114,6 @@ class ResultsService:
         for e in events:
             if isinstance(e, JobStarted):
                 (subsumed if (e.job_id, e.attempt) in ends else started).append(e)
-        now = utcnow()
         # Each statement is conditional and idempotent, and deliveries are acknowledged only after
         # both: no transaction is needed around them (a crash between them redelivers the batch).
         async with session.autocommit(self._db) as conn:
@@ -129,13 +130,14 @@ class ResultsService:
         for job in moved:
             self._record(job)
 
-    def _finished(self, event: JobFinished) -> job_events.FinishedEvent:
+    def _finished(self, event: JobFinished, now: datetime) -> job_events.FinishedEvent:
         delay = compute_backoff(
             event.attempt,
             base=self._settings.retry_backoff_base_seconds,
             cap=self._settings.retry_backoff_cap_seconds,
         )
-        return job_events.FinishedEvent(event, event.finished_at + timedelta(seconds=delay))
+        # Counted from this clock, not the worker's: one running ahead would put it off.
+        return job_events.FinishedEvent(event, now + timedelta(seconds=delay))
 
     def _record(self, job: job_events.Transition) -> None:
         label = self.metrics.job_type(job.type)
@@ -167,6 +169,19 @@ class ResultsService:
             return
         self.metrics.dead_lettered.inc()
         log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
+
+
+def _not_after(event: BaseModel, now: datetime) -> BaseModel:
+    """``event`` with its times no later than ``now``: a worker whose clock runs ahead would
+    otherwise keep the scheduler from judging the attempt hung or lost until then (it judges
+    from startedAt), and show a job finished in the future."""
+    if isinstance(event, JobStarted) and event.started_at > now:
+        return event.model_copy(update={"started_at": now})
+    if isinstance(event, JobFinished) and event.finished_at > now:
+        return event.model_copy(
+            update={"started_at": min(event.started_at, now), "finished_at": now}
+        )
+    return event
 
 
 async def _quietly(step: Any) -> None:
