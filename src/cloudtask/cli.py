@@ -8,22 +8,19 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cloudtask import dev, log, serving
-from cloudtask.api.app import create_app
-from cloudtask.backends import Backends, open_backends
+from cloudtask import log, serving
 from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
-from cloudtask.db.engine import Plans
-from cloudtask.db.migrate import DatabaseRefused, upgrade
-from cloudtask.observability import shared_values
-from cloudtask.observability.health import database_check, standard_checks
-from cloudtask.observability.server import status_app
-from cloudtask.results.service import ResultsService
-from cloudtask.scheduler.service import SchedulerService
+from cloudtask.errors import DatabaseRefused
 from cloudtask.settings import Settings, SettingsError, load_settings, unknown_settings
-from cloudtask.worker.handlers import builtin_handlers
 from cloudtask.worker.registry import RegistrationError, user_handlers
-from cloudtask.worker.service import WorkerService
+
+if TYPE_CHECKING:
+    from cloudtask.backends import Backends
+
+# Each command imports what it runs, when it runs it: a worker never loads the API's web stack,
+# and a start refused for its settings (or --help) answers in half the time.
 
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - services listen on every interface, as in containers
 
@@ -166,11 +163,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         settings = settings.model_copy(update={"worker_grace_seconds": args.grace})
     import_handler_modules(getattr(args, "imports", []))
     if args.command == "migrate":
+        from cloudtask.db.migrate import upgrade
+
         settings.require_urls("database_url")
         log.configure("migrate", settings.log_level, settings.log_format)
         upgrade(settings.database_url.get_secret_value())
         return
     if args.command == "dev":
+        from cloudtask import dev
+
         log.configure("dev", settings.log_level, settings.log_format)
         serving.run(lambda: dev.run(settings, args.host, args.port, Path(args.db)))
         return
@@ -179,6 +180,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     settings.require_urls("database_url", "rabbitmq_url", "redis_url")
     log.configure(args.command, settings.log_level, settings.log_format)
     if args.command == "api" and args.workers > 1:
+        from cloudtask.observability import shared_values
+
         sock = serving.listening_socket(args.host, args.port)
 
         def child() -> None:
@@ -193,6 +196,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def _api(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> None:
+    from cloudtask.api.app import create_app
+    from cloudtask.backends import open_backends
+    from cloudtask.db.engine import Plans
+
     backends = await open_backends(settings, plans=Plans.FRESH_SQLALCHEMY)
     try:
         app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
@@ -202,6 +209,11 @@ async def _api(settings: Settings, host: str, port: int, sock: socket.socket | N
 
 
 async def _worker(settings: Settings, host: str, port: int) -> None:
+    from cloudtask.backends import open_backends
+    from cloudtask.observability.server import status_app
+    from cloudtask.worker.handlers import builtin_handlers
+    from cloudtask.worker.service import WorkerService
+
     backends = await open_backends(settings)
     handlers = builtin_handlers(settings).merged(user_handlers)
     worker = WorkerService(settings, broker=backends.broker, kv=backends.kv, handlers=handlers)
@@ -210,6 +222,12 @@ async def _worker(settings: Settings, host: str, port: int) -> None:
 
 
 async def _results(settings: Settings, host: str, port: int) -> None:
+    from cloudtask.backends import open_backends
+    from cloudtask.db.engine import Plans
+    from cloudtask.observability.health import database_check
+    from cloudtask.observability.server import status_app
+    from cloudtask.results.service import ResultsService
+
     backends = await open_backends(settings, plans=Plans.FRESH)
     results = ResultsService(settings, db=backends.db, broker=backends.broker)
     # It never uses Redis (the client connects on first use, so it never does): Redis being
@@ -219,6 +237,12 @@ async def _results(settings: Settings, host: str, port: int) -> None:
 
 
 async def _scheduler(settings: Settings, host: str, port: int) -> None:
+    from cloudtask.backends import open_backends
+    from cloudtask.db.engine import Plans
+    from cloudtask.observability.health import standard_checks
+    from cloudtask.observability.server import status_app
+    from cloudtask.scheduler.service import SchedulerService
+
     backends = await open_backends(settings, plans=Plans.FRESH)
     scheduler = SchedulerService(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
     checks = standard_checks(backends.db, backends.broker, backends.kv)
@@ -226,7 +250,7 @@ async def _scheduler(settings: Settings, host: str, port: int) -> None:
 
 
 async def _serve(
-    backends: Backends,
+    backends: "Backends",
     service: serving.Service,
     status: object,
     host: str,

@@ -26,9 +26,10 @@ from cloudtask.contracts.signals import REQUEUED, lease_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.engine import create_engine
-from cloudtask.db.migrate import DatabaseRefused, upgrade_async
+from cloudtask.db.migrate import upgrade_async
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.queries import outbox as outbox_q
+from cloudtask.errors import DatabaseRefused
 from cloudtask.kv.base import KV
 from cloudtask.kv.memory import MemoryKV
 from cloudtask.results.service import ResultsService

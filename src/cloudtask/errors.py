@@ -23,6 +23,11 @@ class DatabaseUnavailable(CloudTaskError):
     """The database cannot be reached."""
 
 
+class DatabaseRefused(CloudTaskError):
+    """The database could not be reached, or turned the connection away; the message is the
+    driver's own reason, in one line, without the URL (which may hold a password)."""
+
+
 class AlreadyExists(CloudTaskError):
     """It already exists."""
 

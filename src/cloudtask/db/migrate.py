@@ -10,14 +10,9 @@ from sqlalchemy.exc import DBAPIError
 
 from cloudtask.db.engine import create_engine
 from cloudtask.db.session import driver_message
-from cloudtask.errors import CloudTaskError
+from cloudtask.errors import DatabaseRefused
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-class DatabaseRefused(CloudTaskError):
-    """The database could not be reached, or turned the connection away; the message is the
-    driver's own reason, in one line, without the URL (which may hold a password)."""
 
 
 def alembic_config(url: str) -> Config:
