@@ -30,7 +30,7 @@ def test_the_quickest_bench_run_prints_its_table_and_writes_json_with_numeric_fi
             "--generator",
             "python",
             "--duration",
-            "2",
+            "1",
             "--e2e-jobs",
             "100",
             "--users",

@@ -17,7 +17,7 @@ from tests.e2e.probes import job_row, metric
 from tests.e2e.processes import Processes
 from tests.infra import rabbitmqctl
 
-TIMEOUT_MS = 2000
+TIMEOUT_MS = 1000
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def short_consumer_timeout() -> Iterator[None]:
     rabbitmqctl(
         "eval",
         f"application:set_env(rabbit, consumer_timeout, {TIMEOUT_MS}), "
-        "application:set_env(rabbit, channel_tick_interval, 500).",
+        "application:set_env(rabbit, channel_tick_interval, 250).",
     )
     try:
         yield

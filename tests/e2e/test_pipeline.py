@@ -107,7 +107,7 @@ def test_a_custom_handler_module_runs_its_jobs_and_a_running_one_can_be_cancelle
 
 def test_a_sigterm_requeues_what_did_not_finish_within_the_grace(procs: Processes) -> None:
     client = _stack(procs, "--grace", "0.5")
-    job = client.submit(type="sleep", payload={"seconds": 4}, maxAttempts=1)
+    job = client.submit(type="sleep", payload={"seconds": 2.5}, maxAttempts=1)
     client.wait(job["id"], "RUNNING")
     worker = procs.started[-1]
     started = time.monotonic()
@@ -139,9 +139,9 @@ def test_a_hung_worker_does_not_leave_its_job_running(procs: Processes) -> None:
     procs.env["CLOUDTASK_RUNNING_GRACE_SECONDS"] = "1"
     client = _stack(procs, *HANDLERS)
     retried = client.submit(
-        type="e2e.hang", payload={"seconds": 4}, timeoutSeconds=1, maxAttempts=2
+        type="e2e.hang", payload={"seconds": 3}, timeoutSeconds=1, maxAttempts=2
     )
-    once = client.submit(type="e2e.hang", payload={"seconds": 4}, timeoutSeconds=1, maxAttempts=1)
+    once = client.submit(type="e2e.hang", payload={"seconds": 3}, timeoutSeconds=1, maxAttempts=1)
     for job, attempts in ((retried, 2), (once, 1)):
         ended = client.wait(job["id"], "FAILED", "COMPLETED", timeout=40)
         assert ended["status"] == "FAILED"
@@ -188,11 +188,11 @@ def test_a_real_cron_firing_creates_exactly_one_job(procs: Processes) -> None:
     schedule = response.json()
     first_run = datetime.fromisoformat(schedule["nextRunAt"])
     assert (first_run.month, first_run.day, first_run.hour, first_run.minute) == (1, 1, 0, 0)
-    # Rather than wait for New Year, the first firing is brought forward to two seconds from now,
+    # Rather than wait for New Year, the first firing is brought forward to a second from now,
     # in the database; the schedulers fire it as they find it.
     moved = execute(
         procs.env["CLOUDTASK_DATABASE_URL"],
-        "UPDATE schedules SET next_run_at = now() + interval '2 seconds' WHERE id = $1::uuid",
+        "UPDATE schedules SET next_run_at = now() + interval '1 second' WHERE id = $1::uuid",
         schedule["id"],
     )
     assert moved == "UPDATE 1"
