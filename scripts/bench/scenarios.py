@@ -313,8 +313,9 @@ class Bench:
     # --- (r) ----------------------------------------------------------------------------------
 
     async def reference(self, outcome: Outcome, app: "Reference") -> None:
-        """The bare endpoint of ``reference_app`` under the load of (a), for half as long."""
-        duration = max(3.0, self.options.duration / 2)
+        """The bare endpoint of ``reference_app`` under the load of (a), for half as long (at
+        least 3 s, but in a --quick run, which only checks that it works)."""
+        duration = max(1.0 if self.options.quick else 3.0, self.options.duration / 2)
         url = app.service.url
         await self._closed_loop(url, app.tokens, 1.0)  # both workers' first requests
         load = await self._closed_loop(url, app.tokens, duration)
