@@ -247,6 +247,20 @@ def test_check_cron_refuses_anything_else(expression: str) -> None:
         cron.check_cron(expression)
 
 
+@pytest.mark.parametrize(
+    ("expression", "says"),
+    [
+        ("0 0 * *", "use five fields"),
+        ("@often", "use five fields"),
+        ("61 0 * * *", "a field holds what cron does not read"),
+        ("0 0 * * 9L", "a field holds what cron does not read"),
+    ],
+)
+def test_a_refused_expression_is_told_what_is_wrong_with_it(expression: str, says: str) -> None:
+    with pytest.raises(cron.InvalidSchedule, match=says):
+        cron.check_cron(expression)
+
+
 def test_a_never_firing_expression_is_refused_as_such() -> None:
     with pytest.raises(cron.InvalidSchedule, match="never fires"):
         cron.check_cron("0 0 30 2 *")
@@ -325,6 +339,11 @@ def test_a_schedule_on_the_clock_fires_at_every_minute_whose_local_time_it_names
         ("0 0 *,8 * 1#1", ["2026-12-07", "2027-01-04", "2027-02-01", "2027-03-01"]),
         # Only one half ever fires: that one.
         ("0 0 31 2 1#1", ["2027-02-01", "2028-02-07", "2029-02-05", "2030-02-04"]),
+        # The last Friday of the month, spelled as croniter does and as Quartz does.
+        ("0 0 * * L5", ["2026-12-25", "2027-01-29", "2027-02-26", "2027-03-26"]),
+        ("0 0 * * 5L", ["2026-12-25", "2027-01-29", "2027-02-26", "2027-03-26"]),
+        ("0 0 * * FRIL", ["2026-12-25", "2027-01-29", "2027-02-26", "2027-03-26"]),
+        ("0 0 1 * 5L", ["2026-12-01", "2026-12-25", "2027-01-01", "2027-01-29"]),
     ],
 )
 def test_a_day_of_the_month_and_of_the_week_fire_on_either(

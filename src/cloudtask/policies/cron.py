@@ -46,7 +46,14 @@ _NAMES: tuple[dict[str, int], ...] = (
 )
 
 
+_LAST_WEEKDAY = re.compile(r"^([0-7]|[A-Za-z]{3})[Ll]$")
+
+
 def _read_item(item: str, names: dict[str, int]) -> str:
+    last = _LAST_WEEKDAY.match(item) if names is _NAMES[4] else None
+    if last is not None:  # 5L, FRIL: the last Friday of the month, which croniter spells L5
+        day = last[1] if last[1].isdigit() else names.get(last[1].lower())
+        return item if day is None else f"L{day}"
     match = _RANGE.match(item)
     if match is None or match[3] == "/0":
         return item  # croniter judges it
@@ -87,6 +94,12 @@ def parse_zone(name: str) -> ZoneInfo:
 
 
 def invalid_cron_message(expression: str) -> str:
+    if len(expression.split()) == len(_NAMES):
+        return (
+            f"invalid cron expression {expression!r}: a field holds what cron does not read "
+            "(minute 0-59, hour 0-23, day-of-month 1-31, month 1-12 or jan-dec, day-of-week "
+            "0-7 or sun-sat; with * , - / and L, W, #)"
+        )
     return (
         f"invalid cron expression {expression!r}: use five fields "
         "(minute hour day-of-month month day-of-week) or a macro such as @hourly"
