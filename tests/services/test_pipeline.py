@@ -89,11 +89,13 @@ async def test_a_job_of_an_unknown_type_fails_after_one_attempt_without_retry(
 async def test_an_unparseable_job_message_is_dead_lettered_and_the_worker_keeps_working(
     stack: Stack,
 ) -> None:
-    await stack.backends.broker.publish(JOBS_CREATED, b'{"jobId": "not a uuid", "type": 7')
+    body = b'{"jobId": "not a uuid", "type": 7'
+    await stack.backends.broker.publish(JOBS_CREATED, body, headers={"trace-id": "abc"})
     dead = await next_dead_letter(stack.backends.broker)
-    assert dead.body == b'{"jobId": "not a uuid", "type": 7'
+    assert dead.body == body
     assert str(dead.headers["x-death-reason"]).startswith("unparseable message")
     assert dead.headers["x-original-queue"] == JOBS_CREATED
+    assert dead.headers["trace-id"] == "abc"
     await wait_for_metric(
         stack.worker.metrics.registry,
         "cloudtask_worker_dead_lettered_total",
@@ -176,11 +178,14 @@ async def test_a_message_that_is_not_strict_json_of_its_types_is_dead_lettered_n
 async def test_an_unparseable_completion_is_dead_lettered_and_results_keep_being_written(
     stack: Stack,
 ) -> None:
-    await stack.backends.broker.publish(JOBS_COMPLETED, b"garbage, not JSON")
+    await stack.backends.broker.publish(
+        JOBS_COMPLETED, b"garbage, not JSON", priority=3, headers={"trace-id": "abc"}
+    )
     dead = await next_dead_letter(stack.backends.broker)
     assert dead.body == b"garbage, not JSON"
     assert str(dead.headers["x-death-reason"]).startswith("unparseable message")
     assert dead.headers["x-original-queue"] == JOBS_COMPLETED
+    assert dead.headers["trace-id"] == "abc"  # kept, for whoever looks into it
     await wait_for_metric(
         stack.results.metrics.registry, "cloudtask_results_dead_lettered_total", 1
     )

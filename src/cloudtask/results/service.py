@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudtask.batching import Batcher
-from cloudtask.broker.base import Broker, Consumer, Delivery
+from cloudtask.broker.base import Broker, Consumer, Delivery, dead_letter_headers
 from cloudtask.contracts.messages import JobFinished, JobStarted
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_DEAD, JOBS_STARTED
 from cloudtask.contracts.statuses import FINAL_STATUSES, JobStatus
@@ -161,7 +161,8 @@ class ResultsService:
             await self._broker.publish(
                 JOBS_DEAD,
                 delivery.body,
-                headers={"x-death-reason": reason, "x-original-queue": queue},
+                priority=delivery.priority,
+                headers=dead_letter_headers(delivery, queue, reason),
             )
             await delivery.ack()
         except BrokerUnavailable:

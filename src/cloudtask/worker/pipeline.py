@@ -33,7 +33,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from cloudtask.broker.base import Broker, Delivery
+from cloudtask.broker.base import Broker, Delivery, dead_letter_headers
 from cloudtask.broker.grouping import GroupedPublisher
 from cloudtask.contracts.messages import JobCreated, JobFinished, JobStarted
 from cloudtask.contracts.queues import (
@@ -413,9 +413,11 @@ class Pipeline:
         return True
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        headers = {"x-death-reason": reason, "x-original-queue": JOBS_CREATED}
+        headers = dead_letter_headers(delivery, JOBS_CREATED, reason)
         try:
-            await self.deps.broker.publish(JOBS_DEAD, delivery.body, headers=headers)
+            await self.deps.broker.publish(
+                JOBS_DEAD, delivery.body, priority=delivery.priority, headers=headers
+            )
             await delivery.ack()
         except BrokerUnavailable:
             await _quietly(delivery.reject(requeue=True))
