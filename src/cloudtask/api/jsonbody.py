@@ -69,7 +69,7 @@ class StrictJSONRoute(APIRoute):
 
         async def strict_handler(request: Request) -> Response:
             scope = request.scope
-            declared = request.headers.get("content-type")
+            declared = request.headers.getlist("content-type")
             # FastAPI would hand a body of another type to validation as bytes; the parser it
             # is given here reads JSON only, so the header is checked first.
             scope["headers"] = [
@@ -88,7 +88,8 @@ class StrictJSONRoute(APIRoute):
                 _, header_errors = request_params_to_args(header_params, strict.headers)
                 return RequestValidationError([*errors, *header_errors], body=body)
 
-            foreign = declared is not None and not is_json_media_type(declared)
+            # Sent twice, either could be the one meant: both must be JSON.
+            foreign = any(not is_json_media_type(value) for value in declared)
             if takes_body and foreign and await strict.body():
                 raise await unread([_CONTENT_TYPE_ERROR], None)
             try:
