@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloudtask.api.app import create_app
 from cloudtask.settings import Settings
@@ -120,3 +121,15 @@ async def test_a_body_cut_short_by_the_client_going_away_is_never_acted_on(
         auth = {"Authorization": f"Bearer {token}"}
         assert (await http.get("/jobs", headers=auth)).json() == []
         assert (await http.get("/schedules", headers=auth)).json() == []
+        # Nor counted as a server error: as 499 (client closed request), where it is counted.
+        exposition = (await http.get("/actuator/prometheus")).text
+    counted = [
+        sample
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "cloudtask_http_requests"
+        for sample in family.samples
+        if sample.name == "cloudtask_http_requests_total"
+    ]
+    assert not [s for s in counted if s.labels["status"].startswith("5")], counted
+    gone = sum(s.value for s in counted if s.labels["status"] == "499")
+    assert gone == (1 if cut is _content_length_cut else 4), counted

@@ -14,6 +14,9 @@ from cloudtask.api.errors import error_response
 from cloudtask.observability.metrics import ApiMetrics
 
 MAX_BODY_BYTES = 1024 * 1024
+CLIENT_CLOSED_REQUEST = 499
+"""The status counted for a request whose client went away before it could be answered (the
+code nginx logs for it); never sent."""
 
 
 class BodyLimitMiddleware:
@@ -45,7 +48,7 @@ class BodyLimitMiddleware:
         if declared is None and chunked:
             try:
                 body = await self._read_up_to_limit(receive)
-            except _ClientGone:
+            except ClientGone:
                 return  # nobody to answer, and half a body is never acted on
             if body is None:
                 await self._refuse(scope, receive, send)
@@ -65,14 +68,14 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
     async def _read_up_to_limit(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passed the limit; :class:`_ClientGone` if the client
+        """The whole body, or None once it passed the limit; :class:`ClientGone` if the client
         went away before its end."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                raise _ClientGone
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
@@ -87,7 +90,7 @@ class BodyLimitMiddleware:
         )
 
 
-class _ClientGone(Exception):
+class ClientGone(Exception):
     """The client disconnected before the last chunk of its body."""
 
 
@@ -125,7 +128,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
@@ -135,7 +138,13 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_with_status)
+        except BaseException:
+            status = status or 500
+            raise
         finally:
+            # An app that returns without answering does so because the client went away
+            # before its request was whole: counted apart, not as a server error.
+            status = status or CLIENT_CLOSED_REQUEST
             record(self.metrics, scope["method"], _route_template(scope), status, start)
 
 

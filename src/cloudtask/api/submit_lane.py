@@ -23,17 +23,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cloudtask.api import errors, submission
 from cloudtask.api.context import ApiContext
 from cloudtask.api.jsonbody import StrictJSONRequest, is_json_media_type
-from cloudtask.api.middleware import MAX_BODY_BYTES, record, replaying
+from cloudtask.api.middleware import (
+    CLIENT_CLOSED_REQUEST,
+    MAX_BODY_BYTES,
+    ClientGone,
+    record,
+    replaying,
+)
 from cloudtask.api.security import InvalidToken, Principal
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.api import JobCreate
 
 PATH = "/jobs"
 MAX_KEY_LENGTH = 255
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its body was complete."""
 
 
 class SubmitLane:
@@ -53,8 +55,9 @@ class SubmitLane:
             return
         try:
             body = await _read_body(receive)
-        except _ClientGone:
-            return  # nobody to answer; a truncated body is never taken for a job
+        except ClientGone:  # nobody to answer; a truncated body is never taken for a job
+            record(self._context.metrics, "POST", PATH, CLIENT_CLOSED_REQUEST, start)
+            return
         answer = await self.answer(scope, receive, body) if len(body) <= self._limit else None
         if answer is None:
             await self._app(scope, replaying(body, receive), send)
@@ -129,7 +132,7 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            raise _ClientGone
+            raise ClientGone
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
