@@ -4,7 +4,9 @@ An event counts only for the attempt most recently handed out (``dispatch_attemp
 while the job is PENDING or RUNNING, so a duplicate, a late ``started`` after ``completed``, or an
 older attempt's event matches no row and changes nothing. A finished job never changes again.
 The same attempt started again later (put back by a stopping worker, or redelivered) moves
-``started_at`` to its new start, from which the scheduler judges whether it hangs.
+``started_at`` to its new start, from which the scheduler judges whether it hangs; unless that
+start is ``now`` itself, which is what a start stamped in the future was taken for (see
+``results.service``), and whose every copy would move it again.
 """
 
 from collections.abc import Sequence
@@ -13,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import and_, case, false, or_, update
+from sqlalchemy import and_, case, false, or_, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloudtask.contracts import jsoncodec
@@ -64,11 +66,13 @@ async def apply_started(
                     jobs.c.status == JobStatus.PENDING,
                     and_(jobs.c.status == JobStatus.RUNNING, jobs.c.attempts < event.attempt),
                     # The same attempt started again (put back by a stopping worker, or
-                    # redelivered): its timeout runs from the new start.
+                    # redelivered): its timeout runs from the new start. Not a start stamped
+                    # in the future and taken as now: each copy of it would move it again.
                     and_(
                         jobs.c.status == JobStatus.RUNNING,
                         jobs.c.attempts == event.attempt,
                         jobs.c.started_at < event.started_at,
+                        true() if event.started_at < now else false(),
                     ),
                 ),
             )

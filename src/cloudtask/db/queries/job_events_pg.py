@@ -25,7 +25,8 @@ _STARTED = text(
     WHERE j.id = e.id AND j.dispatch_attempt = e.attempt
       AND (j.status = 'PENDING'
            OR (j.status = 'RUNNING' AND j.attempts < e.attempt)
-           OR (j.status = 'RUNNING' AND j.attempts = e.attempt AND j.started_at < e.started_at))
+           OR (j.status = 'RUNNING' AND j.attempts = e.attempt AND j.started_at < e.started_at
+               AND e.started_at < :now))
     RETURNING j.id
     """
 ).bindparams(
