@@ -20,8 +20,22 @@ from tests.infra import rabbitmqctl
 TIMEOUT_MS = 1000
 
 
+def _rabbit_env(name: str) -> str:
+    """The broker's setting ``name`` as an Erlang term: ``{ok,Value}`` or ``undefined``."""
+    return rabbitmqctl("eval", f"application:get_env(rabbit, {name}).").strip()
+
+
+def _restore(name: str, saved: str) -> str:
+    if saved == "undefined":
+        return f"application:unset_env(rabbit, {name})"
+    return f"application:set_env(rabbit, {name}, {saved.removeprefix('{ok,').removesuffix('}')})"
+
+
 @pytest.fixture
 def short_consumer_timeout() -> Iterator[None]:
+    # The setting is the whole node's: the end-to-end tests run one at a time, and what it was
+    # before is put back.
+    saved = {name: _rabbit_env(name) for name in ("consumer_timeout", "channel_tick_interval")}
     rabbitmqctl(
         "eval",
         f"application:set_env(rabbit, consumer_timeout, {TIMEOUT_MS}), "
@@ -30,11 +44,7 @@ def short_consumer_timeout() -> Iterator[None]:
     try:
         yield
     finally:
-        rabbitmqctl(
-            "eval",
-            "application:set_env(rabbit, consumer_timeout, 1800000), "
-            "application:set_env(rabbit, channel_tick_interval, 60000).",
-        )
+        rabbitmqctl("eval", ", ".join(_restore(n, v) for n, v in saved.items()) + ".")
 
 
 def _held_delivery_is_cut_off(url: str) -> bool:
