@@ -1,9 +1,16 @@
 """Publish and subscribe, on every key-value store."""
 
+import secrets
+
 import pytest
 
 from cloudtask.kv.base import KV
 from tests.helpers import eventually
+
+# Redis's channels are the server's, not a database's: test processes running side by side
+# each listen on channels of their own.
+CANCEL = f"cancel-{secrets.token_hex(4)}"
+OTHER = f"other-{secrets.token_hex(4)}"
 
 
 async def test_an_async_subscriber_receives_what_is_published(kv: KV) -> None:
@@ -12,9 +19,9 @@ async def test_an_async_subscriber_receives_what_is_published(kv: KV) -> None:
     async def on_message(message: bytes) -> None:
         received.append(message)
 
-    subscription = await kv.subscribe("cancel", on_message)
-    await kv.publish("cancel", b"job-1")
-    await kv.publish("cancel", b"job-2")
+    subscription = await kv.subscribe(CANCEL, on_message)
+    await kv.publish(CANCEL, b"job-1")
+    await kv.publish(CANCEL, b"job-2")
 
     async def both() -> bool:
         return len(received) == 2
@@ -26,8 +33,8 @@ async def test_an_async_subscriber_receives_what_is_published(kv: KV) -> None:
 
 async def test_a_sync_subscriber_receives_what_is_published(kv: KV) -> None:
     received: list[bytes] = []
-    subscription = await kv.subscribe("cancel", received.append)
-    await kv.publish("cancel", b"job-1")
+    subscription = await kv.subscribe(CANCEL, received.append)
+    await kv.publish(CANCEL, b"job-1")
 
     async def arrived() -> list[bytes]:
         return received
@@ -41,12 +48,12 @@ async def test_every_subscriber_of_a_channel_receives_the_message_and_no_other(k
     second: list[bytes] = []
     elsewhere: list[bytes] = []
     subscriptions = [
-        await kv.subscribe("cancel", first.append),
-        await kv.subscribe("cancel", second.append),
-        await kv.subscribe("other", elsewhere.append),
+        await kv.subscribe(CANCEL, first.append),
+        await kv.subscribe(CANCEL, second.append),
+        await kv.subscribe(OTHER, elsewhere.append),
     ]
-    await kv.publish("cancel", b"job-1")
-    await kv.publish("other", b"marker")
+    await kv.publish(CANCEL, b"job-1")
+    await kv.publish(OTHER, b"marker")
 
     async def delivered() -> bool:
         return first == second == [b"job-1"] and elsewhere == [b"marker"]
@@ -59,16 +66,16 @@ async def test_every_subscriber_of_a_channel_receives_the_message_and_no_other(k
 async def test_a_closed_subscription_receives_nothing_more(kv: KV) -> None:
     closed: list[bytes] = []
     witness: list[bytes] = []
-    subscription = await kv.subscribe("cancel", closed.append)
-    still_open = await kv.subscribe("cancel", witness.append)
-    await kv.publish("cancel", b"before")
+    subscription = await kv.subscribe(CANCEL, closed.append)
+    still_open = await kv.subscribe(CANCEL, witness.append)
+    await kv.publish(CANCEL, b"before")
 
     async def both_heard() -> bool:
         return closed == witness == [b"before"]
 
     await eventually(both_heard)
     await subscription.close()
-    await kv.publish("cancel", b"after")
+    await kv.publish(CANCEL, b"after")
 
     async def witness_heard() -> bool:
         return witness == [b"before", b"after"]
@@ -88,16 +95,16 @@ async def test_a_failing_subscriber_is_logged_and_still_gets_later_messages(
         if message == b"bad":
             raise ValueError("subscriber failed")
 
-    subscription = await kv.subscribe("cancel", fails_first)
-    await kv.publish("cancel", b"bad")
-    await kv.publish("cancel", b"good")
+    subscription = await kv.subscribe(CANCEL, fails_first)
+    await kv.publish(CANCEL, b"bad")
+    await kv.publish(CANCEL, b"good")
 
     async def both() -> bool:
         return received == [b"bad", b"good"]
 
     await eventually(both)
     failures = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ValueError]
-    assert [r.getMessage() for r in failures] == ["subscriber to cancel failed"]
+    assert [r.getMessage() for r in failures] == [f"subscriber to {CANCEL} failed"]
     await subscription.close()
 
 
