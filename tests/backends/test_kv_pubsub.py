@@ -1,9 +1,11 @@
 """Publish and subscribe, on every key-value store."""
 
+import asyncio
 import secrets
 
 import pytest
 
+from cloudtask.kv import redis as redis_kv
 from cloudtask.kv.base import KV
 from tests.helpers import eventually
 
@@ -110,3 +112,28 @@ async def test_a_failing_subscriber_is_logged_and_still_gets_later_messages(
 
 async def test_publishing_without_subscribers_is_harmless(kv: KV) -> None:
     await kv.publish("nobody-listens", b"hello")
+
+
+async def test_closing_a_subscription_does_not_wait_on_a_callback_that_will_not_stop(
+    kv: KV, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopping service closes its subscriptions; one whose listener does not end when told
+    # (here a callback that ignores the cancel) must not hold the stop up for ever.
+    monkeypatch.setattr(redis_kv, "CLOSE_WAIT", 0.3, raising=False)
+    inside, finished = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(message: bytes) -> None:
+        inside.set()
+        try:
+            await asyncio.sleep(2)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)  # told to stop, it carries on a while
+        finished.set()
+
+    subscription = await kv.subscribe(CANCEL, stubborn)
+    await kv.publish(CANCEL, b"job-1")
+    await asyncio.wait_for(inside.wait(), 5)
+    await asyncio.wait_for(subscription.close(), 2)
+    await asyncio.wait_for(finished.wait(), 5)
+    await kv.publish(CANCEL, b"job-2")  # what a listener still reading would take: nothing
+    await asyncio.sleep(0.1)

@@ -5,7 +5,6 @@ own connection with a listener that reconnects when Redis comes back.
 """
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Sequence
@@ -72,6 +71,10 @@ return result
 """
 
 
+CLOSE_WAIT = 5.0
+"""Seconds a closing subscription waits for its listener to end."""
+
+
 def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
@@ -82,20 +85,25 @@ class _RedisSubscription(Subscription):
         self._channel = channel
         self._callback = callback
         self._ready = asyncio.Event()
+        self._closing = False
         self._task = asyncio.create_task(self._listen())
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
     async def _listen(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self._channel)
                     self._ready.set()
                     async for message in pubsub.listen():
+                        if self._closing:
+                            return
                         await self._deliver(message)
             except (RedisError, OSError) as exc:
+                if self._closing:
+                    return  # the cancel, which redis-py may raise as a ConnectionError
                 log.warning("Redis subscription to %s lost (%r); resubscribing", self._channel, exc)
                 await asyncio.sleep(1)
 
@@ -110,9 +118,13 @@ class _RedisSubscription(Subscription):
             log.exception("subscriber to %s failed", self._channel)
 
     async def close(self) -> None:
+        self._closing = True
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # Waited for a moment at most: a stop must not hang on the client library's cleanup of
+        # a subscription (the listener's cancel, taken for a lost connection, once looped on).
+        await asyncio.wait([self._task], timeout=CLOSE_WAIT)
+        if not self._task.done():
+            log.warning("Redis subscription to %s did not close in time", self._channel)
 
 
 def _retry_once() -> Retry:
