@@ -1,6 +1,9 @@
 """/actuator/health, /actuator/prometheus and /openapi.json."""
 
+import uuid
+
 import httpx
+import jwt
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -82,6 +85,35 @@ async def test_a_database_that_turns_connections_away_is_503_on_every_route(
         await refused.dispose()
     assert health.status_code == 503
     assert health.json()["components"]["db"] == {"status": "DOWN"}
+
+
+async def test_an_idempotency_key_answer_is_replayed_while_the_database_turns_connections_away(
+    client: Client, backends: Backends, settings: Settings
+) -> None:
+    # The replay asks the database whether the user still exists; one that cannot say does
+    # not stop the replay (the answer was true when it was kept).
+    if backends.kind == "memory":
+        pytest.skip("SQLite has no server to refuse a connection")
+    token = await client.register()
+    keyed = {**client.auth(token), "Idempotency-Key": "kept"}
+    first = await client.http.post("/jobs", json={"type": "echo"}, headers=keyed)
+    assert first.status_code == 201
+    url = make_url(backends.database_url).set(username="ct_no_such_role")
+    refused = create_engine(url.render_as_string(hide_password=False))
+    app = create_app(settings, db=refused, broker=backends.broker, kv=backends.kv)
+    # An api process that saw this user within the last minute, as the one that answered.
+    claims = jwt.decode(token, options={"verify_signature": False})
+    app.state.context.known_users.add(uuid.UUID(claims["sub"]))
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            base_url="http://t",
+        ) as http:
+            replay = await http.post("/jobs", json={"type": "echo"}, headers=keyed)
+    finally:
+        await refused.dispose()
+    assert (replay.status_code, replay.json()) == (201, first.json())
+    assert replay.headers["Idempotent-Replayed"] == "true"
 
 
 async def test_health_reports_a_closed_broker(backends: Backends, settings: Settings) -> None:
