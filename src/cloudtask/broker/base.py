@@ -42,12 +42,6 @@ class Delivery(ABC):
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
-def dead_letter_headers(delivery: Delivery, queue: str, reason: str) -> dict[str, Any]:
-    """The headers a message moved to ``jobs.dead`` carries: its own (a peer's trace or
-    correlation ids, for whoever looks into it), then why and from where it came."""
-    return {**delivery.headers, "x-death-reason": reason, "x-original-queue": queue}
-
-
 class Consumer(ABC):
     @abstractmethod
     async def stop_receiving(self) -> None:

@@ -16,9 +16,10 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudtask.batching import Batcher
-from cloudtask.broker.base import Broker, Consumer, Delivery, dead_letter_headers
+from cloudtask.broker import dead_letters
+from cloudtask.broker.base import Broker, Consumer, Delivery
 from cloudtask.contracts.messages import JobFinished, JobStarted
-from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_DEAD, JOBS_STARTED
+from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_STARTED
 from cloudtask.contracts.statuses import FINAL_STATUSES, JobStatus
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
@@ -158,12 +159,7 @@ class ResultsService:
 
     async def _dead_letter(self, delivery: Delivery, queue: str, reason: str) -> None:
         try:
-            await self._broker.publish(
-                JOBS_DEAD,
-                delivery.body,
-                priority=delivery.priority,
-                headers=dead_letter_headers(delivery, queue, reason),
-            )
+            await dead_letters.move(self._broker, delivery, queue, reason)
             await delivery.ack()
         except BrokerUnavailable:
             await _quietly(delivery.reject(requeue=True))

@@ -33,13 +33,13 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from cloudtask.broker.base import Broker, Delivery, dead_letter_headers
+from cloudtask.broker import dead_letters
+from cloudtask.broker.base import Broker, Delivery
 from cloudtask.broker.grouping import GroupedPublisher
 from cloudtask.contracts.messages import JobCreated, JobFinished, JobStarted
 from cloudtask.contracts.queues import (
     JOBS_COMPLETED,
     JOBS_CREATED,
-    JOBS_DEAD,
     JOBS_STARTED,
     REQUEUED_HEADER,
 )
@@ -413,11 +413,8 @@ class Pipeline:
         return True
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        headers = dead_letter_headers(delivery, JOBS_CREATED, reason)
         try:
-            await self.deps.broker.publish(
-                JOBS_DEAD, delivery.body, priority=delivery.priority, headers=headers
-            )
+            await dead_letters.move(self.deps.broker, delivery, JOBS_CREATED, reason)
             await delivery.ack()
         except BrokerUnavailable:
             await _quietly(delivery.reject(requeue=True))
