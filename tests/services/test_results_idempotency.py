@@ -230,3 +230,25 @@ async def test_times_from_a_worker_whose_clock_runs_ahead_do_not_put_a_job_out_o
 
 async def _attempts_failed(stack: Stack, job_id: str) -> bool:
     return (await job_row(stack.backends, job_id))["status"] != "RUNNING"
+
+
+async def test_a_restart_stamped_a_little_ahead_moves_the_start_once(stack: Stack) -> None:
+    # A put-back attempt rerun by a worker whose clock is milliseconds ahead of this one (as
+    # hosts' clocks are): its timeout must run from the new start, however its copies come.
+    await stack.worker.stop(grace=0)
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="echo", payload=1)
+    job_id = UUID(job["id"])
+    first = JobStarted(job_id=job_id, attempt=1, worker_id="a", started_at=utcnow())
+    await stack.backends.broker.publish(JOBS_STARTED, first.encode())
+    await wait_for_status(stack.client, token, job["id"], "RUNNING")
+    rerun = first.model_copy(
+        update={"worker_id": "b", "started_at": utcnow() + timedelta(milliseconds=300)}
+    )
+    for _ in range(2):
+        await stack.backends.broker.publish(JOBS_STARTED, rerun.encode())
+
+    async def moved() -> bool:
+        return bool((await job_row(stack.backends, job["id"]))["started_at"] == rerun.started_at)
+
+    await eventually(moved)

@@ -168,13 +168,20 @@ class ResultsService:
         log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
 
 
+CLOCK_TOLERANCE = timedelta(seconds=1)
+"""How far ahead of this clock a worker's may run before its times are taken as this clock's now:
+hosts' clocks differ by milliseconds, and an event comes milliseconds after it was stamped."""
+
+
 def _not_after(event: BaseModel, now: datetime) -> BaseModel:
-    """``event`` with its times no later than ``now``: a worker whose clock runs ahead would
-    otherwise keep the scheduler from judging the attempt hung or lost until then (it judges
-    from startedAt), and show a job finished in the future."""
-    if isinstance(event, JobStarted) and event.started_at > now:
+    """``event`` with its times no later than ``now`` if they were more than the tolerance
+    ahead: a worker whose clock runs ahead would otherwise keep the scheduler from judging the
+    attempt hung or lost until then (it judges from startedAt), and show a job finished in the
+    future. A start so taken is exactly ``now``, which job_events reads as such."""
+    late = now + CLOCK_TOLERANCE
+    if isinstance(event, JobStarted) and event.started_at > late:
         return event.model_copy(update={"started_at": now})
-    if isinstance(event, JobFinished) and event.finished_at > now:
+    if isinstance(event, JobFinished) and event.finished_at > late:
         return event.model_copy(
             update={"started_at": min(event.started_at, now), "finished_at": now}
         )

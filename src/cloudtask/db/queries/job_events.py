@@ -5,8 +5,8 @@ while the job is PENDING or RUNNING, so a duplicate, a late ``started`` after ``
 older attempt's event matches no row and changes nothing. A finished job never changes again.
 The same attempt started again later (put back by a stopping worker, or redelivered) moves
 ``started_at`` to its new start, from which the scheduler judges whether it hangs; unless that
-start is ``now`` itself, which is what a start stamped in the future was taken for (see
-``results.service``), and whose every copy would move it again.
+start is ``now`` itself, which is what a start stamped more than a second in the future was taken
+for (see ``results.service``), and whose every copy would move it again.
 """
 
 from collections.abc import Sequence
@@ -67,12 +67,12 @@ async def apply_started(
                     and_(jobs.c.status == JobStatus.RUNNING, jobs.c.attempts < event.attempt),
                     # The same attempt started again (put back by a stopping worker, or
                     # redelivered): its timeout runs from the new start. Not a start stamped
-                    # in the future and taken as now: each copy of it would move it again.
+                    # far in the future and taken as now: each copy of it would move it again.
                     and_(
                         jobs.c.status == JobStatus.RUNNING,
                         jobs.c.attempts == event.attempt,
                         jobs.c.started_at < event.started_at,
-                        true() if event.started_at < now else false(),
+                        true() if event.started_at != now else false(),
                     ),
                 ),
             )

@@ -26,7 +26,7 @@ _STARTED = text(
       AND (j.status = 'PENDING'
            OR (j.status = 'RUNNING' AND j.attempts < e.attempt)
            OR (j.status = 'RUNNING' AND j.attempts = e.attempt AND j.started_at < e.started_at
-               AND e.started_at < :now))
+               AND e.started_at <> :now))
     RETURNING j.id
     """
 ).bindparams(
