@@ -254,11 +254,20 @@ def test_check_cron_refuses_anything_else(expression: str) -> None:
         ("@often", "use five fields"),
         ("61 0 * * *", "a field holds what cron does not read"),
         ("0 0 * * 9L", "a field holds what cron does not read"),
+        # croniter reads these as the last Mondays alone, dropping every other Monday.
+        ("0 0 * * 1L,MON", "cannot mix a last or nth weekday"),
+        ("0 0 * * L1,1", "cannot mix a last or nth weekday"),
+        ("0 0 * * 1#2,5", "cannot mix a last or nth weekday"),
     ],
 )
 def test_a_refused_expression_is_told_what_is_wrong_with_it(expression: str, says: str) -> None:
     with pytest.raises(cron.InvalidSchedule, match=says):
         cron.check_cron(expression)
+
+
+@pytest.mark.parametrize("expression", ["0  0 * * *", " 0 0 * * *", "0 0 * * 5L ", "0\t0 * * *"])
+def test_a_five_field_expression_badly_spaced_is_told_to_space_it(expression: str) -> None:
+    assert "one space apart" in cron.invalid_cron_message(expression)
 
 
 def test_a_never_firing_expression_is_refused_as_such() -> None:

@@ -94,14 +94,15 @@ def parse_zone(name: str) -> ZoneInfo:
 
 
 def invalid_cron_message(expression: str) -> str:
-    if len(expression.split()) == len(_NAMES):
+    fields = expression.split()
+    if len(fields) == len(_NAMES) and expression == " ".join(fields):
         return (
             f"invalid cron expression {expression!r}: a field holds what cron does not read "
             "(minute 0-59, hour 0-23, day-of-month 1-31, month 1-12 or jan-dec, day-of-week "
             "0-7 or sun-sat; with * , - / and L, W, #)"
         )
     return (
-        f"invalid cron expression {expression!r}: use five fields "
+        f"invalid cron expression {expression!r}: use five fields one space apart "
         "(minute hour day-of-month month day-of-week) or a macro such as @hourly"
     )
 
@@ -109,6 +110,11 @@ def invalid_cron_message(expression: str) -> str:
 def check_cron(expression: str) -> None:
     fields = expression.split()
     macro = len(fields) == 1 and expression.startswith("@")
+    if len(fields) == 5 and _mixes_nth_and_plain_days(fields[4]):
+        raise InvalidSchedule(
+            f"invalid cron expression {expression!r}: a day-of-week list cannot mix a last or "
+            "nth weekday (5L, 1#2) with other days"
+        )
     if (
         not (macro or len(fields) == 5)
         or any(_HASHED_OR_RANDOM.search(field) for field in fields)
@@ -119,6 +125,12 @@ def check_cron(expression: str) -> None:
         next_fire(expression, ZoneInfo("UTC"), datetime(2000, 1, 1, tzinfo=UTC))
     except (ValueError, KeyError, InvalidSchedule):
         raise InvalidSchedule(f"cron expression {expression!r} never fires") from None
+
+
+def _mixes_nth_and_plain_days(field: str) -> bool:
+    items = field.split(",")
+    special = [item for item in items if "#" in item or "l" in item.lower()]
+    return bool(special) and len(special) != len(items)
 
 
 def _instants(wall: datetime, zone: ZoneInfo) -> list[datetime]:
