@@ -176,7 +176,12 @@ async def test_a_schedule_that_cannot_be_read_is_paused_and_the_others_still_fir
         await scheduling.add_schedule(
             stack.backends, owner, next_run_at=past - timedelta(minutes=1), **values
         )
-        for values in ({"timezone": "Nowhere/Land"}, {"cron": "garbage"})
+        # The last one was read wrong before it was refused: stored then, paused now.
+        for values in (
+            {"timezone": "Nowhere/Land"},
+            {"cron": "garbage"},
+            {"cron": "0 0 * * 1L,MON"},
+        )
     ]
     await scheduling.set_next_run(stack.backends, good["id"], past)
 

@@ -1,7 +1,8 @@
 """Moving a message nobody could handle to ``jobs.dead``, with why and where it came from.
 
 It keeps what it can of the message's own headers (a peer's trace or correlation ids, for
-whoever looks into it): short strings, integers and booleans, which go out as they came in.
+whoever looks into it): short strings, integers and booleans, which go out as they came in (but
+for a name longer than 128 bytes, which the AMQP client cuts).
 Others are left out: a float (which AMQP's client writes back as a 4-byte float, changed), raw
 bytes or a nested table (which it cannot write back at all), a long string (which, beside the
 rest, could push the header frame past the broker's limit and close the connection). A message

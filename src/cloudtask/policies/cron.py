@@ -69,6 +69,8 @@ def _as_croniter_reads(expression: str) -> str:
     fields = expression.split()
     if len(fields) != len(_NAMES):
         return expression  # a macro, or refused by croniter
+    if _mixes_nth_and_plain_days(fields[4]):  # refused here, so a stored one is paused too
+        raise InvalidSchedule(_mixed_days_message(expression))
     return " ".join(
         ",".join(_read_item(item, names) for item in field.split(","))
         for field, names in zip(fields, _NAMES, strict=True)
@@ -111,10 +113,7 @@ def check_cron(expression: str) -> None:
     fields = expression.split()
     macro = len(fields) == 1 and expression.startswith("@")
     if len(fields) == 5 and _mixes_nth_and_plain_days(fields[4]):
-        raise InvalidSchedule(
-            f"invalid cron expression {expression!r}: a day-of-week list cannot mix a last or "
-            "nth weekday (5L, 1#2) with other days"
-        )
+        raise InvalidSchedule(_mixed_days_message(expression))
     if (
         not (macro or len(fields) == 5)
         or any(_HASHED_OR_RANDOM.search(field) for field in fields)
@@ -125,6 +124,14 @@ def check_cron(expression: str) -> None:
         next_fire(expression, ZoneInfo("UTC"), datetime(2000, 1, 1, tzinfo=UTC))
     except (ValueError, KeyError, InvalidSchedule):
         raise InvalidSchedule(f"cron expression {expression!r} never fires") from None
+
+
+def _mixed_days_message(expression: str) -> str:
+    # croniter reads 1L,MON as the last Mondays alone, dropping the others, and refuses 1#2,5.
+    return (
+        f"invalid cron expression {expression!r}: a day-of-week list cannot mix a last or nth "
+        "weekday (5L, 1#2) with other days"
+    )
 
 
 def _mixes_nth_and_plain_days(field: str) -> bool:

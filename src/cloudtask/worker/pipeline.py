@@ -126,8 +126,8 @@ class Pipeline:
         except ValidationError as exc:
             error = exc.errors()[0]
             where = ".".join(str(part) for part in error["loc"]) or "body"
-            await self._dead_letter(delivery, f"unparseable message: {where}: {error['msg']}")
-            self.deps.metrics.dead_lettered.labels("unparseable").inc()
+            if await self._dead_letter(delivery, f"unparseable message: {where}: {error['msg']}"):
+                self.deps.metrics.dead_lettered.labels("unparseable").inc()
             return None
         return job
 
@@ -178,8 +178,8 @@ class Pipeline:
         if not await self._report(job, utcnow(), Outcome("failed", error=reason)):
             await _quietly(delivery.reject(requeue=True))  # its only message: kept for later
             return
-        await self._dead_letter(delivery, reason)
-        self.deps.metrics.dead_lettered.labels("redelivered").inc()
+        if await self._dead_letter(delivery, reason):
+            self.deps.metrics.dead_lettered.labels("redelivered").inc()
 
     async def _process(self, delivery: Delivery, job: JobCreated) -> None:
         # A slot is held while the attempt runs, not while its report waits for the broker's
@@ -412,14 +412,16 @@ class Pipeline:
         _log("job requeued", job, self.deps.worker_id)
         return True
 
-    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        """Move ``delivery`` to jobs.dead; whether it was (else it went back to its queue)."""
         try:
             await dead_letters.move(self.deps.broker, delivery, JOBS_CREATED, reason)
             await delivery.ack()
         except BrokerUnavailable:
             await _quietly(delivery.reject(requeue=True))
-            return
+            return False
         log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
+        return True
 
 
 PUBLISH_LIMIT = 300.0
