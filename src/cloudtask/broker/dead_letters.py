@@ -9,6 +9,7 @@ rest, could push the header frame past the broker's limit and close the connecti
 whose move failed for one of its headers would come back and fail again, for ever.
 """
 
+import contextlib
 import logging
 from typing import Any
 
@@ -39,9 +40,21 @@ def _kept(headers: Any) -> dict[str, Any]:
     return kept
 
 
-async def move(broker: Broker, delivery: Delivery, queue: str, reason: str) -> None:
-    """Publish ``delivery`` to ``jobs.dead``; raises :class:`BrokerUnavailable` if the broker
-    did not take it (the caller puts the delivery back)."""
+async def move(broker: Broker, delivery: Delivery, queue: str, reason: str) -> bool:
+    """Move ``delivery`` to ``jobs.dead`` and acknowledge it; whether it was moved (if the
+    broker did not take it, the delivery goes back to its queue, for later)."""
+    try:
+        await _publish(broker, delivery, queue, reason)
+        await delivery.ack()
+    except BrokerUnavailable:
+        with contextlib.suppress(BrokerUnavailable):
+            await delivery.reject(requeue=True)
+        return False
+    log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
+    return True
+
+
+async def _publish(broker: Broker, delivery: Delivery, queue: str, reason: str) -> None:
     why = {"x-death-reason": reason[:REASON_CHARS], "x-original-queue": queue}
     try:
         await broker.publish(

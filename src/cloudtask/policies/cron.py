@@ -112,8 +112,6 @@ def invalid_cron_message(expression: str) -> str:
 def check_cron(expression: str) -> None:
     fields = expression.split()
     macro = len(fields) == 1 and expression.startswith("@")
-    if len(fields) == 5 and _mixes_nth_and_plain_days(fields[4]):
-        raise InvalidSchedule(_mixed_days_message(expression))
     if (
         not (macro or len(fields) == 5)
         or any(_HASHED_OR_RANDOM.search(field) for field in fields)

@@ -158,14 +158,8 @@ class ResultsService:
         )
 
     async def _dead_letter(self, delivery: Delivery, queue: str, reason: str) -> None:
-        try:
-            await dead_letters.move(self._broker, delivery, queue, reason)
-            await delivery.ack()
-        except BrokerUnavailable:
-            await _quietly(delivery.reject(requeue=True))
-            return
-        self.metrics.dead_lettered.inc()
-        log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
+        if await dead_letters.move(self._broker, delivery, queue, reason):
+            self.metrics.dead_lettered.inc()
 
 
 CLOCK_TOLERANCE = timedelta(seconds=1)

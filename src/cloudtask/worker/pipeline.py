@@ -413,15 +413,7 @@ class Pipeline:
         return True
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> bool:
-        """Move ``delivery`` to jobs.dead; whether it was (else it went back to its queue)."""
-        try:
-            await dead_letters.move(self.deps.broker, delivery, JOBS_CREATED, reason)
-            await delivery.ack()
-        except BrokerUnavailable:
-            await _quietly(delivery.reject(requeue=True))
-            return False
-        log.warning("message dead-lettered", extra={"action": "message.dead", "reason": reason})
-        return True
+        return await dead_letters.move(self.deps.broker, delivery, JOBS_CREATED, reason)
 
 
 PUBLISH_LIMIT = 300.0
