@@ -1,10 +1,13 @@
 """/actuator/health, /actuator/prometheus and /openapi.json."""
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import jwt
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from cloudtask.api.app import create_app
@@ -53,6 +56,25 @@ async def test_health_is_503_naming_the_dependency_that_is_down(
     assert body["components"]["db"] == {"status": "UP"}
 
 
+@contextlib.asynccontextmanager
+async def _on_a_database_that_refuses(
+    backends: Backends, settings: Settings
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The api on the test's PostgreSQL under a role it does not have (as when a role was dropped
+    or a password rotated), and a client of it."""
+    url = make_url(backends.database_url).set(username="ct_no_such_role")
+    refused = create_engine(url.render_as_string(hide_password=False))
+    app = create_app(settings, db=refused, broker=backends.broker, kv=backends.kv)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            base_url="http://t",
+        ) as http:
+            yield app, http
+    finally:
+        await refused.dispose()
+
+
 async def test_a_database_that_turns_connections_away_is_503_on_every_route(
     client: Client, backends: Backends, settings: Settings
 ) -> None:
@@ -61,28 +83,19 @@ async def test_a_database_that_turns_connections_away_is_503_on_every_route(
     if backends.kind == "memory":
         pytest.skip("SQLite has no server to refuse a connection")
     token = await client.register()
-    url = make_url(backends.database_url).set(username="ct_no_such_role")
-    refused = create_engine(url.render_as_string(hide_password=False))
-    app = create_app(settings, db=refused, broker=backends.broker, kv=backends.kv)
     credentials = {"email": "refused@example.com", "password": "correct-horse"}
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-            base_url="http://t",
-        ) as http:
-            for method, path, body in [
-                ("POST", "/auth/register", credentials),
-                ("POST", "/auth/login", credentials),
-                ("POST", "/jobs", {"type": "echo"}),
-                ("POST", "/jobs/batch", {"jobs": [{"type": "echo"}]}),
-                ("GET", "/jobs", None),
-                ("GET", "/schedules", None),
-            ]:
-                response = await http.request(method, path, json=body, headers=client.auth(token))
-                assert_error(response, 503, path)
-            health = await http.get("/actuator/health")
-    finally:
-        await refused.dispose()
+    async with _on_a_database_that_refuses(backends, settings) as (_, http):
+        for method, path, body in [
+            ("POST", "/auth/register", credentials),
+            ("POST", "/auth/login", credentials),
+            ("POST", "/jobs", {"type": "echo"}),
+            ("POST", "/jobs/batch", {"jobs": [{"type": "echo"}]}),
+            ("GET", "/jobs", None),
+            ("GET", "/schedules", None),
+        ]:
+            response = await http.request(method, path, json=body, headers=client.auth(token))
+            assert_error(response, 503, path)
+        health = await http.get("/actuator/health")
     assert health.status_code == 503
     assert health.json()["components"]["db"] == {"status": "DOWN"}
 
@@ -98,20 +111,11 @@ async def test_an_idempotency_key_answer_is_replayed_while_the_database_turns_co
     keyed = {**client.auth(token), "Idempotency-Key": "kept"}
     first = await client.http.post("/jobs", json={"type": "echo"}, headers=keyed)
     assert first.status_code == 201
-    url = make_url(backends.database_url).set(username="ct_no_such_role")
-    refused = create_engine(url.render_as_string(hide_password=False))
-    app = create_app(settings, db=refused, broker=backends.broker, kv=backends.kv)
-    # An api process that saw this user within the last minute, as the one that answered.
-    claims = jwt.decode(token, options={"verify_signature": False})
-    app.state.context.known_users.add(uuid.UUID(claims["sub"]))
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-            base_url="http://t",
-        ) as http:
-            replay = await http.post("/jobs", json={"type": "echo"}, headers=keyed)
-    finally:
-        await refused.dispose()
+    async with _on_a_database_that_refuses(backends, settings) as (app, http):
+        # An api process that saw this user within the last minute, as the one that answered.
+        claims = jwt.decode(token, options={"verify_signature": False})
+        app.state.context.known_users.add(uuid.UUID(claims["sub"]))
+        replay = await http.post("/jobs", json={"type": "echo"}, headers=keyed)
     assert (replay.status_code, replay.json()) == (201, first.json())
     assert replay.headers["Idempotent-Replayed"] == "true"
 
