@@ -1,4 +1,5 @@
-"""RabbitMQ only: consumers on aiormq's channels, subscribed again when the connection returns."""
+"""RabbitMQ only: consumers on aiormq's channels, subscribed again when the connection returns,
+and reading what a careless peer publishes."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -7,13 +8,15 @@ from urllib.parse import unquote, urlsplit
 import aiormq
 import pytest
 
+from cloudtask.broker import dead_letters
 from cloudtask.broker.base import OutgoingMessage, QueueStats
 from cloudtask.broker.rabbitmq import RabbitMQBroker
-from cloudtask.contracts.queues import JOBS_COMPLETED
+from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_DEAD
 from cloudtask.errors import BrokerUnavailable
 from tests import infra
 from tests.backends.conftest import started_broker
 from tests.backends.recorder import Recorder, wait_for_stats
+from tests.careless_peer import NOT_UTF8_READ, publish_carelessly
 from tests.helpers import eventually
 
 
@@ -147,3 +150,31 @@ async def test_a_consumer_whose_queue_is_deleted_declares_it_again_and_consumes(
     # Declared again before subscribing, rather than left to a failed subscription closing the
     # channel (which would hand back every delivery held on it, running jobs' included).
     await held.ack()
+
+
+async def test_a_message_with_fields_pamqp_cannot_decode_is_delivered_read_as_it_can_be(
+    rabbit: RabbitMQBroker, rabbit_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Undecoded, such a message closed the connection each time it was delivered: it went back
+    # to the head of the queue and no consumer of the queue ever received another.
+    received = Recorder(ack=True)
+    await rabbit.consume(JOBS_COMPLETED, received, prefetch=10)
+    await publish_carelessly(monkeypatch, rabbit_url, JOBS_COMPLETED, [b"careless"])
+    await _publish(rabbit, b"next")
+    (careless, following) = await received.wait_for(2)
+    assert (careless.body, following.body) == (b"careless", b"next")
+    assert careless.headers == {f"x-{NOT_UTF8_READ}": 1, "x-sent": None}
+    assert not careless.redelivered  # read the first time, on the connection it came on
+    await wait_for_stats(rabbit, JOBS_COMPLETED, QueueStats(messages=0, consumers=1))
+
+
+async def test_a_message_with_a_header_name_that_is_not_utf8_is_dead_lettered_with_it(
+    rabbit: RabbitMQBroker, rabbit_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await publish_carelessly(monkeypatch, rabbit_url, JOBS_COMPLETED, [b"unreadable"])
+    delivery = await eventually(lambda: rabbit.get(JOBS_COMPLETED))
+    assert await dead_letters.move(rabbit, delivery, JOBS_COMPLETED, "unreadable")
+    dead = await eventually(lambda: rabbit.get(JOBS_DEAD))
+    assert dead.body == b"unreadable"
+    assert dead.headers[f"x-{NOT_UTF8_READ}"] == 1
+    assert dead.headers["x-death-reason"] == "unreadable"

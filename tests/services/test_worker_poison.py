@@ -8,13 +8,18 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
+
 from cloudtask.broker.memory import MemoryBroker
+from cloudtask.broker.rabbitmq import RabbitMQBroker
 from cloudtask.contracts.messages import JobCreated, JobFinished
-from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_DEAD
+from cloudtask.contracts.queues import ALL_QUEUES, JOBS_COMPLETED, JOBS_CREATED, JOBS_DEAD
 from cloudtask.contracts.timefmt import utcnow
+from cloudtask.kv.memory import MemoryKV
 from cloudtask.settings import Settings
 from cloudtask.worker.handlers import builtin_handlers
 from cloudtask.worker.service import WorkerService
+from tests.careless_peer import publish_carelessly
 from tests.conftest import Backends
 from tests.helpers import eventually
 from tests.services.support import registry_of
@@ -122,3 +127,43 @@ async def test_attempts_lost_with_their_worker_before_run_alone(
     # Each lost one ran with no other beside it; the fresh ones may run together (whether they
     # did depends on the order the deliveries reached the gate).
     assert (overlaps.most["lost-1"], overlaps.most["lost-2"]) == (1, 1)
+
+
+async def test_jobs_a_careless_peer_published_run_and_so_do_the_ones_behind_them(
+    rabbit_url: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A header name that is not UTF-8 once stopped every worker on jobs.created for good.
+    careless, behind = (
+        JobCreated(
+            job_id=uuid.uuid4(), user_id=uuid.uuid4(), type="echo", payload=n, enqueued_at=utcnow()
+        )
+        for n in (1, 2)
+    )
+    broker = RabbitMQBroker(rabbit_url)
+    await broker.start()
+    await broker.wait_connected(10)
+    for queue in ALL_QUEUES:
+        await broker.purge(queue)
+    await publish_carelessly(monkeypatch, rabbit_url, JOBS_CREATED, [careless.encode()])
+    await broker.publish(JOBS_CREATED, behind.encode())
+    worker = WorkerService(
+        settings, broker=broker, kv=MemoryKV(), handlers=builtin_handlers(settings)
+    )
+    await worker.start()
+    reports: list[JobFinished] = []
+
+    async def both_reported() -> bool:
+        while (delivery := await broker.get(JOBS_COMPLETED)) is not None:
+            reports.append(JobFinished.model_validate_json(delivery.body))
+            await delivery.ack()
+        return len(reports) >= 2
+
+    try:
+        await eventually(both_reported, timeout=10)
+    finally:
+        await worker.stop(grace=1)
+        await broker.close()
+    assert {(report.job_id, report.status, report.result) for report in reports} == {
+        (careless.job_id, "COMPLETED", 1),
+        (behind.job_id, "COMPLETED", 2),
+    }

@@ -33,6 +33,7 @@ from cloudtask.broker.base import (
     QueueStats,
 )
 from cloudtask.broker.coalescing import CoalescingConnection
+from cloudtask.broker.frame_decoding import tolerate_undecodable_fields
 from cloudtask.broker.publishing import publish_confirmed
 from cloudtask.contracts.queues import ALL_QUEUES, JOBS_CREATED, MAX_PRIORITY
 from cloudtask.errors import BrokerUnavailable
@@ -227,6 +228,7 @@ class RabbitMQBroker(Broker):
             return
 
     async def _connect(self) -> None:
+        tolerate_undecodable_fields()  # before any frame is read: one bad message stops none
         connection = await aio_pika.connect_robust(
             self._url,
             timeout=self._connect_timeout,
