@@ -9,8 +9,9 @@ import pytest
 from aiormq.exceptions import DeliveryError, PublishError
 
 from cloudtask.broker.base import OutgoingMessage
-from cloudtask.broker.publishing import publish_confirmed
+from cloudtask.broker.publishing import Unroutable, publish_confirmed
 from cloudtask.broker.rabbitmq import RabbitMQBroker
+from cloudtask.contracts.queues import JOBS_DEAD, JOBS_STARTED
 from cloudtask.errors import BrokerUnavailable
 from tests.helpers import eventually
 
@@ -116,8 +117,9 @@ async def test_a_returned_message_fails_the_batch_and_the_rest_are_delivered(
         OutgoingMessage("cloudtask.test.no-such-queue", b"lost"),
         OutgoingMessage(queue, b"3"),
     ]
-    with pytest.raises(PublishError):
+    with pytest.raises(Unroutable) as raised:
         await publish_confirmed(channel, messages)
+    assert raised.value.messages == [messages[1]]  # the one returned, and only it
     assert sorted(m.body for m in await _drain(channel, queue)) == [b"1", b"3"]
     await _emptied(channel)
     # The channel goes on confirming.
@@ -132,8 +134,11 @@ async def test_a_nacked_message_fails_the_batch(
     channel = await _channel(connection)
     # A full queue that refuses more: the broker nacks the publishes beyond its length.
     queue = await _queue(channel, **{"x-max-length": 2, "x-overflow": "reject-publish"})
-    with pytest.raises(DeliveryError):
-        await publish_confirmed(channel, [OutgoingMessage(queue, b"%d" % i) for i in range(4)])
+    messages = [OutgoingMessage(queue, b"%d" % i) for i in range(4)]
+    messages.append(OutgoingMessage("cloudtask.test.no-such-queue", b"returned"))
+    with pytest.raises(DeliveryError) as raised:  # a refusal, not for want of a queue only
+        await publish_confirmed(channel, messages)
+    assert not isinstance(raised.value, PublishError)
     assert sorted(m.body for m in await _drain(channel, queue)) == [b"0", b"1"]
     await _emptied(channel)
     await channel.queue_delete(queue)
@@ -177,5 +182,26 @@ async def test_the_broker_publishes_a_large_batch_in_one_call(
                 [OutgoingMessage(queue, b"ok"), OutgoingMessage("cloudtask.test.none", b"no")]
             )
         await channel.queue_delete(queue)
+    finally:
+        await broker.close()
+
+
+async def test_a_queue_of_ours_deleted_under_the_broker_is_declared_again_when_published_to(
+    rabbit_url: str, connection: aiormq.abc.AbstractConnection
+) -> None:
+    # jobs.dead has no consumer to declare it again: its dead letters came back for ever.
+    broker = RabbitMQBroker(rabbit_url)
+    await broker.start()
+    try:
+        await broker.wait_connected(10)
+        channel = await _channel(connection)
+        await channel.queue_delete(JOBS_DEAD)
+        await channel.queue_purge(JOBS_STARTED)
+        await broker.publish_many(
+            [OutgoingMessage(JOBS_STARTED, b"kept"), OutgoingMessage(JOBS_DEAD, b"dead")]
+        )
+        assert [m.body for m in await _drain(channel, JOBS_DEAD)] == [b"dead"]
+        # Only what was returned went again: no copy of the other.
+        assert [m.body for m in await _drain(channel, JOBS_STARTED)] == [b"kept"]
     finally:
         await broker.close()

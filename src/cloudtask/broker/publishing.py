@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from aiormq.abc import ChannelFrame
 from aiormq.channel import Channel
+from aiormq.exceptions import PublishError
 from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
@@ -30,6 +31,15 @@ from cloudtask.broker.base import OutgoingMessage
 
 PERSISTENT = 2
 CONTENT_TYPE = "application/json"
+
+
+class Unroutable(Exception):
+    """The broker returned these messages, and confirmed or returned every other one: no queue
+    took them."""
+
+    def __init__(self, messages: Sequence[OutgoingMessage]) -> None:
+        super().__init__(f"no queue took {len(messages)} message(s)")
+        self.messages = messages
 
 
 def _message_id() -> str:
@@ -44,8 +54,8 @@ def _body_frames(body: bytes, max_size: int) -> list[ContentBody]:
 async def publish_confirmed(channel: Channel, messages: Sequence[OutgoingMessage]) -> None:
     """Publish ``messages`` (persistent, mandatory) and return once the broker confirmed each.
 
-    Raises what aiormq raises for a publish: ``DeliveryError`` for a nack, ``PublishError`` for a
-    mandatory message the broker returned, the channel's close reason when it closes first.
+    Raises what aiormq raises for a publish (``DeliveryError`` for a nack, the channel's close
+    reason when it closes first), or :class:`Unroutable` when that is all that went wrong.
     """
     if not messages:
         return
@@ -95,13 +105,24 @@ async def publish_confirmed(channel: Channel, messages: Sequence[OutgoingMessage
             raise
     try:
         await written
-        await asyncio.gather(*confirmations)
+        outcomes = await asyncio.gather(*confirmations, return_exceptions=True)
     finally:
         # After a failure, or a cancellation (the caller's time-out), the confirmations still
         # pending are cancelled: aiormq then drops the broker's late answer for them quietly.
         for confirmation in confirmations:
             confirmation.cancel()
         _forget(channel, message_ids)
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if not failures:
+        return
+    returned = [m for m, outcome in zip(messages, outcomes, strict=True) if _returned(outcome)]
+    if len(returned) < len(failures):
+        raise next(failure for failure in failures if not _returned(failure))
+    raise Unroutable(returned)
+
+
+def _returned(outcome: object) -> bool:
+    return isinstance(outcome, PublishError)
 
 
 def _forget(channel: Channel, message_ids: dict[str, int]) -> None:

@@ -34,7 +34,7 @@ from cloudtask.broker.base import (
 )
 from cloudtask.broker.coalescing import CoalescingConnection
 from cloudtask.broker.frame_decoding import tolerate_undecodable_fields
-from cloudtask.broker.publishing import publish_confirmed
+from cloudtask.broker.publishing import Unroutable, publish_confirmed
 from cloudtask.contracts.queues import ALL_QUEUES, JOBS_CREATED, MAX_PRIORITY
 from cloudtask.errors import BrokerUnavailable
 
@@ -283,9 +283,23 @@ class RabbitMQBroker(Broker):
                 underlay = await channel.get_underlay_channel()
                 if not isinstance(underlay, aiormq.Channel):
                     raise TypeError(f"unexpected channel type {type(underlay)!r}")
-                await publish_confirmed(underlay, messages)
-        except BROKER_ERRORS as exc:
+                try:
+                    await publish_confirmed(underlay, messages)
+                except Unroutable as exc:
+                    # Its queue is gone: an operator deleted it (jobs.dead, to clear it, say).
+                    # Declared again, the returned messages go once more, and only they; a
+                    # queue only a consumer would declare again would otherwise take nothing
+                    # until the service restarts, and a dead letter would come back for ever.
+                    await self._declare_again(underlay, {m.queue for m in exc.messages})
+                    await publish_confirmed(underlay, exc.messages)
+        except (*BROKER_ERRORS, Unroutable) as exc:
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from None
+
+    @staticmethod
+    async def _declare_again(channel: aiormq.abc.AbstractChannel, queues: set[str]) -> None:
+        for name in sorted(queues & set(ALL_QUEUES)):
+            log.warning("queue %s was missing; declared again", name)
+            await channel.queue_declare(name, durable=True, arguments=queue_arguments(name))
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
         connection = self._connection
