@@ -10,13 +10,21 @@ import pytest
 
 from cloudtask.broker import dead_letters
 from cloudtask.broker.base import OutgoingMessage, QueueStats
+from cloudtask.broker.frame_decoding import MAX_DEPTH
 from cloudtask.broker.rabbitmq import RabbitMQBroker
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_DEAD
 from cloudtask.errors import BrokerUnavailable
 from tests import infra
 from tests.backends.conftest import started_broker
 from tests.backends.recorder import Recorder, wait_for_stats
-from tests.careless_peer import NOT_UTF8_READ, publish_carelessly
+from tests.careless_peer import (
+    MORE_FLAGS,
+    NOT_UTF8_READ,
+    headers_properties,
+    nested_headers,
+    publish_carelessly,
+    publish_raw_properties,
+)
 from tests.helpers import eventually
 
 
@@ -152,20 +160,45 @@ async def test_a_consumer_whose_queue_is_deleted_declares_it_again_and_consumes(
     await held.ack()
 
 
-async def test_a_message_with_fields_pamqp_cannot_decode_is_delivered_read_as_it_can_be(
+async def test_messages_whose_headers_pamqp_cannot_decode_are_delivered_read_as_they_can_be(
     rabbit: RabbitMQBroker, rabbit_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Undecoded, such a message closed the connection each time it was delivered: it went back
-    # to the head of the queue and no consumer of the queue ever received another.
+    # Undecoded, each such message closed the connection each time it was delivered: it went
+    # back to the head of the queue and no consumer of the queue ever received another.
     received = Recorder(ack=True)
     await rabbit.consume(JOBS_COMPLETED, received, prefetch=10)
     await publish_carelessly(monkeypatch, rabbit_url, JOBS_COMPLETED, [b"careless"])
+    for body, properties in [
+        (b"more-flags", MORE_FLAGS),
+        (b"deep", headers_properties(nested_headers(3000))),
+        (b"nested", headers_properties(nested_headers(3))),
+    ]:
+        await publish_raw_properties(monkeypatch, rabbit_url, JOBS_COMPLETED, body, properties)
     await _publish(rabbit, b"next")
-    (careless, following) = await received.wait_for(2)
-    assert (careless.body, following.body) == (b"careless", b"next")
+    deliveries = await received.wait_for(5)
+    assert [delivery.body for delivery in deliveries] == [
+        b"careless",
+        b"more-flags",
+        b"deep",
+        b"nested",
+        b"next",
+    ]
+    careless, more_flags, deep, nested, _ = deliveries
     assert careless.headers == {f"x-{NOT_UTF8_READ}": 1, "x-sent": None}
-    assert not careless.redelivered  # read the first time, on the connection it came on
+    assert more_flags.headers == {}
+    assert deep.headers == {"n": _nested(MAX_DEPTH - 1, innermost=None)}
+    assert nested.headers == {"n": {"n": {}}}
+    # Read the first time, on the connection they came on.
+    assert not any(delivery.redelivered for delivery in deliveries)
     await wait_for_stats(rabbit, JOBS_COMPLETED, QueueStats(messages=0, consumers=1))
+
+
+def _nested(depth: int, *, innermost: object) -> object:
+    """{"n": {"n": … innermost}} with ``depth`` tables around ``innermost``."""
+    value = innermost
+    for _ in range(depth):
+        value = {"n": value}
+    return value
 
 
 async def test_a_message_with_a_header_name_that_is_not_utf8_is_dead_lettered_with_it(

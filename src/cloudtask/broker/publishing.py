@@ -54,8 +54,10 @@ def _body_frames(body: bytes, max_size: int) -> list[ContentBody]:
 async def publish_confirmed(channel: Channel, messages: Sequence[OutgoingMessage]) -> None:
     """Publish ``messages`` (persistent, mandatory) and return once the broker confirmed each.
 
-    Raises what aiormq raises for a publish (``DeliveryError`` for a nack, the channel's close
-    reason when it closes first), or :class:`Unroutable` when that is all that went wrong.
+    Once every message is settled: if the broker returned some and that is all that went
+    wrong, raises :class:`Unroutable` with them; else the first other failure in the order of
+    ``messages``, as aiormq settled it (``DeliveryError`` for a nack, the channel's close reason
+    for a channel that closed first).
     """
     if not messages:
         return

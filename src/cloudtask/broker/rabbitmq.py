@@ -228,7 +228,8 @@ class RabbitMQBroker(Broker):
             return
 
     async def _connect(self) -> None:
-        tolerate_undecodable_fields()  # before any frame is read: one bad message stops none
+        # Before any frame is read: a header pamqp cannot decode would close the connection.
+        tolerate_undecodable_fields()
         connection = await aio_pika.connect_robust(
             self._url,
             timeout=self._connect_timeout,
@@ -290,6 +291,8 @@ class RabbitMQBroker(Broker):
                     # Declared again, the returned messages go once more, and only they; a
                     # queue only a consumer would declare again would otherwise take nothing
                     # until the service restarts, and a dead letter would come back for ever.
+                    if any(message.queue not in ALL_QUEUES for message in exc.messages):
+                        raise
                     await self._declare_again(underlay, {m.queue for m in exc.messages})
                     await publish_confirmed(underlay, exc.messages)
         except (*BROKER_ERRORS, Unroutable) as exc:
@@ -297,7 +300,7 @@ class RabbitMQBroker(Broker):
 
     @staticmethod
     async def _declare_again(channel: aiormq.abc.AbstractChannel, queues: set[str]) -> None:
-        for name in sorted(queues & set(ALL_QUEUES)):
+        for name in sorted(queues):
             log.warning("queue %s was missing; declared again", name)
             await channel.queue_declare(name, durable=True, arguments=queue_arguments(name))
 
