@@ -33,6 +33,10 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = None
+        # The fields given in ``extra`` too: a job's error quotes the URL it failed on.
+        for key, value in list(vars(record).items()):
+            if isinstance(value, str) and key not in _STANDARD:
+                setattr(record, key, redact(value))
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         elif record.exc_text:
