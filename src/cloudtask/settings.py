@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -29,6 +29,9 @@ from cloudtask.errors import CloudTaskError
 
 ENV_PREFIX = "CLOUDTASK_"
 MIN_JWT_SECRET_BYTES = 32
+# The most any duration setting may be: longer ones overflow the clocks and stores they reach
+# (a Redis expiry, a date), so they would stop a service at its first use rather than at start.
+LONGEST = 366 * 24 * 3600.0
 
 
 class SettingsError(Exception):
@@ -43,6 +46,7 @@ class Settings(BaseSettings):
         extra="ignore",
         validate_default=True,
         env_ignore_empty=True,
+        allow_inf_nan=False,
     )
 
     database_url: SecretStr = SecretStr("postgresql://cloudtask:cloudtask@localhost:5432/cloudtask")
@@ -53,22 +57,22 @@ class Settings(BaseSettings):
     bcrypt_rounds: Annotated[int, Field(ge=4, le=16)] = 12
     smtp_url: SecretStr | None = None
     smtp_from: str = "CloudTask <cloudtask@localhost>"
-    smtp_timeout_seconds: Annotated[float, Field(gt=0)] = 30
+    smtp_timeout_seconds: Annotated[float, Field(gt=0, le=LONGEST)] = 30
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    http_timeout_seconds: Annotated[float, Field(gt=0)] = 30
+    http_timeout_seconds: Annotated[float, Field(gt=0, le=LONGEST)] = 30
     http_max_response_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
     worker_concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
     # Deliveries a worker holds unacknowledged; None: twice the concurrency.
     worker_prefetch: Annotated[int, Field(ge=1, le=65535)] | None = None
-    worker_grace_seconds: Annotated[float, Field(ge=0)] = 30
-    worker_lease_seconds: Annotated[float, Field(ge=3)] = 15
-    max_deliveries: Annotated[int, Field(ge=1)] = 5
-    retry_backoff_base_seconds: Annotated[float, Field(gt=0)] = 2
-    retry_backoff_cap_seconds: Annotated[float, Field(gt=0)] = 3600
-    running_grace_seconds: Annotated[float, Field(ge=0)] = 30
-    scheduler_lease_seconds: Annotated[float, Field(ge=2)] = 10
+    worker_grace_seconds: Annotated[float, Field(ge=0, le=LONGEST)] = 30
+    worker_lease_seconds: Annotated[float, Field(ge=3, le=LONGEST)] = 15
+    max_deliveries: Annotated[int, Field(ge=1, le=1000)] = 5
+    retry_backoff_base_seconds: Annotated[float, Field(gt=0, le=LONGEST)] = 2
+    retry_backoff_cap_seconds: Annotated[float, Field(gt=0, le=LONGEST)] = 3600
+    running_grace_seconds: Annotated[float, Field(ge=0, le=LONGEST)] = 30
+    scheduler_lease_seconds: Annotated[float, Field(ge=2, le=LONGEST)] = 10
     scheduler_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
-    outbox_relay_after_seconds: Annotated[float, Field(ge=0)] = 5
+    outbox_relay_after_seconds: Annotated[float, Field(ge=0, le=LONGEST)] = 5
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 10
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -101,9 +105,17 @@ class Settings(BaseSettings):
         if value is None:
             return None
         url = value.get_secret_value()
-        if urlsplit(url).scheme not in ("smtp", "smtps"):
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
             raise ValueError("must be smtp://[user:password@]host[:port] or smtps://…")
         check_host_and_port(url)
+        # A misspelt option must not quietly send in clear what was meant to be encrypted.
+        options = parse_qs(parts.query, keep_blank_values=True)
+        starttls = options.pop("starttls", ["false"])
+        if options or len(starttls) != 1 or starttls[0].lower() not in ("true", "false"):
+            raise ValueError("takes one option, ?starttls=true (or false)")
+        if parts.scheme == "smtps" and starttls[0].lower() == "true":
+            raise ValueError("smtps:// is encrypted from the start: ?starttls=true is for smtp://")
         return value
 
     @field_validator("log_level", mode="before")
@@ -157,12 +169,17 @@ def _rabbitmq_url_problem(url: str) -> str | None:
 
 def _redis_url_problem(url: str) -> str | None:
     try:
-        parse_redis_url(url)  # the parser of the asyncio client the services build
+        options = parse_redis_url(url)  # the parser of the asyncio client the services build
     except ValueError:
         return (
             "must be redis://[user:password@]host[:port][/db], rediss://… or unix://…, "
             "the port 0 to 65535"
         )
+    parts = urlsplit(url)
+    path = parts.path.strip("/") if parts.scheme.lower() in ("redis", "rediss") else ""
+    # The client reads "/abc" as database 0 and "/1/2" as 12: another program's data, maybe.
+    if (path and not (path.isascii() and path.isdigit())) or options.get("db", 0) < 0:
+        return "has a database that is not a whole number: redis://host[:port]/<database>"
     try:  # its query's options, as a connection takes them (none is opened here)
         Redis.from_url(url).connection_pool.make_connection()  # type: ignore[no-untyped-call]
     except (TypeError, ValueError, AttributeError, RedisError):

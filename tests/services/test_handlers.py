@@ -14,6 +14,7 @@ from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
 from cloudtask.settings import Settings
+from cloudtask.worker.handlers.email import EmailHandler
 from tests.helpers import wait_for_status
 from tests.services.conftest import Stack
 
@@ -212,3 +213,15 @@ async def test_an_http_response_larger_than_the_limit_fails_the_job(
     assert str(MAX_RESPONSE_BYTES) in done["error"]
     assert done["result"] is None
     assert web.connections == 1
+
+
+@pytest.mark.parametrize("option", ["true", "TRUE", "True"])
+async def test_an_email_job_asked_to_use_starttls_sends_nothing_in_clear_to_a_server_without_it(
+    settings: Settings, mailbox: tuple[MailBox, int], option: str
+) -> None:
+    box, port = mailbox  # aiosmtpd here offers no STARTTLS
+    url = f"smtp://127.0.0.1:{port}?starttls={option}"
+    handler = EmailHandler(settings.model_copy(update={"smtp_url": SecretStr(url)}), None)
+    with pytest.raises(ConnectionError, match="STARTTLS"):
+        await handler({"to": "alice@example.com", "subject": "private", "body": "x"})
+    assert box.envelopes == []

@@ -49,7 +49,16 @@ def test_any_other_is_not(entries: list[str], url: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["http://api.example.com", "api.example.com/v1", "api.example.com:80x", "user@host", "[::1"],
+    [
+        "http://api.example.com",
+        "api.example.com/v1",
+        "api.example.com:80x",
+        "user@host",
+        "[::1",
+        "*",
+        "*.example.com",
+        "a.example.com b.example.com",
+    ],
 )
 def test_an_entry_that_could_never_match_stops_the_service(
     monkeypatch: pytest.MonkeyPatch, value: str

@@ -145,6 +145,18 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
         ("CLOUDTASK_SMTP_URL", "http://mail.example"),
         ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example:25x"),
         ("CLOUDTASK_SMTP_URL", "smtp://"),
+        ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example?starttls=1"),
+        ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example?starttls=yes"),
+        ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example?starttls=true&starttls=true"),
+        ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example?start_tls=true"),
+        ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example?foo=bar"),
+        ("CLOUDTASK_SMTP_URL", "smtps://user:s3cret@mail.example?starttls=true"),
+        ("CLOUDTASK_WORKER_LEASE_SECONDS", "inf"),
+        ("CLOUDTASK_SCHEDULER_LEASE_SECONDS", "Infinity"),
+        ("CLOUDTASK_OUTBOX_RELAY_AFTER_SECONDS", "nan"),
+        ("CLOUDTASK_RETRY_BACKOFF_CAP_SECONDS", "1e300"),
+        ("CLOUDTASK_RUNNING_GRACE_SECONDS", "1e12"),
+        ("CLOUDTASK_MAX_DELIVERIES", "1000000000000"),
     ],
 )
 def test_an_invalid_value_is_refused_naming_the_variable(
@@ -160,7 +172,16 @@ def test_an_invalid_value_is_refused_naming_the_variable(
 
 
 @pytest.mark.parametrize(
-    "url", ["smtp://mail.example", "smtps://u:p%40ss@mail.example:465", "smtp://[::1]:2525"]
+    "url",
+    [
+        "smtp://mail.example",
+        "smtps://u:p%40ss@mail.example:465",
+        "smtp://[::1]:2525",
+        "smtp://mail.example:587?starttls=true",
+        "smtp://mail.example:587?starttls=TRUE",
+        "smtp://mail.example?starttls=false",
+        "smtps://mail.example?starttls=false",
+    ],
 )
 def test_an_smtp_url_is_read(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("CLOUDTASK_SMTP_URL", url)
@@ -189,6 +210,11 @@ def test_an_smtp_url_is_read(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
         ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/0?protocol=4"),
         ("CLOUDTASK_REDIS_URL", "rediss://:s3cret@cache.example/0?ssl_cert_reqs=bogus"),
         ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/0?retry=x"),
+        ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example:6379/abc"),
+        ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/1/2"),
+        ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/07x"),
+        ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/-1"),
+        ("CLOUDTASK_REDIS_URL", "redis://:s3cret@cache.example/?db=-1"),
     ],
 )
 def test_a_connection_url_its_library_cannot_read_is_refused_naming_the_variable(
@@ -218,6 +244,8 @@ def test_a_connection_url_its_library_cannot_read_is_refused_naming_the_variable
         ("CLOUDTASK_REDIS_URL", "unix:///run/redis.sock?db=1"),
         ("CLOUDTASK_REDIS_URL", "REDIS://cache.example:6379/0"),  # as the client reads it
         ("CLOUDTASK_REDIS_URL", "redis://user:p@cache.example/0"),
+        ("CLOUDTASK_REDIS_URL", "redis://cache.example/"),
+        ("CLOUDTASK_REDIS_URL", "redis://cache.example/15?db=15"),
         ("CLOUDTASK_RABBITMQ_URL", "AMQP://mq.example/%2F"),
     ],
 )

@@ -41,7 +41,11 @@ def allowed_host(entry: str) -> tuple[str, int | None]:
         raise ValueError(f"{entry!r} has a port that is not a number from 0 to 65535") from None
     if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in parts.netloc:
         raise ValueError(f"{entry!r} is not a host, host:port or [IPv6]:port")
-    return _canonical(parts.hostname), port
+    host = _canonical(parts.hostname)
+    if ":" not in host and not all(char.isalnum() or char in "._-" for char in host):
+        # "*" or "a.com b.com" (a space for a comma) is no host a URL could name.
+        raise ValueError(f"{entry!r} is not a host, host:port or [IPv6]:port (no wildcards)")
+    return host, port
 
 
 def url_host(url: str) -> tuple[str, int]:

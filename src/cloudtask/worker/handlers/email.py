@@ -64,7 +64,8 @@ class EmailHandler:
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
                 use_tls=implicit_tls,
-                start_tls=True if options.get("starttls") == ["true"] else None,
+                # Checked at start (settings.py): one value, true or false in any case.
+                start_tls=True if options.get("starttls", [""])[0].lower() == "true" else None,
                 timeout=self._timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
