@@ -6,6 +6,7 @@ import importlib
 import math
 import socket
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -148,6 +149,14 @@ def import_handler_modules(modules: Sequence[str]) -> None:
             importlib.import_module(module)
         except (ImportError, RegistrationError) as exc:
             raise SettingsError(f"--import {module}: {exc}") from None
+        except SyntaxError as exc:  # its message says where
+            raise SettingsError(f"--import {module}: SyntaxError: {exc}") from None
+        except Exception as exc:  # the module's own code failed as it ran: what, and where
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            raise SettingsError(
+                f"--import {module}: {type(exc).__name__}: {exc} "
+                f"({frame.filename}, line {frame.lineno})"
+            ) from None
         for handler in user_handlers:
             if handler.type in BUILTIN_PAYLOADS:
                 raise SettingsError(

@@ -64,7 +64,12 @@ def _prepare(db_path: Path) -> Path:
             f"--db {db_path} is a directory: give the database file's path, such as "
             f"{db_path / 'cloudtask-dev.db'}"
         )
-    db_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a directory should be, a directory not ours
+        raise SettingsError(
+            f"--db {db_path}: cannot make its directory {db_path.parent}: {exc.strerror}"
+        ) from None
     return db_path
 
 

@@ -178,6 +178,16 @@ def test_cloudtask_dev_given_a_directory_for_its_database_says_so_in_one_line(
     ]
 
 
+def test_cloudtask_dev_given_a_path_under_a_file_says_so_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("a file\n")
+    database = tmp_path / "notes.txt" / "dev.db"
+    done = _cloudtask(["dev", "--port", "0", "--db", str(database)], clean_env())
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"cloudtask: --db {database}: cannot make its directory {database.parent}: File exists"
+    ]
+
+
 def test_cloudtask_dev_given_a_file_that_is_not_a_database_says_so_in_one_line(
     tmp_path: Path,
 ) -> None:
@@ -383,3 +393,25 @@ def _zombie(pid: int) -> bool:
         return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("def handle(payload)\n", "SyntaxError: "),
+        ("raise RuntimeError('no config')\n", "RuntimeError: no config ("),
+    ],
+)
+def test_a_handler_module_that_fails_as_it_is_imported_is_refused_in_one_line(
+    tmp_path: Path, source: str, says: str
+) -> None:
+    (tmp_path / "brokenjobs.py").write_text(source)
+    done = _cloudtask(
+        ["worker", "--port", "0", "--import", "brokenjobs"],
+        clean_env(jwt_secret="x" * 32),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"cloudtask: --import brokenjobs: {says}")
+    assert "brokenjobs.py" in line and "line 1" in line  # where to look
