@@ -2,6 +2,7 @@
 the back ends and hands them to each service."""
 
 import argparse
+import asyncio
 import importlib
 import math
 import socket
@@ -189,8 +190,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     settings.require_urls("database_url", "rabbitmq_url", "redis_url")
     log.configure(args.command, settings.log_level, settings.log_format)
     if args.command == "api" and args.workers > 1:
+        from cloudtask.backends import require_migrated_at
         from cloudtask.observability import shared_values
 
+        # Here, once, rather than in each server process, which would exit and be restarted.
+        asyncio.run(require_migrated_at(settings.database_url.get_secret_value()))
         sock = serving.listening_socket(args.host, args.port)
 
         def child() -> None:
@@ -209,7 +213,7 @@ async def _api(settings: Settings, host: str, port: int, sock: socket.socket | N
     from cloudtask.backends import open_backends
     from cloudtask.db.engine import Plans
 
-    backends = await open_backends(settings, plans=Plans.FRESH_SQLALCHEMY)
+    backends = await open_backends(settings, plans=Plans.FRESH_SQLALCHEMY, schema=True)
     try:
         app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
         await serving.serve(app, host, port, sock=sock)
@@ -237,7 +241,7 @@ async def _results(settings: Settings, host: str, port: int) -> None:
     from cloudtask.observability.server import status_app
     from cloudtask.results.service import ResultsService
 
-    backends = await open_backends(settings, plans=Plans.FRESH)
+    backends = await open_backends(settings, plans=Plans.FRESH, schema=True)
     results = ResultsService(settings, db=backends.db, broker=backends.broker)
     # It never uses Redis (the client connects on first use, so it never does): Redis being
     # down takes nothing from it.
@@ -252,7 +256,7 @@ async def _scheduler(settings: Settings, host: str, port: int) -> None:
     from cloudtask.observability.server import status_app
     from cloudtask.scheduler.service import SchedulerService
 
-    backends = await open_backends(settings, plans=Plans.FRESH)
+    backends = await open_backends(settings, plans=Plans.FRESH, schema=True)
     scheduler = SchedulerService(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
     checks = standard_checks(backends.db, backends.broker, backends.kv)
     await _serve(backends, scheduler, status_app([scheduler.metrics], checks), host, port, settings)

@@ -1,8 +1,10 @@
 """/actuator/health, /actuator/prometheus and /openapi.json."""
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import jwt
@@ -16,6 +18,7 @@ from cloudtask.db.engine import create_engine
 from cloudtask.kv.memory import MemoryKV
 from cloudtask.kv.redis import RedisKV
 from cloudtask.settings import Settings
+from tests import infra
 from tests.conftest import Backends
 from tests.helpers import Client, assert_error
 
@@ -54,6 +57,42 @@ async def test_health_is_503_naming_the_dependency_that_is_down(
     assert body["status"] == "DOWN"
     assert body["components"]["redis"] == {"status": "DOWN"}
     assert body["components"]["db"] == {"status": "UP"}
+
+
+@contextlib.asynccontextmanager
+async def _empty_database(backends: Backends, tmp_path: Path) -> AsyncIterator[str]:
+    """A database of the test's kind that answers and holds no table."""
+    if backends.kind == "memory":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    name = f"ct_empty_{uuid.uuid4().hex[:12]}"
+    await asyncio.to_thread(infra.admin, f'CREATE DATABASE "{name}"')
+    try:
+        yield infra.pg_url(name)
+    finally:
+        await asyncio.to_thread(infra.admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_health_is_503_naming_a_database_that_was_never_migrated(
+    backends: Backends, settings: Settings, tmp_path: Path
+) -> None:
+    # It answered 200 while every request that needed a table failed.
+    async with _empty_database(backends, tmp_path) as url:
+        empty = create_engine(url)
+        app = create_app(settings, db=empty, broker=backends.broker, kv=backends.kv)
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as http:
+                response = await http.get("/actuator/health")
+        finally:
+            await empty.dispose()
+    assert response.status_code == 503
+    assert response.json()["components"] == {
+        "db": {"status": "DOWN"},
+        "broker": {"status": "UP"},
+        "redis": {"status": "UP"},
+    }
 
 
 @contextlib.asynccontextmanager

@@ -1,9 +1,11 @@
 """Starting services: settings refused at start, and `cloudtask dev` running jobs end to end."""
 
+import secrets
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests import infra
 from tests.e2e.probes import metric
 from tests.e2e.processes import CLOUDTASK, Processes, clean_env, free_port, processes
 
@@ -415,3 +418,29 @@ def test_a_handler_module_that_fails_as_it_is_imported_is_refused_in_one_line(
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"cloudtask: --import brokenjobs: {says}")
     assert "brokenjobs.py" in line and "line 1" in line  # where to look
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    name = f"ct_empty_{secrets.token_hex(6)}"
+    infra.admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield infra.pg_url(name)
+    finally:
+        infra.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize(
+    "command", [["api"], ["api", "--workers", "2"], ["results"], ["scheduler"]]
+)
+def test_a_service_on_a_database_never_migrated_says_so_in_one_line(
+    service_env: dict[str, str], empty_database: str, command: list[str]
+) -> None:
+    # It started, said it was healthy and failed every request needing a table.
+    env = {**service_env, "CLOUDTASK_DATABASE_URL": empty_database}
+    done = _cloudtask([*command, "--port", "0"], env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "cloudtask: CLOUDTASK_DATABASE_URL: the database has no CloudTask tables; "
+        "run `cloudtask migrate` first"
+    ]

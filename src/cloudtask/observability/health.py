@@ -12,10 +12,15 @@ from cloudtask.kv.base import KV
 Check = Callable[[], Awaitable[bool]]
 
 
+# A database that answers but was never migrated is as unusable as one away: every request
+# would fail on it. Any service that uses the database reads ``jobs``.
+SCHEMA_PROBE = text("SELECT 1 FROM jobs WHERE 1 = 0")
+
+
 def database_check(engine: AsyncEngine) -> Check:
     async def check() -> bool:
         async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+            await conn.execute(SCHEMA_PROBE)
         return True
 
     return check
