@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from cloudtask import log, serving
 from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
-from cloudtask.errors import DatabaseRefused
+from cloudtask.errors import DatabaseRefused, DatabaseUnavailable
 from cloudtask.settings import Settings, SettingsError, load_settings, unknown_settings
 from cloudtask.worker.registry import RegistrationError, user_handlers
 
@@ -120,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     commands.add_parser("migrate", help="apply the database migrations")
+
+    requeue = commands.add_parser(
+        "requeue",
+        help="queue again the PENDING jobs whose messages RabbitMQ lost "
+        "(after jobs.created was purged or deleted)",
+    )
+    requeue.add_argument(
+        "--older-than",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="only jobs PENDING for at least this long (default 60)",
+    )
     return parser
 
 
@@ -179,6 +192,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         log.configure("migrate", settings.log_level, settings.log_format)
         upgrade(settings.database_url.get_secret_value())
         return
+    if args.command == "requeue":
+        settings.require_urls("database_url")
+        log.configure("requeue", settings.log_level, settings.log_format)
+        _requeue(settings, args.older_than)
+        return
     if args.command == "dev":
         from cloudtask import dev
 
@@ -206,6 +224,31 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         return
     commands = {"api": _api, "worker": _worker, "results": _results, "scheduler": _scheduler}
     serving.run(lambda: commands[args.command](settings, args.host, args.port))
+
+
+def _requeue(settings: Settings, older_than: float) -> None:
+    from cloudtask.backends import require_migrated
+    from cloudtask.db.engine import create_engine
+    from cloudtask.requeue import OutboxNotEmpty, requeue_pending
+
+    async def run() -> None:
+        engine = create_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            await require_migrated(engine)
+            done = await requeue_pending(engine, older_than)
+        except OutboxNotEmpty as exc:
+            raise SettingsError(str(exc)) from None
+        except DatabaseUnavailable as exc:
+            raise DatabaseRefused(str(exc).removeprefix("database: ")) from None
+        finally:
+            await engine.dispose()
+        print(  # noqa: T201 - the command's answer
+            f"queued again {done.jobs} PENDING job(s) waiting since before "
+            f"{done.before.isoformat(timespec='seconds')}; a running api or scheduler "
+            "publishes them within CLOUDTASK_OUTBOX_RELAY_AFTER_SECONDS"
+        )
+
+    asyncio.run(run())
 
 
 async def _api(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> None:

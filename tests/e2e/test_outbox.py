@@ -8,7 +8,7 @@ import time
 import httpx
 
 from tests.e2e.amqp import read_messages
-from tests.e2e.processes import Process, Processes
+from tests.e2e.processes import CLOUDTASK, Process, Processes
 from tests.infra import RABBIT_HOST, rabbitmqctl
 
 
@@ -87,3 +87,27 @@ def test_a_burst_cut_short_by_sigkill_loses_nothing(procs: Processes) -> None:
     procs.start("api")
     seen = read_messages(procs.env["CLOUDTASK_RABBITMQ_URL"], "jobs.created", wanted=accepted)
     assert accepted <= set(seen)
+
+
+def test_pending_jobs_whose_messages_were_purged_run_once_queued_again(procs: Processes) -> None:
+    # Purged from jobs.created, they stayed PENDING for good: nothing can tell a lost message
+    # from one waiting in a long queue but the operator, who runs `cloudtask requeue`.
+    api = procs.start("api", env={"CLOUDTASK_OUTBOX_RELAY_AFTER_SECONDS": "0.5"})
+    client = procs.client(api)
+    lost = {client.submit(type="echo", payload=n)["id"] for n in range(3)}
+    url = procs.env["CLOUDTASK_RABBITMQ_URL"]
+    assert lost <= set(read_messages(url, "jobs.created", wanted=lost))  # taken, and gone
+    done = subprocess.run(
+        [CLOUDTASK, "requeue", "--older-than", "0"],
+        env=procs.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("queued again 3 PENDING job(s) waiting since before ")
+    procs.start_side_by_side("worker", "results")
+    for job_id in lost:
+        job = client.wait(job_id, "COMPLETED", "FAILED")
+        assert (job["status"], job["attempts"]) == ("COMPLETED", 1)

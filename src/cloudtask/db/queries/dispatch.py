@@ -111,14 +111,15 @@ async def dispatch_due(
     return due, outbox_rows
 
 
-async def pending(conn: AsyncConnection) -> list[Attempt]:
-    """Every PENDING job's attempt, as it was handed to the workers: highest priority first,
-    then oldest first."""
-    rows = await conn.execute(
-        select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt)
-        .where(jobs.c.status == JobStatus.PENDING)
-        .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq)
+async def pending(conn: AsyncConnection, *, before: datetime | None = None) -> list[Attempt]:
+    """Every PENDING job's attempt (queued before ``before``, if given), as it was handed to the
+    workers: highest priority first, then oldest first."""
+    query = select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt).where(
+        jobs.c.status == JobStatus.PENDING
     )
+    if before is not None:
+        query = query.where(jobs.c.updated_at < before)
+    rows = await conn.execute(query.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq))
     return [_attempt(row, row.dispatch_attempt) for row in rows]
 
 
