@@ -1,7 +1,8 @@
 """A copy of a ``jobs.created`` message (the outbox relay publishing a job again when a confirm
 came late, say) does not run the attempt twice: the first delivery of an attempt claims its
 lease, and a copy that finds it held, by a worker running the attempt or done with it, is
-acknowledged without running. A redelivery, or an attempt put back on the queue, still runs."""
+acknowledged without running. A redelivery, or an attempt put back on the queue, still runs,
+but for one whose worker reported it and lost its connection before the ack."""
 
 import asyncio
 from typing import Any
@@ -9,9 +10,13 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from cloudtask.broker.base import Delivery
+from cloudtask.broker.memory import MemoryDelivery
+from cloudtask.broker.rabbitmq import RabbitDelivery
 from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED, REQUEUED_HEADER
 from cloudtask.contracts.timefmt import utcnow
+from cloudtask.errors import BrokerUnavailable
 from cloudtask.worker.registry import HandlerRegistry
 from tests.helpers import wait_for_status
 from tests.services.conftest import Stack
@@ -95,3 +100,34 @@ async def test_an_attempt_put_back_on_the_queue_runs_whoever_held_its_lease(
     await asyncio.wait_for(handlers.started.wait(), 10)
     assert handlers.calls == 2
     assert metric(registry, COPIES) == 0
+
+
+async def test_an_attempt_reported_but_not_acknowledged_is_not_run_again_when_redelivered(
+    stack: Stack, handlers: Handlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection goes between the report and the ack: RabbitMQ puts the delivery back and
+    # delivers it again, redelivered, when the lease may have expired. It ran again before.
+    lost_ack: list[bytes] = []
+
+    def losing_the_first_ack(cls: type[Delivery]) -> None:
+        ack = cls.ack
+
+        async def once(delivery: Delivery) -> None:
+            if not lost_ack and not delivery.redelivered:
+                lost_ack.append(delivery.body)
+                await delivery.reject(requeue=True)  # as the broker does with a lost channel
+                raise BrokerUnavailable("could not acknowledge: the connection went")
+            await ack(delivery)
+
+        monkeypatch.setattr(cls, "ack", once)
+
+    losing_the_first_ack(MemoryDelivery)
+    losing_the_first_ack(RabbitDelivery)
+    handlers.release.set()
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": 3})
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+    await wait_for_metric(stack.worker.metrics.registry, COPIES, 1)
+    assert len(lost_ack) == 1
+    assert (done["result"], done["attempts"], handlers.calls) == ({"n": 3}, 1, 1)
+    assert await stack.backends.broker.get(JOBS_CREATED) is None  # acknowledged, this time

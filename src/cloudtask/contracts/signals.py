@@ -27,6 +27,18 @@ REQUEUED: Final = b"requeued"
 """Left in the lease of an attempt put back on the queue: waiting there, not lost, not held."""
 
 
+def reported_key(job_id: UUID | str, attempt: int) -> str:
+    """Set by a worker that reported this attempt but could not acknowledge its delivery (the
+    connection went first): RabbitMQ delivers it again, and the worker that gets it drops it
+    rather than run a finished attempt again."""
+    return f"cloudtask:reported:{job_id}:{attempt}"
+
+
+REPORTED_MARK_TTL: Final = 3600.0
+"""How long a reported mark is kept: a delivery put back by a lost connection goes back to the
+head of its queue, and is delivered again within seconds, or once a worker returns."""
+
+
 def lost_key(job_id: UUID | str, attempt: int) -> str:
     """Set by the scheduler (to ``LOST``) on an attempt it hands out again because its worker
     vanished: the worker that takes it up runs it alone (see ``worker.gate``), and writes its

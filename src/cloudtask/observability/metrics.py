@@ -117,7 +117,8 @@ class WorkerMetrics(ServiceMetrics):
         self.copies = Counter(
             "cloudtask_worker_copies_skipped_total",
             "First deliveries of an attempt whose lease another delivery held (a copy of the "
-            "message, published twice): acknowledged without running.",
+            "message, published twice), and redeliveries of an attempt reported before its ack "
+            "was lost: acknowledged without running.",
             registry=self.registry,
         )
         self.abandoned = Counter(

@@ -16,7 +16,9 @@
    short a job allowed an hour; from there the lease, renewed by heartbeats and watched by the
    scheduler, stands for the delivery.
 3. Report. ``jobs.completed`` is published (confirmed, retried while the broker is away), then
-   the delivery is acknowledged if it still is not, and the lease is given up. A job that ended
+   the delivery is acknowledged if it still is not, and the lease is given up. If the connection
+   went before the acknowledgement, a reported mark tells the worker that gets the redelivery
+   not to run the attempt again. A job that ended
    before ``ANNOUNCE_AFTER`` is reported by this one message, which carries its ``startedAt``:
    most jobs are short, and each saves a publish, a persistent message in RabbitMQ and an event
    for the results-processor to read. Until then the delivery is unacknowledged, so a worker
@@ -24,6 +26,7 @@
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,7 +46,12 @@ from cloudtask.contracts.queues import (
     JOBS_STARTED,
     REQUEUED_HEADER,
 )
-from cloudtask.contracts.signals import REQUEUED, handler_key
+from cloudtask.contracts.signals import (
+    REPORTED_MARK_TTL,
+    REQUEUED,
+    handler_key,
+    reported_key,
+)
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.errors import BrokerUnavailable, KVUnavailable
 from cloudtask.kv.base import KV
@@ -91,6 +99,7 @@ class _Attempt:
     started_at: datetime
     outcome: Outcome = execution.CANCELLED  # until the handler's own outcome replaces it
     announced: bool = False  # jobs.started published and the delivery acknowledged
+    acknowledged: bool = False  # as far as this worker knows: the connection may have gone
     copy: bool = False  # another delivery of the attempt holds its lease: not run, not reported
 
 
@@ -130,6 +139,14 @@ class Pipeline:
                 self.deps.metrics.dead_lettered.labels("unparseable").inc()
             return None
         return job
+
+    async def _reported_before(self, job: JobCreated) -> bool:
+        """Whether a worker ran and reported this attempt but lost the connection before its
+        acknowledgement reached RabbitMQ (see ``_conclude``)."""
+        try:
+            return await self.deps.kv.get(reported_key(job.job_id, job.attempt)) is not None
+        except KVUnavailable:
+            return False
 
     async def _lost_before(self, job: JobCreated) -> bool:
         """Whether this attempt, delivered again, was counted by ``_delivered_too_often``
@@ -188,6 +205,11 @@ class Pipeline:
             await asyncio.sleep(WAIT_LIMIT)  # not at once: the other workers may all be busy
             await self._leave_to_others(delivery, job)
             return
+        if delivery.redelivered and await self._reported_before(job):
+            await _quietly(delivery.ack())
+            self.deps.metrics.copies.inc()
+            _log("copy skipped: reported before", job, self.deps.worker_id)
+            return
         if not await self._wait_for_slot(delivery, job):
             return
         try:
@@ -218,17 +240,25 @@ class Pipeline:
 
     async def _conclude(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt") -> None:
         """Report the attempt (or put it back on the queue), then let its delivery and lease go."""
+        reported = False
         if (job.job_id, job.attempt) in self._requeue:
             published = await self._put_back(job)
         else:
-            published = await self._report(job, attempt.started_at, attempt.outcome)
+            published = reported = await self._report(job, attempt.started_at, attempt.outcome)
         if not attempt.announced:
             if published:
-                await _quietly(delivery.ack())
+                attempt.acknowledged = await _acknowledged(delivery)
             else:
                 # The job is still PENDING, and nothing but this message will move it (the
                 # scheduler recovers RUNNING jobs only): back to the queue, to run again.
                 await _quietly(delivery.reject(requeue=True))
+        if reported and not attempt.acknowledged:
+            # The connection went before the ack: RabbitMQ delivers the attempt again. Marked
+            # while the lease still holds copies back, so that none runs it a second time.
+            with contextlib.suppress(KVUnavailable):
+                await self.deps.kv.set(
+                    reported_key(job.job_id, job.attempt), b"1", ttl=REPORTED_MARK_TTL
+                )
         await self.deps.running.drop(job.job_id, job.attempt)
 
     async def _wait_for_slot(self, delivery: Delivery, job: JobCreated) -> bool:
@@ -321,6 +351,7 @@ class Pipeline:
             try:
                 await deps.reports.publish(JOBS_STARTED, started.encode())
                 await delivery.ack()
+                attempt.acknowledged = True
             except BrokerUnavailable:
                 # The delivery goes back to the queue with its channel, and a copy may run
                 # elsewhere (at least once); this one still runs to its end and reports.
@@ -437,6 +468,14 @@ async def _until_published(publish: Callable[[], Awaitable[None]]) -> bool:
             delay = min(delay * 2, 5)
         else:
             return True
+
+
+async def _acknowledged(delivery: Delivery) -> bool:
+    try:
+        await delivery.ack()
+    except BrokerUnavailable:
+        return False
+    return True
 
 
 async def _quietly(step: Awaitable[None]) -> None:
