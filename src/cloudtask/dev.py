@@ -200,6 +200,7 @@ async def _run(
     try:
         await serving.serve(app, host, port, sock=sock)
     finally:
+        serving.hurry_on_signal(worker)
         await scheduler.stop()
         await worker.stop(settings.worker_grace_seconds)
         await _drain_reports(broker)

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 from urllib.parse import unquote
 
 import uvicorn
@@ -228,10 +228,27 @@ class Service(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
+@runtime_checkable
+class Hurried(Protocol):
+    """A service whose stop can be cut short (the worker's grace for its running jobs)."""
+
+    def hurry(self) -> None: ...
+
+
+def hurry_on_signal(service: object) -> None:
+    """From now on, SIGTERM or SIGINT (a second one, as the first began the stop) cuts the
+    service's stop short, as Celery's second Ctrl-C does."""
+    if isinstance(service, Hurried):
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, service.hurry)
+
+
 async def run_until_signalled(
     service: Service, status: Any, host: str, port: int, grace: float
 ) -> None:
-    """Start ``service`` and its status server; on SIGTERM or SIGINT stop it within ``grace``."""
+    """Start ``service`` and its status server; on SIGTERM or SIGINT stop it within ``grace``
+    (a second signal cuts that short: see :func:`hurry_on_signal`)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -261,6 +278,7 @@ async def run_until_signalled(
         await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     unservable = http_task.done() and not http_task.cancelled() and http_task.exception()
+    hurry_on_signal(service)
     await service.stop(0 if unservable else grace)
     http.should_exit = True
     await asyncio.gather(http_task, return_exceptions=True)

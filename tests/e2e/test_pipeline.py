@@ -118,6 +118,23 @@ def test_a_sigterm_requeues_what_did_not_finish_within_the_grace(procs: Processe
     assert done["status"] == "COMPLETED"
 
 
+def test_a_second_signal_cuts_the_grace_short(procs: Processes) -> None:
+    # As Celery's second Ctrl-C: the first begins the stop, the second puts running jobs back.
+    client = _stack(procs, "--grace", "60")
+    job = client.submit(type="sleep", payload={"seconds": 30}, maxAttempts=1)
+    client.wait(job["id"], "RUNNING")
+    worker = procs.started[-1]
+    worker.signal(signal.SIGINT)
+    time.sleep(0.5)
+    started = time.monotonic()
+    worker.signal(signal.SIGINT)
+    assert worker.proc.wait(20) == 0
+    assert time.monotonic() - started < 10
+    assert "stopping now: running jobs go back to the queue" in worker.log()
+    procs.start("worker")
+    assert client.wait(job["id"], "RUNNING", timeout=30)["attempts"] == 1
+
+
 def test_higher_priorities_start_first_when_the_worker_is_saturated(procs: Processes) -> None:
     # One slot, held by the blocker; the worker takes two low jobs into its prefetch meanwhile,
     # and gives them back once they have waited (pipeline.WAIT_LIMIT), so the high ones submitted

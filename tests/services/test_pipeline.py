@@ -240,6 +240,28 @@ async def test_stopping_the_worker_puts_a_running_job_back_for_another_worker(
     assert (await stack.backends.broker.stats(JOBS_CREATED)).messages == 0
 
 
+async def test_a_stop_hurried_puts_running_jobs_back_without_waiting_out_the_grace(
+    stack: Stack, interruptible: Interruptible
+) -> None:
+    # An operator's second Ctrl-C: the grace (a minute here) was waited out in full before.
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="interruptible", payload={"n": 2})
+    await wait_until_set(interruptible.first_started)
+    stopping = asyncio.create_task(stack.worker.stop(grace=60))
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # waiting for the running job, as the grace allows
+    stack.worker.hurry()
+    await asyncio.wait_for(stopping, 10)
+    assert interruptible.first_cancelled
+    assert metric(stack.worker.metrics.registry, "cloudtask_worker_jobs_requeued_total") == 1
+
+    async def back_in_queue() -> bool:
+        return (await stack.backends.broker.stats(JOBS_CREATED)).messages == 1
+
+    await eventually(back_in_queue)
+    assert (await stack.client.get_job(token, job["id"]))["status"] in ("PENDING", "RUNNING")
+
+
 async def test_a_job_that_ends_at_once_is_reported_by_its_completion_alone(stack: Stack) -> None:
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="echo", payload={"quick": True})

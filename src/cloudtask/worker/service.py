@@ -79,6 +79,7 @@ class WorkerService:
         self.pipeline = Pipeline(deps, PrioritySlots(self.concurrency))
         self._consumer: Consumer | None = None
         self._advertising: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()
 
     async def start(self) -> None:
         self._reports.start()
@@ -130,8 +131,16 @@ class WorkerService:
         """Deliveries being handled now (running or waiting for a slot)."""
         return len(self._active)
 
+    def hurry(self) -> None:
+        """Cut the grace of a stop short (an operator's second Ctrl-C): running jobs go back to
+        the queue at once."""
+        if not self._hurry.is_set():
+            log.warning("stopping now: running jobs go back to the queue")
+        self._hurry.set()
+
     async def stop(self, grace: float) -> None:
-        """Stop taking jobs, let running ones finish within ``grace`` seconds, requeue the rest."""
+        """Stop taking jobs, let running ones finish within ``grace`` seconds (or until
+        :meth:`hurry`), requeue the rest."""
         self.pipeline.stopping.set()
         if self._advertising is not None:  # its keys expire with the leases' TTL
             self._advertising.cancel()
@@ -139,8 +148,14 @@ class WorkerService:
                 await self._advertising
         if self._consumer is not None:
             await self._consumer.stop_receiving()
-        if self._active:
-            await asyncio.wait(set(self._active), timeout=grace)
+        if self._active and not self._hurry.is_set():
+            finished = asyncio.ensure_future(asyncio.wait(set(self._active)))
+            hurried = asyncio.ensure_future(self._hurry.wait())
+            await asyncio.wait(
+                {finished, hurried}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiting in (finished, hurried):
+                waiting.cancel()
         if self._active:
             self.pipeline.requeue_running()
             await asyncio.wait(set(self._active), timeout=10)
