@@ -4,7 +4,6 @@ the back ends and hands them to each service."""
 import argparse
 import asyncio
 import importlib
-import math
 import socket
 import sys
 import traceback
@@ -15,7 +14,13 @@ from typing import TYPE_CHECKING
 from cloudtask import log, serving
 from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
 from cloudtask.errors import DatabaseRefused, DatabaseUnavailable
-from cloudtask.settings import Settings, SettingsError, load_settings, unknown_settings
+from cloudtask.settings import (
+    LONGEST,
+    Settings,
+    SettingsError,
+    load_settings,
+    unknown_settings,
+)
 from cloudtask.worker.registry import RegistrationError, user_handlers
 
 if TYPE_CHECKING:
@@ -45,8 +50,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    if not 0 <= value <= LONGEST:
+        raise argparse.ArgumentTypeError(f"must be 0 to {LONGEST:.0f} seconds, not {text}")
     return value
 
 
@@ -162,14 +167,12 @@ def import_handler_modules(modules: Sequence[str]) -> None:
         try:
             importlib.import_module(module)
         except (ImportError, RegistrationError) as exc:
-            raise SettingsError(f"--import {module}: {exc}") from None
+            raise SettingsError(f"--import {module}: {_first_line(exc)}") from None
         except SyntaxError as exc:  # its message says where
-            raise SettingsError(f"--import {module}: SyntaxError: {exc}") from None
+            raise SettingsError(f"--import {module}: SyntaxError: {_first_line(exc)}") from None
         except Exception as exc:  # the module's own code failed as it ran: what, and where
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
             raise SettingsError(
-                f"--import {module}: {type(exc).__name__}: {exc} "
-                f"({frame.filename}, line {frame.lineno})"
+                f"--import {module}: {type(exc).__name__}: {_first_line(exc)} ({_where(exc)})"
             ) from None
         for handler in user_handlers:
             if handler.type in BUILTIN_PAYLOADS:
@@ -177,6 +180,25 @@ def import_handler_modules(modules: Sequence[str]) -> None:
                     f"--import {module}: job type {handler.type!r} is built in; "
                     "register yours under another name"
                 )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] + (" …" if len(lines) > 1 else "")) if lines else "(no message)"
+
+
+def _where(exc: BaseException) -> str:
+    """The deepest frame of the failure in the user's own code: not in the standard library or
+    an installed package (``os.environ[…]`` fails in ``os``, a model in pydantic)."""
+    installed = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [
+        frame
+        for frame in frames
+        if not frame.filename.startswith(installed) and not frame.filename.startswith("<")
+    ]
+    frame = (own or frames)[-1]
+    return f"{frame.filename}, line {frame.lineno}"
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:

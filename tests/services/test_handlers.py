@@ -76,7 +76,8 @@ class Request:
 
 @dataclass
 class WebServer:
-    """Answers ``/big`` with more than ``MAX_RESPONSE_BYTES``, anything else with JSON."""
+    """Answers ``/big`` with more than ``MAX_RESPONSE_BYTES``, ``/fail`` with a 502, anything
+    else with JSON."""
 
     port: int = 0
     connections: int = 0
@@ -91,12 +92,15 @@ class WebServer:
             headers = {name.lower(): value for name, value in headers.items()}
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             self.requests.append(Request(method, path, headers, body))
+            status = b"201 Created"
             if path == "/big":
                 reply, kind = b"x" * (MAX_RESPONSE_BYTES + 1), b"text/plain"
+            elif path == "/fail":
+                status, reply, kind = b"502 Bad Gateway", b"upstream down", b"text/plain"
             else:
                 reply, kind = b'{"greeting": "hello"}', b"application/json"
             writer.write(
-                b"HTTP/1.1 201 Created\r\nContent-Type: " + kind + b"\r\n"
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + kind + b"\r\n"
                 b"Content-Length: " + str(len(reply)).encode() + b"\r\n"
                 b"Connection: close\r\n\r\n" + reply
             )
@@ -185,6 +189,19 @@ async def test_an_http_job_completes_with_the_status_code_and_body(
     assert (request.method, request.path) == ("POST", "/hook?x=1")
     assert request.headers["x-trace"] == "abc"
     assert request.body == b'{"order":42}'
+
+
+@pytest.mark.parametrize("userinfo", ["alice:s3cret", "alice@corp.example:s3cret", "a:s3c ret"])
+async def test_an_http_job_failing_says_where_without_the_password_of_its_url(
+    stack: Stack, web: WebServer, userinfo: str
+) -> None:
+    token = await stack.client.register()
+    payload = {"url": f"http://{userinfo}@127.0.0.1:{web.port}/fail"}
+    job = await stack.client.create_job(token, type="http", payload=payload, maxAttempts=1)
+    done = await wait_for_status(stack.client, token, job["id"], "FAILED", "COMPLETED")
+    # Kept with the job, and logged with it.
+    assert done["error"] == f"HTTP 502 from http://127.0.0.1:{web.port}/fail: upstream down"
+    assert web.requests[0].headers["authorization"].startswith("Basic ")  # it was sent
 
 
 async def test_an_http_job_to_a_host_not_allowed_fails_without_connecting(

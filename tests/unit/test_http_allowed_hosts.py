@@ -24,6 +24,9 @@ def allows(entries: list[str], url: str) -> bool:
         (["[::1]:9000"], "http://[::1]:9000/"),
         (["[0:0:0:0:0:0:0:1]:9000"], "http://[::1]:9000/"),  # one address, two spellings
         (["other.example", "api.example.com:8443"], "https://api.example.com:8443/"),
+        (["bücher.example"], "https://bücher.example/"),
+        (["हिन्दी.example"], "https://हिन्दी.example/"),  # combining marks: a host all the same
+        (["api_v2.internal"], "http://api_v2.internal/"),
     ],
 )
 def test_an_allowed_host_and_port_is_allowed(entries: list[str], url: str) -> None:

@@ -12,7 +12,7 @@ message from a careless peer stops every consumer of the queue for good.
 as can be published again (to ``jobs.dead``, say):
 
 - a short string's bytes that are not UTF-8 become ``\\xff`` escapes (Python's
-  ``backslashreplace``: two different names stay two names);
+  ``backslashreplace``: two names that differ in bytes that are not UTF-8 stay two);
 - a timestamp outside the dates Python holds becomes absent (``None``);
 - a table or an array nested deeper than :data:`MAX_DEPTH` becomes ``None`` (it is skipped whole,
   by its length);

@@ -42,7 +42,7 @@ def allowed_host(entry: str) -> tuple[str, int | None]:
     if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in parts.netloc:
         raise ValueError(f"{entry!r} is not a host, host:port or [IPv6]:port")
     host = _canonical(parts.hostname)
-    if ":" not in host and not all(char.isalnum() or char in "._-" for char in host):
+    if any(char.isspace() or char in "*?" for char in host):
         # "*" or "a.com b.com" (a space for a comma) is no host a URL could name.
         raise ValueError(f"{entry!r} is not a host, host:port or [IPv6]:port (no wildcards)")
     return host, port

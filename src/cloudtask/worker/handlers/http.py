@@ -52,7 +52,9 @@ class HttpHandler:
         ):
             body = await self._read(reply)
         if reply.status_code >= 500 or reply.status_code == 429:
-            raise ConnectionError(f"HTTP {reply.status_code} from {request.url}: {body[:200]}")
+            # Without its user and password: the error is kept with the job and logged.
+            where = httpx.URL(request.url).copy_with(userinfo=b"")
+            raise ConnectionError(f"HTTP {reply.status_code} from {where}: {body[:200]}")
         return {"statusCode": reply.status_code, "headers": dict(reply.headers), "body": body}
 
     async def _read(self, reply: httpx.Response) -> str:
