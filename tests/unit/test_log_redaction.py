@@ -32,15 +32,27 @@ def test_no_password_or_token_reaches_a_line_in_the_message_the_fields_or_the_ex
                 extra={
                     "error": "HTTP 501 from http://user:field-secret@127.0.0.1:8/x: <html>",
                     "detail": f"Bearer {TOKEN}",
+                    "peer": "amqp://ops@corp.example:email-user-secret@broker:5672/",
                     "attempt": 2,
                 },
             )
     finally:
         logger.removeHandler(handler)
     line = out.getvalue()
-    for secret in ("exception-secret", "message-secret", "field-secret", TOKEN):
+    for secret in (
+        "exception-secret",
+        "message-secret",
+        "field-secret",
+        "email-user-secret",
+        TOKEN,
+    ):
         assert secret not in line
     # What is not secret stays, where it was.
-    for kept in ("http://user:***@127.0.0.1:8/x", "postgresql://app:***@db/app", "Bearer"):
+    for kept in (
+        "http://user:***@127.0.0.1:8/x",
+        "postgresql://app:***@db/app",
+        "amqp://ops@corp.example:***@broker:5672/",
+        "Bearer",
+    ):
         assert kept in line
     assert "attempt" in line
