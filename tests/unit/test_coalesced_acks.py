@@ -83,3 +83,25 @@ async def test_acks_asked_for_while_a_flush_is_on_the_wire_wait_for_the_next() -
     await asyncio.gather(first, acks.ack(2), acks.ack(4))
     assert sent.frames == [(1, False), (3, False), (4, True)]
     assert sent.outstanding == set()
+
+
+async def test_a_frame_that_fails_fails_only_the_acks_it_carried() -> None:
+    # The connection goes after the multiple ack went out: 1-3 were sent (the worker must not
+    # take them for unacknowledged), 5 was not.
+    sent, acks = _setup(1, 2, 3, 4, 5)
+    for tag in sorted(sent.outstanding):
+        acks.delivered(tag)
+    real = sent.basic_ack
+
+    async def failing_on_5(delivery_tag: int, multiple: bool = False) -> None:
+        if delivery_tag == 5:
+            raise ConnectionError("the connection went")
+        await real(delivery_tag, multiple)
+
+    sent.basic_ack = failing_on_5  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(
+        *(acks.ack(tag) for tag in (1, 2, 3, 5)), return_exceptions=True
+    )
+    assert outcomes[:3] == [None, None, None]
+    assert isinstance(outcomes[3], ConnectionError)
+    assert sent.frames == [(3, True)]

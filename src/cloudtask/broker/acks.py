@@ -75,8 +75,11 @@ class Acks:
         try:
             if covered:
                 await self.channel.basic_ack(covered[-1], multiple=len(covered) > 1)
+                for tag in covered:  # sent: whatever happens to the frames after it
+                    _settle(wanted[tag])
             for tag in tags[len(covered) :]:
                 await self.channel.basic_ack(tag)
+                _settle(wanted[tag])
         except BaseException as exc:
             for done in wanted.values():
                 if not done.done():
@@ -85,5 +88,9 @@ class Acks:
                 raise
             return
         for done in wanted.values():
-            if not done.done():
-                done.set_result(None)
+            _settle(done)
+
+
+def _settle(done: "asyncio.Future[None]") -> None:
+    if not done.done():
+        done.set_result(None)

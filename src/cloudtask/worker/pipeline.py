@@ -253,8 +253,9 @@ class Pipeline:
                 # scheduler recovers RUNNING jobs only): back to the queue, to run again.
                 await _quietly(delivery.reject(requeue=True))
         if reported and not attempt.acknowledged:
-            # The connection went before the ack: RabbitMQ delivers the attempt again. Marked
-            # while the lease still holds copies back, so that none runs it a second time.
+            # The connection went before the ack: RabbitMQ delivers the attempt again, and the
+            # worker that gets the redelivery (which takes any lease) skips it on this mark.
+            # Written before the lease goes, which holds back copies (first deliveries) till then.
             with contextlib.suppress(KVUnavailable):
                 await self.deps.kv.set(
                     reported_key(job.job_id, job.attempt), b"1", ttl=REPORTED_MARK_TTL
