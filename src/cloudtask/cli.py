@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from cloudtask import log, serving
 from cloudtask.contracts.job_types import BUILTIN_PAYLOADS
-from cloudtask.errors import DatabaseRefused, DatabaseUnavailable
+from cloudtask.errors import BrokerUnavailable, DatabaseRefused, DatabaseUnavailable
 from cloudtask.settings import (
     LONGEST,
     Settings,
@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="only jobs PENDING for at least this long (default 60)",
     )
+    requeue.add_argument(
+        "--force",
+        action="store_true",
+        help="do not first check that jobs.created, jobs.started and jobs.completed are empty",
+    )
     return parser
 
 
@@ -215,9 +220,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         upgrade(settings.database_url.get_secret_value())
         return
     if args.command == "requeue":
-        settings.require_urls("database_url")
+        settings.require_urls("database_url", "rabbitmq_url")
         log.configure("requeue", settings.log_level, settings.log_format)
-        _requeue(settings, args.older_than)
+        _requeue(settings, args.older_than, force=args.force)
         return
     if args.command == "dev":
         from cloudtask import dev
@@ -248,17 +253,34 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     serving.run(lambda: commands[args.command](settings, args.host, args.port))
 
 
-def _requeue(settings: Settings, older_than: float) -> None:
+def _requeue(settings: Settings, older_than: float, *, force: bool) -> None:
     from cloudtask.backends import require_migrated
+    from cloudtask.broker.rabbitmq import RabbitMQBroker
     from cloudtask.db.engine import create_engine
-    from cloudtask.requeue import OutboxNotEmpty, requeue_pending
+    from cloudtask.requeue import NotNow, check_queues, requeue_pending
+
+    async def checked() -> None:
+        broker = RabbitMQBroker(settings.rabbitmq_url.get_secret_value())
+        try:
+            await broker.start()
+            await broker.wait_connected(10)
+            await check_queues(broker)
+        except (TimeoutError, BrokerUnavailable):
+            raise SettingsError(
+                "cannot reach RabbitMQ to see that its queues are empty; "
+                "--force requeues without looking"
+            ) from None
+        finally:
+            await broker.close()
 
     async def run() -> None:
         engine = create_engine(settings.database_url.get_secret_value(), pool_size=1)
         try:
             await require_migrated(engine)
+            if not force:
+                await checked()
             done = await requeue_pending(engine, older_than)
-        except OutboxNotEmpty as exc:
+        except NotNow as exc:
             raise SettingsError(str(exc)) from None
         except DatabaseUnavailable as exc:
             raise DatabaseRefused(str(exc).removeprefix("database: ")) from None

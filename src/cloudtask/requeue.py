@@ -3,27 +3,37 @@
 PostgreSQL is the record; a PENDING job's message is in ``jobs.created`` or held by a worker.
 An operator who purges or deletes that queue (or loses RabbitMQ's disk) leaves the jobs PENDING
 with nothing to run them, and no service can tell a lost message from one waiting behind a long
-queue. This command does, on the operator's word: each PENDING job queued before ``older_than``
-seconds ago gets a new message, through the outbox, which the api and the scheduler relay.
+queue. This command does, on the operator's word: each job PENDING for at least ``older_than``
+seconds gets a new message, through the outbox, which the api and the scheduler relay.
 
-A job whose message was not lost after all may then run twice (at least once, as ever); one
-whose first message a worker still holds is skipped by the worker that gets the copy.
+It refuses while a message could still stand for such a job: in the outbox (not yet
+published), in ``jobs.created`` (waiting for a worker), in ``jobs.started`` or
+``jobs.completed`` (a report the results-processor has not written, whose job still reads
+PENDING). A job whose message a worker held as the command ran can still run twice (at least
+once, as ever). Jobs are read and queued a page at a time, so that a million of them (and their
+payloads) are never in memory at once.
 """
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloudtask.broker.base import Broker
+from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_CREATED, JOBS_STARTED
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.errors import CloudTaskError
 
+PAGE = 500  # jobs read and queued per transaction
+ROW_BYTES = 4 * 1024 * 1024  # at most this much of message bodies per outbox row
 
-class OutboxNotEmpty(CloudTaskError):
-    """Messages still wait in the outbox: their jobs are not lost, only not yet published."""
+
+class NotNow(CloudTaskError):
+    """A message may still stand for a job that looks lost; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -32,17 +42,55 @@ class Requeued:
     before: datetime
 
 
+async def check_queues(broker: Broker) -> None:
+    """Raise :class:`NotNow` while a queue holds messages that may stand for PENDING jobs."""
+    why = {
+        JOBS_CREATED: "waiting for a worker: their jobs are not lost",
+        JOBS_STARTED: "reports not yet written, whose jobs may still read PENDING",
+        JOBS_COMPLETED: "reports not yet written, whose jobs may still read PENDING",
+    }
+    for queue, reason in why.items():
+        waiting = (await broker.stats(queue)).messages
+        if waiting:
+            raise NotNow(
+                f"{queue} holds {waiting} message(s), {reason}; try again once it is empty"
+            )
+
+
 async def requeue_pending(engine: AsyncEngine, older_than: float) -> Requeued:
     now = utcnow()
     before = now - timedelta(seconds=older_than)
-    async with session.transaction(engine) as conn:
+    async with session.reading(engine) as conn:
         waiting, _ = await outbox_q.backlog(conn)
-        if waiting:
-            raise OutboxNotEmpty(
-                f"the outbox still holds {waiting} message(s) to publish (RabbitMQ away, or no "
-                "api or scheduler running to relay them): their jobs are not lost; "
-                "try again once it is empty"
+    if waiting:
+        raise NotNow(
+            f"the outbox still holds {waiting} message(s) to publish (RabbitMQ away, or no api "
+            "or scheduler running to relay them): their jobs are not lost; "
+            "try again once it is empty"
+        )
+    count, after = 0, 0
+    while True:
+        async with session.transaction(engine) as conn:
+            page, after = await dispatch_q.pending_page(
+                conn, before=before, after=after, limit=PAGE
             )
-        stale = await dispatch_q.pending(conn, before=before)
-        await outbox_q.add(conn, [job.message(now) for job in stale], now=now)
-    return Requeued(len(stale), before)
+            for messages in _rows([job.message(now) for job in page]):
+                await outbox_q.add(conn, messages, now=now)
+        count += len(page)
+        if len(page) < PAGE:
+            return Requeued(count, before)
+
+
+def _rows(
+    messages: Sequence[outbox_q.NewOutboxMessage],
+) -> Iterator[Sequence[outbox_q.NewOutboxMessage]]:
+    """``messages`` in runs of at most ``ROW_BYTES`` of bodies (one message at least), each
+    written as outbox rows of their own: a page of large payloads is not one huge row."""
+    start, size = 0, 0
+    for index, message in enumerate(messages):
+        if index > start and size + len(message.body) > ROW_BYTES:
+            yield messages[start:index]
+            start, size = index, 0
+        size += len(message.body)
+    if start < len(messages):
+        yield messages[start:]

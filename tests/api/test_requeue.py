@@ -1,5 +1,6 @@
 """``cloudtask requeue``'s work: a new message for each PENDING job queued before the cut-off,
-through the outbox; none while the outbox still holds messages (their jobs are not lost)."""
+through the outbox, a page at a time; none while the outbox or a queue still holds messages
+that may stand for such jobs."""
 
 import uuid
 from datetime import timedelta
@@ -8,10 +9,12 @@ import orjson
 import pytest
 from sqlalchemy import func, select, update
 
+from cloudtask import requeue
+from cloudtask.contracts.queues import ALL_QUEUES, JOBS_COMPLETED, JOBS_CREATED
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.db.tables import jobs, outbox
-from cloudtask.requeue import OutboxNotEmpty, requeue_pending
+from cloudtask.requeue import NotNow, check_queues, requeue_pending
 from tests.conftest import Backends
 from tests.helpers import Client, eventually
 
@@ -65,7 +68,55 @@ async def test_nothing_is_queued_again_while_the_outbox_holds_messages(
     await _published(backends)
     async with backends.db.begin() as conn:
         await outbox_q.add(conn, [outbox_q.NewOutboxMessage("jobs.created", "{}", 5)], now=utcnow())
-    with pytest.raises(OutboxNotEmpty, match="outbox still holds 1 message"):
+    with pytest.raises(NotNow, match="outbox still holds 1 message"):
         await requeue_pending(backends.db, older_than=60)
     async with backends.db.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(outbox))).scalar() == 1
+
+
+async def test_jobs_are_queued_again_a_page_at_a_time_in_rows_of_bounded_size(
+    client: Client, backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(requeue, "PAGE", 2)
+    monkeypatch.setattr(requeue, "ROW_BYTES", 600)
+    token = await client.register()
+    created = [await client.create_job(token, type="echo", payload="x" * 200) for _ in range(5)]
+    for job in created:
+        await _age(backends, job["id"], 120)
+    await _published(backends)
+    assert (await requeue_pending(backends.db, older_than=60)).jobs == 5
+    async with backends.db.connect() as conn:
+        rows = (await conn.execute(select(outbox).order_by(outbox.c.id))).all()
+    bodies = [body for row in rows for body in outbox_q.bodies(row.body, row.messages)]
+    assert sorted(orjson.loads(body)["jobId"] for body in bodies) == sorted(
+        job["id"] for job in created
+    )
+    assert all(len(row.body) <= 600 or row.messages == 1 for row in rows)
+    assert len(rows) == 5  # pages of 2, 2 and 1; a row holds what fits in 600 bytes: one
+
+
+async def test_nothing_is_queued_again_while_a_queue_holds_messages(
+    client: Client, backends: Backends
+) -> None:
+    broker = backends.broker
+    for queue in ALL_QUEUES:
+        await broker.purge(queue)
+    await check_queues(broker)  # all empty
+    token = await client.register()
+    await client.create_job(token, type="echo")  # no worker: its message waits
+
+    async def queued() -> bool:
+        return (await broker.stats(JOBS_CREATED)).messages == 1
+
+    await eventually(queued)
+    with pytest.raises(NotNow, match=r"jobs\.created holds 1 message.*not lost"):
+        await check_queues(broker)
+    await broker.purge(JOBS_CREATED)
+    await broker.publish(JOBS_COMPLETED, b"{}")  # a report not yet written
+
+    async def reported() -> bool:
+        return (await broker.stats(JOBS_COMPLETED)).messages == 1
+
+    await eventually(reported)
+    with pytest.raises(NotNow, match=r"jobs\.completed holds 1 message.*may still read PENDING"):
+        await check_queues(broker)

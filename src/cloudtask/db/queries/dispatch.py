@@ -111,16 +111,36 @@ async def dispatch_due(
     return due, outbox_rows
 
 
-async def pending(conn: AsyncConnection, *, before: datetime | None = None) -> list[Attempt]:
-    """Every PENDING job's attempt (queued before ``before``, if given), as it was handed to the
-    workers: highest priority first, then oldest first."""
-    query = select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt).where(
-        jobs.c.status == JobStatus.PENDING
+async def pending(conn: AsyncConnection) -> list[Attempt]:
+    """Every PENDING job's attempt, as it was handed to the workers: highest priority first,
+    then oldest first."""
+    rows = await conn.execute(
+        select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt)
+        .where(jobs.c.status == JobStatus.PENDING)
+        .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq)
     )
-    if before is not None:
-        query = query.where(jobs.c.updated_at < before)
-    rows = await conn.execute(query.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq))
     return [_attempt(row, row.dispatch_attempt) for row in rows]
+
+
+async def pending_page(
+    conn: AsyncConnection, *, before: datetime, after: int, limit: int
+) -> tuple[list[Attempt], int]:
+    """Up to ``limit`` attempts of jobs PENDING since before ``before``, past the job ``after``
+    (a ``seq``, 0 for the first page), in the order they were created; and the ``seq`` to pass
+    for the next page."""
+    rows = (
+        await conn.execute(
+            select(*_ATTEMPT_COLUMNS, jobs.c.dispatch_attempt, jobs.c.seq)
+            .where(
+                jobs.c.status == JobStatus.PENDING,
+                jobs.c.updated_at < before,
+                jobs.c.seq > after,
+            )
+            .order_by(jobs.c.seq)
+            .limit(limit)
+        )
+    ).all()
+    return [_attempt(row, row.dispatch_attempt) for row in rows], (rows[-1].seq if rows else after)
 
 
 async def running_since(
