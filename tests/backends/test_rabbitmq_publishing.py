@@ -166,42 +166,41 @@ async def test_a_channel_without_confirms_is_refused(
         await publish_confirmed(channel, [OutgoingMessage("cloudtask.test.anything", b"1")])
 
 
-async def test_the_broker_publishes_a_large_batch_in_one_call(
-    rabbit_url: str, connection: aiormq.abc.AbstractConnection
-) -> None:
+@pytest.fixture
+async def broker(rabbit_url: str) -> AsyncIterator[RabbitMQBroker]:
     broker = RabbitMQBroker(rabbit_url)
     await broker.start()
     try:
         await broker.wait_connected(10)
-        channel = await _channel(connection)
-        queue = await _queue(channel)
-        await broker.publish_many([OutgoingMessage(queue, b"%d" % i) for i in range(2000)])
-        assert (await broker.stats(queue)).messages == 2000
-        with pytest.raises(BrokerUnavailable):
-            await broker.publish_many(
-                [OutgoingMessage(queue, b"ok"), OutgoingMessage("cloudtask.test.none", b"no")]
-            )
-        await channel.queue_delete(queue)
+        yield broker
     finally:
         await broker.close()
+
+
+async def test_the_broker_publishes_a_large_batch_in_one_call(
+    broker: RabbitMQBroker, connection: aiormq.abc.AbstractConnection
+) -> None:
+    channel = await _channel(connection)
+    queue = await _queue(channel)
+    await broker.publish_many([OutgoingMessage(queue, b"%d" % i) for i in range(2000)])
+    assert (await broker.stats(queue)).messages == 2000
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish_many(
+            [OutgoingMessage(queue, b"ok"), OutgoingMessage("cloudtask.test.none", b"no")]
+        )
+    await channel.queue_delete(queue)
 
 
 async def test_a_queue_of_ours_deleted_under_the_broker_is_declared_again_when_published_to(
-    rabbit_url: str, connection: aiormq.abc.AbstractConnection
+    broker: RabbitMQBroker, connection: aiormq.abc.AbstractConnection
 ) -> None:
     # jobs.dead has no consumer to declare it again: its dead letters came back for ever.
-    broker = RabbitMQBroker(rabbit_url)
-    await broker.start()
-    try:
-        await broker.wait_connected(10)
-        channel = await _channel(connection)
-        await channel.queue_delete(JOBS_DEAD)
-        await channel.queue_purge(JOBS_STARTED)
-        await broker.publish_many(
-            [OutgoingMessage(JOBS_STARTED, b"kept"), OutgoingMessage(JOBS_DEAD, b"dead")]
-        )
-        assert [m.body for m in await _drain(channel, JOBS_DEAD)] == [b"dead"]
-        # Only what was returned went again: no copy of the other.
-        assert [m.body for m in await _drain(channel, JOBS_STARTED)] == [b"kept"]
-    finally:
-        await broker.close()
+    channel = await _channel(connection)
+    await channel.queue_delete(JOBS_DEAD)
+    await channel.queue_purge(JOBS_STARTED)
+    await broker.publish_many(
+        [OutgoingMessage(JOBS_STARTED, b"kept"), OutgoingMessage(JOBS_DEAD, b"dead")]
+    )
+    assert [m.body for m in await _drain(channel, JOBS_DEAD)] == [b"dead"]
+    # Only what was returned went again: no copy of the other.
+    assert [m.body for m in await _drain(channel, JOBS_STARTED)] == [b"kept"]
