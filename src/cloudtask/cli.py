@@ -4,8 +4,10 @@ the back ends and hands them to each service."""
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import socket
 import sys
+import sysconfig
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -141,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument(
         "--force",
         action="store_true",
-        help="do not first check that jobs.created, jobs.started and jobs.completed are empty",
+        help="do not first ask RabbitMQ that jobs.created, jobs.started and jobs.completed are "
+        "empty and jobs.created has no consumer (no worker running)",
     )
     return parser
 
@@ -177,7 +180,8 @@ def import_handler_modules(modules: Sequence[str]) -> None:
             raise SettingsError(f"--import {module}: SyntaxError: {_first_line(exc)}") from None
         except Exception as exc:  # the module's own code failed as it ran: what, and where
             raise SettingsError(
-                f"--import {module}: {type(exc).__name__}: {_first_line(exc)} ({_where(exc)})"
+                f"--import {module}: {type(exc).__name__}: {_first_line(exc)} "
+                f"({_where(exc, module)})"
             ) from None
         for handler in user_handlers:
             if handler.type in BUILTIN_PAYLOADS:
@@ -192,18 +196,42 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] + (" …" if len(lines) > 1 else "")) if lines else "(no message)"
 
 
-def _where(exc: BaseException) -> str:
-    """The deepest frame of the failure in the user's own code: not in the standard library or
-    an installed package (``os.environ[…]`` fails in ``os``, a model in pydantic)."""
-    installed = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
+def _where(exc: BaseException, module: str) -> str:
+    """The deepest frame of the failure in the module's own package; else the deepest outside
+    the standard library, installed packages and CloudTask (``os.environ[…]`` fails in ``os``,
+    a model in pydantic)."""
     frames = traceback.extract_tb(exc.__traceback__)
-    own = [
+    own = _package_paths(module)
+    libraries = [
+        Path(path).resolve()
+        for name, path in sysconfig.get_paths().items()
+        if name in ("stdlib", "platstdlib", "purelib", "platlib")
+    ] + [Path(__file__).resolve().parent]
+
+    def under(frame: traceback.FrameSummary, roots: list[Path]) -> bool:
+        path = Path(frame.filename).resolve()
+        return any(path == root or path.is_relative_to(root) for root in roots)
+
+    chosen = [frame for frame in frames if under(frame, own)] or [
         frame
         for frame in frames
-        if not frame.filename.startswith(installed) and not frame.filename.startswith("<")
+        if not frame.filename.startswith("<") and not under(frame, libraries)
     ]
-    frame = (own or frames)[-1]
+    frame = (chosen or frames)[-1]
     return f"{frame.filename}, line {frame.lineno}"
+
+
+def _package_paths(module: str) -> list[Path]:
+    """Where the top-level package of ``module`` lives (its directories, or its file)."""
+    try:
+        spec = importlib.util.find_spec(module.split(".", maxsplit=1)[0])
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [Path(path).resolve() for path in spec.submodule_search_locations]
+    return [Path(spec.origin).resolve()] if spec.origin else []
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:
@@ -220,7 +248,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         upgrade(settings.database_url.get_secret_value())
         return
     if args.command == "requeue":
-        settings.require_urls("database_url", "rabbitmq_url")
+        settings.require_urls("database_url")
+        if not args.force:
+            settings.require_urls("rabbitmq_url")
         log.configure("requeue", settings.log_level, settings.log_format)
         _requeue(settings, args.older_than, force=args.force)
         return
@@ -262,13 +292,12 @@ def _requeue(settings: Settings, older_than: float, *, force: bool) -> None:
     async def checked() -> None:
         broker = RabbitMQBroker(settings.rabbitmq_url.get_secret_value())
         try:
-            await broker.start()
-            await broker.wait_connected(10)
+            await broker.connect_once()
             await check_queues(broker)
-        except (TimeoutError, BrokerUnavailable):
+        except BrokerUnavailable as exc:
             raise SettingsError(
-                "cannot reach RabbitMQ to see that its queues are empty; "
-                "--force requeues without looking"
+                f"cannot ask RabbitMQ whether its queues are empty ({log.redact(str(exc))}); "
+                "--force requeues without asking"
             ) from None
         finally:
             await broker.close()

@@ -198,9 +198,8 @@ async def _run(
         flush=True,
     )
     try:
-        await serving.serve(app, host, port, sock=sock)
+        await serving.serve(app, host, port, sock=sock, hurried=worker)
     finally:
-        serving.hurry_on_signal(worker)
         await scheduler.stop()
         await worker.stop(settings.worker_grace_seconds)
         await _drain_reports(broker)

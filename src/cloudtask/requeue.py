@@ -7,11 +7,11 @@ queue. This command does, on the operator's word: each job PENDING for at least 
 seconds gets a new message, through the outbox, which the api and the scheduler relay.
 
 It refuses while a message could still stand for such a job: in the outbox (not yet
-published), in ``jobs.created`` (waiting for a worker), in ``jobs.started`` or
-``jobs.completed`` (a report the results-processor has not written, whose job still reads
-PENDING). A job whose message a worker held as the command ran can still run twice (at least
-once, as ever). Jobs are read and queued a page at a time, so that a million of them (and their
-payloads) are never in memory at once.
+published), in ``jobs.created`` (waiting in the queue, or held by a worker: RabbitMQ counts
+only the first, so the workers must be stopped), in ``jobs.started`` or ``jobs.completed`` (a
+report the results-processor has not written, whose job still reads PENDING). Jobs are read and
+queued a page at a time, so that a million of them (and their payloads) are never in memory at
+once.
 """
 
 from collections.abc import Iterator, Sequence
@@ -50,11 +50,17 @@ async def check_queues(broker: Broker) -> None:
         JOBS_COMPLETED: "reports not yet written, whose jobs may still read PENDING",
     }
     for queue, reason in why.items():
-        waiting = (await broker.stats(queue)).messages
-        if waiting:
+        stats = await broker.stats(queue)
+        if stats.messages:
             raise NotNow(
-                f"{queue} holds {waiting} message(s), {reason}; try again once it is empty"
+                f"{queue} holds {stats.messages} message(s), {reason}; try again once it is empty"
             )
+    consumers = (await broker.stats(JOBS_CREATED)).consumers
+    if consumers:
+        raise NotNow(
+            f"{JOBS_CREATED} has {consumers} consumer(s): a worker holds messages RabbitMQ does "
+            "not count (waiting for a slot), whose jobs are not lost; stop the workers first"
+        )
 
 
 async def requeue_pending(engine: AsyncEngine, older_than: float) -> Requeued:

@@ -58,14 +58,42 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-async def serve(app: Any, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+async def serve(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    sock: socket.socket | None = None,
+    hurried: object = None,
+) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then shut down gracefully and return (exit code 0,
-    where uvicorn alone would re-raise the signal). ``sock``: an already listening socket."""
+    where uvicorn alone would re-raise the signal). ``sock``: an already listening socket;
+    ``hurried``: a :class:`Hurried` service a second signal hurries (``cloudtask dev``'s
+    worker, stopped after the server)."""
     instance = server(app, host, port, handle_signals=False)
+
+    def first() -> None:
+        instance.should_exit = True
+
+    _on_signals(first, hurried)
+    await _serve_http(instance, host, port, [sock] if sock is not None else None)
+
+
+def _on_signals(first: Callable[[], None], hurried: object) -> None:
+    """SIGTERM and SIGINT call ``first`` the first time; then, as Celery's second Ctrl-C, they
+    hurry the stop of ``hurried`` if it is a :class:`Hurried` service (however soon after)."""
+    signalled = False
+
+    def on_signal() -> None:
+        nonlocal signalled
+        if signalled and isinstance(hurried, Hurried):
+            hurried.hurry()
+        signalled = True
+        first()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: setattr(instance, "should_exit", True))
-    await _serve_http(instance, host, port, [sock] if sock is not None else None)
+        loop.add_signal_handler(signum, on_signal)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -235,24 +263,13 @@ class Hurried(Protocol):
     def hurry(self) -> None: ...
 
 
-def hurry_on_signal(service: object) -> None:
-    """From now on, SIGTERM or SIGINT (a second one, as the first began the stop) cuts the
-    service's stop short, as Celery's second Ctrl-C does."""
-    if isinstance(service, Hurried):
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, service.hurry)
-
-
 async def run_until_signalled(
     service: Service, status: Any, host: str, port: int, grace: float
 ) -> None:
     """Start ``service`` and its status server; on SIGTERM or SIGINT stop it within ``grace``
-    (a second signal cuts that short: see :func:`hurry_on_signal`)."""
+    (a second signal cuts that short: see :func:`_on_signals`)."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    _on_signals(stop.set, service)
     http = server(status, host, port, handle_signals=False)
     http_task = asyncio.create_task(_serve_http(http, host, port), name="status-server")
     # Listening first: a service whose port is taken exits before it takes any work.
@@ -278,7 +295,6 @@ async def run_until_signalled(
         await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     unservable = http_task.done() and not http_task.cancelled() and http_task.exception()
-    hurry_on_signal(service)
     await service.stop(0 if unservable else grace)
     http.should_exit = True
     await asyncio.gather(http_task, return_exceptions=True)

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from cloudtask import requeue
+from cloudtask.broker.base import Delivery
 from cloudtask.contracts.queues import ALL_QUEUES, JOBS_COMPLETED, JOBS_CREATED
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db.queries import outbox as outbox_q
@@ -120,3 +121,27 @@ async def test_nothing_is_queued_again_while_a_queue_holds_messages(
     await eventually(reported)
     with pytest.raises(NotNow, match=r"jobs\.completed holds 1 message.*may still read PENDING"):
         await check_queues(broker)
+
+
+async def test_nothing_is_queued_again_while_a_worker_consumes_jobs_created(
+    backends: Backends,
+) -> None:
+    # A worker holds deliveries RabbitMQ does not count as messages (waiting for a slot).
+    broker = backends.broker
+    for queue in ALL_QUEUES:
+        await broker.purge(queue)
+
+    async def holding(delivery: Delivery) -> None:
+        return None
+
+    consumer = await broker.consume(JOBS_CREATED, holding, prefetch=1)
+
+    async def consumed() -> bool:
+        return (await broker.stats(JOBS_CREATED)).consumers == 1
+
+    try:
+        await eventually(consumed)
+        with pytest.raises(NotNow, match=r"jobs\.created has 1 consumer.*stop the workers"):
+            await check_queues(broker)
+    finally:
+        await consumer.cancel()

@@ -448,3 +448,20 @@ def test_a_service_on_a_database_never_migrated_says_so_in_one_line(
         "cloudtask: CLOUDTASK_DATABASE_URL: the database has no CloudTask tables; "
         "run `cloudtask migrate` first"
     ]
+
+
+def test_a_handler_package_failing_in_a_library_points_at_its_own_line(tmp_path: Path) -> None:
+    package = tmp_path / "brokenpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "settings.py").write_text("import os\n\nTOKEN = os.environ['BROKENPKG_TOKEN']\n")
+    (package / "jobs.py").write_text("from brokenpkg import settings  # noqa\n")
+    done = _cloudtask(
+        ["worker", "--port", "0", "--import", "brokenpkg.jobs"],
+        clean_env(jwt_secret="x" * 32),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("cloudtask: --import brokenpkg.jobs: KeyError: 'BROKENPKG_TOKEN' (")
+    assert line.endswith(f"{package / 'settings.py'}, line 3)")

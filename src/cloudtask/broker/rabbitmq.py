@@ -217,6 +217,14 @@ class RabbitMQBroker(Broker):
             log.warning("RabbitMQ is unreachable (%r); retrying in the background", exc)
             self._connector = asyncio.create_task(self._keep_connecting())
 
+    async def connect_once(self) -> None:
+        """Connect, or raise :class:`BrokerUnavailable` saying why, without retrying (for a
+        command that asks one thing and exits)."""
+        try:
+            await self._connect()
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from None
+
     async def _keep_connecting(self) -> None:
         while True:
             await asyncio.sleep(1)

@@ -151,11 +151,13 @@ class WorkerService:
         if self._active and not self._hurry.is_set():
             finished = asyncio.ensure_future(asyncio.wait(set(self._active)))
             hurried = asyncio.ensure_future(self._hurry.wait())
-            await asyncio.wait(
-                {finished, hurried}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiting in (finished, hurried):
-                waiting.cancel()
+            try:
+                await asyncio.wait(
+                    {finished, hurried}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiting in (finished, hurried):
+                    waiting.cancel()
         if self._active:
             self.pipeline.requeue_running()
             await asyncio.wait(set(self._active), timeout=10)
