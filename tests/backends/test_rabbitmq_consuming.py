@@ -211,3 +211,42 @@ async def test_a_message_with_a_header_name_that_is_not_utf8_is_dead_lettered_wi
     assert dead.body == b"unreadable"
     assert dead.headers[f"x-{NOT_UTF8_READ}"] == 1
     assert dead.headers["x-death-reason"] == "unreadable"
+
+
+async def test_a_dead_letter_jobs_dead_refuses_goes_back_after_a_pause_not_at_once(
+    rabbit: RabbitMQBroker, rabbit_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full dead queue refusing publishes: the message came straight back, and the consumer
+    # moved it again, as fast as the broker answered, for as long as the queue stayed full.
+    vhost = unquote(urlsplit(rabbit_url).path.lstrip("/"))
+    policy = ["-p", vhost, "test-dead-full"]
+    await asyncio.to_thread(
+        infra.rabbitmqctl,
+        "set_policy",
+        *policy,
+        r"^jobs\.dead$",
+        '{"max-length": 0, "overflow": "reject-publish"}',
+        "--apply-to",
+        "queues",
+    )
+    steps: list[str] = []
+
+    async def pause(seconds: float) -> None:
+        steps.append(f"pause {seconds}")
+
+    monkeypatch.setattr(dead_letters.asyncio, "sleep", pause)
+    try:
+        await _publish(rabbit, b"unreadable")
+        delivery = await eventually(lambda: rabbit.get(JOBS_COMPLETED))
+        reject = delivery.reject
+
+        async def recorded_reject(*, requeue: bool) -> None:
+            steps.append(f"reject requeue={requeue}")
+            await reject(requeue=requeue)
+
+        monkeypatch.setattr(delivery, "reject", recorded_reject)
+        assert not await dead_letters.move(rabbit, delivery, JOBS_COMPLETED, "unreadable")
+    finally:
+        await asyncio.to_thread(infra.rabbitmqctl, "clear_policy", *policy)
+    assert steps == [f"pause {dead_letters.PUT_BACK_AFTER}", "reject requeue=True"]
+    await wait_for_stats(rabbit, JOBS_COMPLETED, QueueStats(messages=1, consumers=0))

@@ -9,6 +9,7 @@ rest, could push the header frame past the broker's limit and close the connecti
 whose move failed for one of its headers would come back and fail again, for ever.
 """
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 KEPT_HEADERS = 32
 KEPT_VALUE_BYTES = 1024
 REASON_CHARS = 1000  # a driver's error can quote a whole statement
+# A message put back because jobs.dead would not take it (the broker away, a full dead queue
+# that refuses publishes) comes straight back: without a pause, a loop as fast as the broker.
+PUT_BACK_AFTER = 1.0
 
 
 def _kept(headers: Any) -> dict[str, Any]:
@@ -47,6 +51,7 @@ async def move(broker: Broker, delivery: Delivery, queue: str, reason: str) -> b
         await _publish(broker, delivery, queue, reason)
         await delivery.ack()
     except BrokerUnavailable:
+        await asyncio.sleep(PUT_BACK_AFTER)
         with contextlib.suppress(BrokerUnavailable):
             await delivery.reject(requeue=True)
         return False
