@@ -19,9 +19,12 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "color_message",  # uvicorn's copy of the message with terminal colours
 }
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
-# The password runs to the last "@" before the path or query: a user may be an email address,
-# unencoded; an "@" in a query (?notify=ops@example.com) is not the host's.
-_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#\s]*:)[^\s/?#]+@")
+# The password runs to the "@" after which the host runs to a path, a query or the end: a user
+# may be an email address, and a password may hold "?" or "#", unencoded; an "@" in a query
+# (?notify=ops@example.com) is not the host's.
+_URL_PASSWORD = re.compile(
+    r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#\s]*:)[^\s/]+?@(?=[^\s/?#@]*(?:[/?#\s]|$))"
+)
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 
 

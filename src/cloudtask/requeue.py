@@ -9,7 +9,9 @@ seconds gets a new message, through the outbox, which the api and the scheduler 
 It refuses while a message could still stand for such a job: in the outbox (not yet
 published), in ``jobs.created`` (waiting in the queue, or held by a worker: RabbitMQ counts
 only the first, so the workers must be stopped), in ``jobs.started`` or ``jobs.completed`` (a
-report the results-processor has not written, whose job still reads PENDING). Jobs are read and
+report the results-processor has not written, whose job still reads PENDING; one a running
+results-processor holds is not counted either, and ``older_than`` is what keeps its job out, the
+report written within milliseconds). Jobs are read and
 queued a page at a time, so that a million of them (and their payloads) are never in memory at
 once.
 """

@@ -234,7 +234,7 @@ async def test_a_dead_letter_jobs_dead_refuses_goes_back_after_a_pause_not_at_on
     async def pause(seconds: float) -> None:
         steps.append(f"pause {seconds}")
 
-    monkeypatch.setattr(dead_letters.asyncio, "sleep", pause)
+    monkeypatch.setattr(dead_letters, "_pause", pause)
     try:
         await _publish(rabbit, b"unreadable")
         delivery = await eventually(lambda: rabbit.get(JOBS_COMPLETED))

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from cloudtask.log import ConsoleFormatter, JSONFormatter, RedactingFilter
+from cloudtask.log import ConsoleFormatter, JSONFormatter, RedactingFilter, redact
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NSJ9.c2lnbmF0dXJlLWJ5dGVz"
 
@@ -56,3 +56,19 @@ def test_no_password_or_token_reaches_a_line_in_the_message_the_fields_or_the_ex
     ):
         assert kept in line
     assert "attempt" in line
+
+
+@pytest.mark.parametrize(
+    ("line", "redacted"),
+    [
+        ("postgresql://u:pa?ss@db/x", "postgresql://u:***@db/x"),
+        ("amqp://guest:s3cr#t@rabbit/", "amqp://guest:***@rabbit/"),
+        ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("amqp://ops@corp.example:pw@broker:5672/", "amqp://ops@corp.example:***@broker:5672/"),
+        ("http://u:p@host?notify=ops@example.com", "http://u:***@host?notify=ops@example.com"),
+        ("a amqp://a:b@h1/ and redis://:c@h2/0", "a amqp://a:***@h1/ and redis://:***@h2/0"),
+        ("GET /jobs?cursor=abc 200", "GET /jobs?cursor=abc 200"),
+    ],
+)
+def test_a_url_password_is_redacted_wherever_it_ends(line: str, redacted: str) -> None:
+    assert redact(line) == redacted

@@ -26,6 +26,7 @@ REASON_CHARS = 1000  # a driver's error can quote a whole statement
 # A message put back because jobs.dead would not take it (the broker away, a full dead queue
 # that refuses publishes) comes straight back: without a pause, a loop as fast as the broker.
 PUT_BACK_AFTER = 1.0
+_pause = asyncio.sleep  # its own name, for a test to stand in for this pause alone
 
 
 def _kept(headers: Any) -> dict[str, Any]:
@@ -51,7 +52,7 @@ async def move(broker: Broker, delivery: Delivery, queue: str, reason: str) -> b
         await _publish(broker, delivery, queue, reason)
         await delivery.ack()
     except BrokerUnavailable:
-        await asyncio.sleep(PUT_BACK_AFTER)
+        await _pause(PUT_BACK_AFTER)
         with contextlib.suppress(BrokerUnavailable):
             await delivery.reject(requeue=True)
         return False

@@ -223,7 +223,8 @@ class RabbitMQBroker(Broker):
         try:
             await self._connect()
         except BROKER_ERRORS as exc:
-            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from None
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise BrokerUnavailable(why) from None
 
     async def _keep_connecting(self) -> None:
         while True:
