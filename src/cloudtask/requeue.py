@@ -16,7 +16,6 @@ queued a page at a time, so that a million of them (and their payloads) are neve
 once.
 """
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -31,7 +30,6 @@ from cloudtask.db.queries import outbox as outbox_q
 from cloudtask.errors import CloudTaskError
 
 PAGE = 500  # jobs read and queued per transaction
-ROW_BYTES = 4 * 1024 * 1024  # at most this much of message bodies per outbox row
 
 
 class NotNow(CloudTaskError):
@@ -51,14 +49,14 @@ async def check_queues(broker: Broker) -> None:
         JOBS_STARTED: "reports not yet written, whose jobs may still read PENDING",
         JOBS_COMPLETED: "reports not yet written, whose jobs may still read PENDING",
     }
+    stats = {queue: await broker.stats(queue) for queue in why}
     for queue, reason in why.items():
-        stats = await broker.stats(queue)
-        if stats.messages:
+        if stats[queue].messages:
             raise NotNow(
-                f"{queue} holds {stats.messages} message(s), {reason}; try again once it is empty"
+                f"{queue} holds {stats[queue].messages} message(s), {reason}; "
+                "try again once it is empty"
             )
-    consumers = (await broker.stats(JOBS_CREATED)).consumers
-    if consumers:
+    if consumers := stats[JOBS_CREATED].consumers:
         raise NotNow(
             f"{JOBS_CREATED} has {consumers} consumer(s): a worker holds messages RabbitMQ does "
             "not count (waiting for a slot), whose jobs are not lost; stop the workers first"
@@ -82,23 +80,7 @@ async def requeue_pending(engine: AsyncEngine, older_than: float) -> Requeued:
             page, after = await dispatch_q.pending_page(
                 conn, before=before, after=after, limit=PAGE
             )
-            for messages in _rows([job.message(now) for job in page]):
-                await outbox_q.add(conn, messages, now=now)
+            await outbox_q.add(conn, [job.message(now) for job in page], now=now)
         count += len(page)
         if len(page) < PAGE:
             return Requeued(count, before)
-
-
-def _rows(
-    messages: Sequence[outbox_q.NewOutboxMessage],
-) -> Iterator[Sequence[outbox_q.NewOutboxMessage]]:
-    """``messages`` in runs of at most ``ROW_BYTES`` of bodies (one message at least), each
-    written as outbox rows of their own: a page of large payloads is not one huge row."""
-    start, size = 0, 0
-    for index, message in enumerate(messages):
-        if index > start and size + len(message.body) > ROW_BYTES:
-            yield messages[start:index]
-            start, size = index, 0
-        size += len(message.body)
-    if start < len(messages):
-        yield messages[start:]

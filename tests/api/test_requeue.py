@@ -79,7 +79,7 @@ async def test_jobs_are_queued_again_a_page_at_a_time_in_rows_of_bounded_size(
     client: Client, backends: Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(requeue, "PAGE", 2)
-    monkeypatch.setattr(requeue, "ROW_BYTES", 600)
+    monkeypatch.setattr(outbox_q, "MAX_ROW_BYTES", 600)
     token = await client.register()
     created = [await client.create_job(token, type="echo", payload="x" * 200) for _ in range(5)]
     for job in created:

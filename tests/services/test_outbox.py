@@ -171,3 +171,10 @@ def test_grouping_keeps_order_and_splits_full_rows() -> None:
     many = outbox_q.grouped([message("a", str(n), 0) for n in range(outbox_q.MAX_MESSAGES + 1)])
     assert [len(row.bodies) for row in many] == [outbox_q.MAX_MESSAGES, 1]
     assert outbox_q.grouped([]) == []
+
+
+def test_grouping_splits_rows_at_their_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox_q, "MAX_ROW_BYTES", 10)
+    bodies = ["aaaa", "bbbb", "cc", "dddddddddddd", "e"]  # 4 + 4 + 2 = 10 fits; 12 alone
+    rows = outbox_q.grouped([outbox_q.NewOutboxMessage("a", body, 0) for body in bodies])
+    assert [row.bodies for row in rows] == [["aaaa", "bbbb", "cc"], ["dddddddddddd"], ["e"]]

@@ -12,11 +12,13 @@ from cloudtask.db import session
 from cloudtask.db.tables import outbox
 
 # A row holds the messages committed together for one queue at one priority (a batch's jobs, a
-# group commit's), up to MAX_MESSAGES, as JSON Lines: one PostgreSQL row to write and delete
-# rather than a thousand. Message bodies are compact JSON, which never holds a raw line break;
-# a body that did would go in a row of its own.
+# group commit's), up to MAX_MESSAGES and MAX_ROW_BYTES of bodies (a thousand payloads of
+# 256 KiB would be one row of 256 MB to write, read and publish), as JSON Lines: one PostgreSQL
+# row to write and delete rather than a thousand. Message bodies are compact JSON, which never
+# holds a raw line break; a body that did would go in a row of its own.
 SEPARATOR = "\n"
 MAX_MESSAGES = 1000
+MAX_ROW_BYTES = 4 * 1024 * 1024
 
 
 # Not frozen: built for every write, and a frozen dataclass costs five times as much to build
@@ -48,19 +50,22 @@ class NewOutboxRow:
 
 
 def grouped(messages: Sequence[NewOutboxMessage]) -> list[NewOutboxRow]:
-    """The rows that hold ``messages``: one per queue and priority, in the order each first
-    appears, each message in its row in the order given."""
+    """The rows that hold ``messages``: one per queue and priority (and per MAX_MESSAGES or
+    MAX_ROW_BYTES of them), in the order each first appears, each message in its row in the
+    order given."""
     rows: list[NewOutboxRow] = []
-    filling: dict[tuple[str, int], NewOutboxRow] = {}
+    filling: dict[tuple[str, int], tuple[NewOutboxRow, int]] = {}
     for message in messages:
         if SEPARATOR in message.body:  # see SEPARATOR
             rows.append(NewOutboxRow(message.queue, [message.body], message.priority))
             continue
         key = (message.queue, message.priority)
-        row = filling.get(key)
-        if row is None or len(row.bodies) >= MAX_MESSAGES:
-            row = filling[key] = NewOutboxRow(message.queue, [], message.priority)
+        row, size = filling.get(key, (None, 0))
+        size += len(message.body)
+        if row is None or len(row.bodies) >= MAX_MESSAGES or size > MAX_ROW_BYTES:
+            row, size = NewOutboxRow(message.queue, [], message.priority), len(message.body)
             rows.append(row)
+        filling[key] = (row, size)
         row.bodies.append(message.body)
     return rows
 
