@@ -17,6 +17,8 @@ from tests.e2e.probes import job_row, metric
 from tests.e2e.processes import Processes
 from tests.infra import rabbitmqctl
 
+pytestmark = pytest.mark.alone
+
 TIMEOUT_MS = 1000
 
 
@@ -33,8 +35,8 @@ def _restore(name: str, saved: str) -> str:
 
 @pytest.fixture
 def short_consumer_timeout() -> Iterator[None]:
-    # The setting is the whole node's: the end-to-end tests run one at a time, and what it was
-    # before is put back.
+    # The setting is the whole node's: the test runs alone (its mark), and what it was before is
+    # put back.
     saved = {name: _rabbit_env(name) for name in ("consumer_timeout", "channel_tick_interval")}
     rabbitmqctl(
         "eval",

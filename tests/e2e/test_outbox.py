@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import httpx
+import pytest
 
 from tests.e2e.amqp import read_messages
 from tests.e2e.processes import CLOUDTASK, Process, Processes
@@ -38,6 +39,7 @@ def _submit(api: Process, token: str, count: int) -> set[str]:
         return set(pool.map(one, range(count)))
 
 
+@pytest.mark.alone
 def test_jobs_accepted_while_rabbitmq_is_down_are_published_when_it_returns(
     procs: Processes,
 ) -> None:
