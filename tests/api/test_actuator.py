@@ -10,11 +10,13 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from cloudtask.api.app import create_app
 from cloudtask.broker.memory import MemoryBroker
 from cloudtask.db.engine import create_engine
+from cloudtask.db.migrate import upgrade_async
 from cloudtask.kv.memory import MemoryKV
 from cloudtask.kv.redis import RedisKV
 from cloudtask.settings import Settings
@@ -73,26 +75,43 @@ async def _empty_database(backends: Backends, tmp_path: Path) -> AsyncIterator[s
         await asyncio.to_thread(infra.admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def test_health_is_503_naming_a_database_that_was_never_migrated(
+async def _database_health(backends: Backends, settings: Settings, url: str) -> str:
+    """The db component of the api's health on the database at ``url``."""
+    engine = create_engine(url)
+    app = create_app(settings, db=engine, broker=backends.broker, kv=backends.kv)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as http:
+            response = await http.get("/actuator/health")
+    finally:
+        await engine.dispose()
+    components = response.json()["components"]
+    assert components["broker"] == components["redis"] == {"status": "UP"}
+    assert response.status_code == (200 if components["db"] == {"status": "UP"} else 503)
+    status: str = components["db"]["status"]
+    return status
+
+
+async def test_health_is_503_naming_a_database_not_migrated_to_this_versions_schema(
     backends: Backends, settings: Settings, tmp_path: Path
 ) -> None:
-    # It answered 200 while every request that needed a table failed.
+    # It answered 200 while every request that needed a table failed, and on an older version's
+    # schema while requests needing what it lacks did.
     async with _empty_database(backends, tmp_path) as url:
-        empty = create_engine(url)
-        app = create_app(settings, db=empty, broker=backends.broker, kv=backends.kv)
+        assert await _database_health(backends, settings, url) == "DOWN"
+        await upgrade_async(url, "0004")
+        assert await _database_health(backends, settings, url) == "DOWN"
+        await upgrade_async(url)
+        assert await _database_health(backends, settings, url) == "UP"
+        # Migrated by a later version: a service started on it (rolled back) is not refused.
+        engine = create_engine(url)
         try:
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://t"
-            ) as http:
-                response = await http.get("/actuator/health")
+            async with engine.begin() as conn:
+                await conn.execute(text("UPDATE alembic_version SET version_num = '9001'"))
         finally:
-            await empty.dispose()
-    assert response.status_code == 503
-    assert response.json()["components"] == {
-        "db": {"status": "DOWN"},
-        "broker": {"status": "UP"},
-        "redis": {"status": "UP"},
-    }
+            await engine.dispose()
+        assert await _database_health(backends, settings, url) == "UP"
 
 
 @contextlib.asynccontextmanager

@@ -7,10 +7,14 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from cloudtask.backends import NOT_MIGRATED, require_migrated
 from cloudtask.db.engine import create_engine
 from cloudtask.db.migrate import alembic_config, upgrade
+from cloudtask.db.revisions import HEAD, REVISIONS
+from cloudtask.settings import SettingsError
 from tests import infra
 
 
@@ -89,3 +93,51 @@ def test_an_outbox_rows_id_is_never_given_again(empty_database: str) -> None:
     assert new > kept
     command.downgrade(alembic_config(url), "0004")
     assert _sql(url, "SELECT id FROM outbox") == [(new,)]
+
+
+def test_the_revisions_services_know_are_the_migrations() -> None:
+    # Services check a database against these constants without importing Alembic.
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    chain = [script.revision for script in scripts.walk_revisions()]
+    assert tuple(reversed(chain)) == REVISIONS
+    assert scripts.get_current_head() == HEAD
+
+
+def _required(url: str) -> str | None:
+    """What a service starting on ``url`` says: its refusal, or None when it starts."""
+
+    async def run() -> str | None:
+        engine = create_engine(url)
+        try:
+            await require_migrated(engine)
+        except SettingsError as exc:
+            return str(exc)
+        finally:
+            await engine.dispose()
+        return None
+
+    return asyncio.run(run())
+
+
+def test_a_service_starts_only_on_a_database_migrated_to_its_revision_or_later(
+    empty_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = empty_database
+    assert _required(url) == NOT_MIGRATED
+    command.upgrade(alembic_config(url), "0004")
+    assert _required(url) == (
+        f"CLOUDTASK_DATABASE_URL: the database's schema is at revision 0004, this version needs "
+        f"{HEAD}; run `cloudtask migrate` first"
+    )
+    upgrade(url)
+    assert _required(url) is None
+    assert not caplog.records
+    # A later version's revision (a service rolled back after migrating): started, and logged.
+    _sql(url, "UPDATE alembic_version SET version_num = '9001'")
+    assert _required(url) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the database's schema is at revision 9001, newer than this version's {HEAD}: "
+        "a later version migrated it"
+    ]
+    _sql(url, "DELETE FROM alembic_version")  # migrated, then downgraded to nothing
+    assert _required(url) == NOT_MIGRATED

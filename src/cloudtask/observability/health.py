@@ -3,25 +3,22 @@
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudtask.broker.base import Broker
+from cloudtask.db.revisions import REVISION_QUERY, Schema, schema_of
 from cloudtask.kv.base import KV
 
 Check = Callable[[], Awaitable[bool]]
 
 
-# A database that answers but was never migrated is as unusable as one away: every request
-# would fail on it. Any service that uses the database reads ``jobs``.
-SCHEMA_PROBE = text("SELECT 1 FROM jobs WHERE 1 = 0")
-
-
 def database_check(engine: AsyncEngine) -> Check:
+    # A database that answers but was never migrated, or not to this version's schema, is as
+    # unusable as one away: requests would fail on it.
     async def check() -> bool:
         async with engine.connect() as conn:
-            await conn.execute(SCHEMA_PROBE)
-        return True
+            revision = (await conn.execute(REVISION_QUERY)).scalar()
+        return schema_of(revision) is not Schema.OLDER
 
     return check
 
