@@ -3,13 +3,15 @@ a registry of test handlers."""
 
 import asyncio
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from cloudtask.broker.base import Broker, Delivery
+from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_DEAD
+from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.tables import jobs
 from cloudtask.worker.registry import HandlerRegistry
@@ -79,3 +81,32 @@ async def finished_by_a_second_worker(
         return await wait_for_status(stack.client, token, job_id, "COMPLETED", "FAILED")
     finally:
         await second.stop(grace=1)
+
+
+class HeldHandlers:
+    """A handler, ``held``, that runs until released, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def held(self, payload: Any) -> Any:
+        self.calls += 1
+        self.started.set()
+        await self.release.wait()
+        return payload
+
+
+def job_message(job: dict[str, Any], attempt: int = 1) -> bytes:
+    """A ``jobs.created`` message of ``job`` (as the API answered it), for its ``attempt``."""
+    return JobCreated(
+        job_id=UUID(job["id"]),
+        user_id=uuid4(),
+        type=job["type"],
+        payload=job["payload"],
+        priority=job["priority"],
+        attempt=attempt,
+        timeout_seconds=job["timeoutSeconds"],
+        enqueued_at=utcnow(),
+    ).encode()

@@ -1,68 +1,45 @@
 """A copy of a ``jobs.created`` message (the outbox relay publishing a job again when a confirm
 came late, say) does not run the attempt twice: the first delivery of an attempt claims its
 lease, and a copy that finds it held, by a worker running the attempt or done with it, is
-acknowledged without running. A redelivery, or an attempt put back on the queue, still runs,
-but for one whose worker reported it and lost its connection before the ack."""
+acknowledged without running. An attempt put back on the queue still runs; so does a
+redelivery, but for one whose worker reported it and lost its connection before the ack (more in
+``test_lost_deliveries``)."""
 
 import asyncio
-from typing import Any
-from uuid import UUID, uuid4
 
 import pytest
 
 from cloudtask.broker.base import Delivery
 from cloudtask.broker.memory import MemoryDelivery
 from cloudtask.broker.rabbitmq import RabbitDelivery
-from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED, REQUEUED_HEADER
-from cloudtask.contracts.timefmt import utcnow
 from cloudtask.errors import BrokerUnavailable
 from cloudtask.worker.registry import HandlerRegistry
 from tests.helpers import wait_for_status
 from tests.services.conftest import Stack
-from tests.services.support import metric, registry_of, wait_for_metric
+from tests.services.support import (
+    HeldHandlers,
+    job_message,
+    metric,
+    registry_of,
+    wait_for_metric,
+)
 
 COPIES = "cloudtask_worker_copies_skipped_total"
 
 
-class Handlers:
-    def __init__(self) -> None:
-        self.calls = 0
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def held(self, payload: Any) -> Any:
-        self.calls += 1
-        self.started.set()
-        await self.release.wait()
-        return payload
+@pytest.fixture
+def handlers() -> HeldHandlers:
+    return HeldHandlers()
 
 
 @pytest.fixture
-def handlers() -> Handlers:
-    return Handlers()
-
-
-@pytest.fixture
-def stack_handlers(handlers: Handlers) -> HandlerRegistry:
+def stack_handlers(handlers: HeldHandlers) -> HandlerRegistry:
     return registry_of(handlers, "held")
 
 
-def _copy(job: dict[str, Any], attempt: int = 1) -> bytes:
-    return JobCreated(
-        job_id=UUID(job["id"]),
-        user_id=uuid4(),
-        type=job["type"],
-        payload=job["payload"],
-        priority=job["priority"],
-        attempt=attempt,
-        timeout_seconds=job["timeoutSeconds"],
-        enqueued_at=utcnow(),
-    ).encode()
-
-
 async def test_a_copy_of_a_running_or_finished_attempt_does_not_run_it_again(
-    stack: Stack, handlers: Handlers
+    stack: Stack, handlers: HeldHandlers
 ) -> None:
     registry = stack.worker.metrics.registry
     broker = stack.backends.broker
@@ -70,20 +47,20 @@ async def test_a_copy_of_a_running_or_finished_attempt_does_not_run_it_again(
     job = await stack.client.create_job(token, type="held", payload={"n": 1})
     await asyncio.wait_for(handlers.started.wait(), 10)
 
-    await broker.publish(JOBS_CREATED, _copy(job), priority=job["priority"])
+    await broker.publish(JOBS_CREATED, job_message(job), priority=job["priority"])
     await wait_for_metric(registry, COPIES, 1)
     handlers.release.set()
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
     assert (done["result"], done["attempts"]) == ({"n": 1}, 1)
 
     # Done with it: the lease outlives the attempt by up to its TTL, and a copy finds it.
-    await broker.publish(JOBS_CREATED, _copy(job), priority=job["priority"])
+    await broker.publish(JOBS_CREATED, job_message(job), priority=job["priority"])
     await wait_for_metric(registry, COPIES, 2)
     assert handlers.calls == 1
 
 
 async def test_an_attempt_put_back_on_the_queue_runs_whoever_held_its_lease(
-    stack: Stack, handlers: Handlers
+    stack: Stack, handlers: HeldHandlers
 ) -> None:
     registry = stack.worker.metrics.registry
     token = await stack.client.register()
@@ -95,7 +72,7 @@ async def test_an_attempt_put_back_on_the_queue_runs_whoever_held_its_lease(
 
     # Marked as put back (a worker stopping, `cloudtask dev` starting): it runs again.
     await stack.backends.broker.publish(
-        JOBS_CREATED, _copy(job), priority=job["priority"], headers={REQUEUED_HEADER: True}
+        JOBS_CREATED, job_message(job), priority=job["priority"], headers={REQUEUED_HEADER: True}
     )
     await asyncio.wait_for(handlers.started.wait(), 10)
     assert handlers.calls == 2
@@ -103,7 +80,7 @@ async def test_an_attempt_put_back_on_the_queue_runs_whoever_held_its_lease(
 
 
 async def test_an_attempt_reported_but_not_acknowledged_is_not_run_again_when_redelivered(
-    stack: Stack, handlers: Handlers, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The connection goes between the report and the ack: RabbitMQ puts the delivery back and
     # delivers it again, redelivered, when the lease may have expired. It ran again before.

@@ -38,6 +38,12 @@ class Delivery(ABC):
     @abstractmethod
     async def reject(self, *, requeue: bool) -> None: ...
 
+    @property
+    def lost(self) -> bool:
+        """Whether the channel it came on closed: if it was not settled, the broker hands it out
+        again (and may have, if the acknowledgement sent last was still on its way)."""
+        return False
+
 
 Handler = Callable[[Delivery], Awaitable[None]]
 
@@ -80,8 +86,18 @@ class Broker(ABC):
         await self.publish_many([OutgoingMessage(queue, body, priority, headers or {})])
 
     @abstractmethod
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
-        """Call ``handler`` for each delivery, at most ``prefetch`` unacknowledged at a time."""
+    async def consume(
+        self,
+        queue: str,
+        handler: Handler,
+        *,
+        prefetch: int,
+        on_lost: Callable[[], None] | None = None,
+    ) -> Consumer:
+        """Call ``handler`` for each delivery, at most ``prefetch`` unacknowledged at a time.
+        ``on_lost`` is called when deliveries not yet settled were lost with their channel (the
+        connection went): the broker hands them out again, redelivered, and settling them
+        fails. The in-process broker loses no channel."""
 
     @abstractmethod
     async def get(self, queue: str) -> Delivery | None:

@@ -10,7 +10,7 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,7 +188,14 @@ class MemoryBroker(Broker):
         for name in touched:
             await self.notify(name)
 
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
+    async def consume(
+        self,
+        queue: str,
+        handler: Handler,
+        *,
+        prefetch: int,
+        on_lost: Callable[[], None] | None = None,
+    ) -> Consumer:
         self.queue(queue).consumers += 1
         consumer = MemoryConsumer(self, queue, handler, max(prefetch, 1))
         self._consumers.append(consumer)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -101,6 +101,10 @@ class RabbitDelivery(Delivery):
     def processed(self) -> bool:
         return self._processed
 
+    @property
+    def lost(self) -> bool:
+        return self._channel.is_closed
+
 
 class RabbitConsumer(Consumer):
     """A consumer on the aiormq channel beneath a robust aio-pika channel.
@@ -112,10 +116,17 @@ class RabbitConsumer(Consumer):
     per channel, so each channel has its own :class:`Acks`.
     """
 
-    def __init__(self, channel: AbstractRobustChannel, queue: str, handler: Handler) -> None:
+    def __init__(
+        self,
+        channel: AbstractRobustChannel,
+        queue: str,
+        handler: Handler,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self._channel = channel
         self._queue = queue
         self._handler = handler
+        self._on_lost = on_lost
         self._tag = f"cloudtask.{queue}.{uuid.uuid4().hex}"
         self._stopped = False
         self._acks: Acks | None = None  # of the channel subscribed on last
@@ -127,6 +138,9 @@ class RabbitConsumer(Consumer):
         if acks is None or acks.channel is not underlay:
             acks = self._acks = Acks(underlay)
             underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
+            if self._on_lost is not None:
+                on_lost = self._on_lost
+                underlay.closing.add_done_callback(lambda _closed: on_lost())
 
         async def on_message(message: DeliveredMessage) -> None:
             # aiormq runs each delivery in a task of its own; the handler runs in it.
@@ -313,7 +327,14 @@ class RabbitMQBroker(Broker):
             log.warning("queue %s was missing; declared again", name)
             await channel.queue_declare(name, durable=True, arguments=queue_arguments(name))
 
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
+    async def consume(
+        self,
+        queue: str,
+        handler: Handler,
+        *,
+        prefetch: int,
+        on_lost: Callable[[], None] | None = None,
+    ) -> Consumer:
         connection = self._connection
         if connection is None:
             await self._connected.wait()
@@ -326,7 +347,7 @@ class RabbitMQBroker(Broker):
                 raise TypeError(f"unexpected channel type {type(channel)!r}")
             await channel.set_qos(prefetch_count=prefetch)
             await channel.declare_queue(queue, durable=True, arguments=queue_arguments(queue))
-            consumer = RabbitConsumer(channel, queue, handler)
+            consumer = RabbitConsumer(channel, queue, handler, on_lost)
             await consumer.subscribe()
             channel.reopen_callbacks.add(consumer.resubscribe)
         except BROKER_ERRORS as exc:

@@ -27,6 +27,16 @@ REQUEUED: Final = b"requeued"
 """Left in the lease of an attempt put back on the queue: waiting there, not lost, not held."""
 
 
+HELD_CUT: Final = b"#cut"
+"""Ends the value of a lease whose worker lost the connection its delivery came on and still
+runs (or reports) the attempt: RabbitMQ hands the delivery out again, and the worker that gets it
+waits for this one's report rather than run the attempt a second time."""
+
+HELD_ANNOUNCED: Final = b"#announced"
+"""As ``HELD_CUT``, for an attempt whose ``jobs.started`` was confirmed: the job is RUNNING and
+the scheduler watches its lease, so the delivery handed out again is a copy."""
+
+
 def reported_key(job_id: UUID | str, attempt: int) -> str:
     """Set by a worker that reported this attempt but could not acknowledge its delivery (the
     connection went first): RabbitMQ delivers it again, and the worker that gets it drops it

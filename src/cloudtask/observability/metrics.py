@@ -110,15 +110,16 @@ class WorkerMetrics(ServiceMetrics):
         self.given_back = Counter(
             "cloudtask_worker_deliveries_given_back_total",
             "Deliveries returned to jobs.created, by reason (waited: for a slot, past "
-            "WAIT_LIMIT; handled_elsewhere: a type only other workers have a handler for).",
+            "WAIT_LIMIT; handled_elsewhere: a type only other workers have a handler for; "
+            "lost: with their channel, before they started, and handed out again).",
             ["reason"],
             registry=self.registry,
         )
         self.copies = Counter(
             "cloudtask_worker_copies_skipped_total",
             "First deliveries of an attempt whose lease another delivery held (a copy of the "
-            "message, published twice), and redeliveries of an attempt reported before its ack "
-            "was lost: acknowledged without running.",
+            "message, published twice), and redeliveries of an attempt its worker reported or "
+            "announced after losing the delivery's connection: acknowledged without running.",
             registry=self.registry,
         )
         self.abandoned = Counter(

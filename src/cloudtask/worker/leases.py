@@ -18,11 +18,12 @@ lease holds the original delivery, or has reported the attempt, or the scheduler
 again once the lease expires, so the copy can be dropped. Each take writes a value of its own,
 so that a claim is never refused by its own write (the call sent again after a dropped
 connection); the heartbeat leaves a claim on its way alone. A redelivery
-(its worker died before acknowledging it, or it went back to the queue), an attempt put back on
-the queue (``REQUEUED``, the marker a claim may replace) and one the scheduler marked lost take
-the lease whoever held it. The lost mark is taken once: the first delivery of the hand-out to
-take the lease writes its own value over the scheduler's mark, in the same way as a claim, and a
-later one (a copy of the hand-out) finds the mark taken and is a copy.
+(its worker died before acknowledging it, or lost the connection, or it went back to the queue)
+that the pipeline lets run (see ``Pipeline._held_elsewhere`` and ``hold_after_cut``), an attempt
+put back on the queue (``REQUEUED``, the marker a claim may replace) and one the scheduler marked
+lost take the lease whoever held it. The lost mark is taken once: the first delivery of the
+hand-out to take the lease writes its own value over the scheduler's mark, in the same way as a
+claim, and a later one (a copy of the hand-out) finds the mark taken and is a copy.
 """
 
 import asyncio
@@ -37,6 +38,8 @@ from uuid import UUID
 from cloudtask.batching import Batcher
 from cloudtask.contracts.signals import (
     CANCEL_CHANNEL,
+    HELD_ANNOUNCED,
+    HELD_CUT,
     LOST,
     LOST_MARK_TTL,
     REQUEUED,
@@ -212,6 +215,25 @@ class RunningAttempts:
                 pass
             with contextlib.suppress(KVUnavailable):
                 await self._kv.claim(key, marker, ttl=24 * 3600, free=token or marker)
+
+    async def hold_after_cut(self, job_id: UUID, attempt: int, *, announced: bool) -> None:
+        """Say in the lease that this worker, alive, still holds an attempt whose delivery was
+        lost with its channel (``HELD_CUT``, or ``HELD_ANNOUNCED`` once ``jobs.started`` is
+        confirmed): the redelivery waits for its report, or is a copy. Renewals keep saying so."""
+        key = lease_key(job_id, attempt)
+        async with self._renewing:  # not overwritten by a renewal of the old value on its way
+            held = self._leases.get(key)
+            if held is None:
+                return
+            token = held[1]
+            marked = token.split(b"#", 1)[0] + (HELD_ANNOUNCED if announced else HELD_CUT)
+            if marked == token:
+                return
+            self._leases[key] = (job_id, marked)
+            try:
+                await self._kv.claim(key, marked, ttl=self.lease_seconds, free=token)
+            except KVUnavailable as exc:
+                log.warning("could not mark a lease held: %s", exc, extra={"jobId": str(job_id)})
 
     def track(self, job_id: UUID, attempt: int, run: "asyncio.Future[Any]") -> None:
         self._runs[run] = (job_id, attempt)

@@ -17,8 +17,9 @@
    scheduler, stands for the delivery.
 3. Report. ``jobs.completed`` is published (confirmed, retried while the broker is away), then
    the delivery is acknowledged if it still is not, and the lease is given up. If the connection
-   went before the acknowledgement, a reported mark tells the worker that gets the redelivery
-   not to run the attempt again. A job that ended
+   went before the acknowledgement, the worker says in the lease that it still holds the
+   attempt, then leaves a reported mark: the worker that gets the redelivery waits for the one
+   and does not run the attempt again (``_held_elsewhere``). A job that ended
    before ``ANNOUNCE_AFTER`` is reported by this one message, which carries its ``startedAt``:
    most jobs are short, and each saves a publish, a persistent message in RabbitMQ and an event
    for the results-processor to read. Until then the delivery is unacknowledged, so a worker
@@ -47,9 +48,12 @@ from cloudtask.contracts.queues import (
     REQUEUED_HEADER,
 )
 from cloudtask.contracts.signals import (
+    HELD_ANNOUNCED,
+    HELD_CUT,
     REPORTED_MARK_TTL,
     REQUEUED,
     handler_key,
+    lease_key,
     reported_key,
 )
 from cloudtask.contracts.timefmt import utcnow
@@ -71,6 +75,12 @@ ANNOUNCE_AFTER = 0.05
 # (see ``_wait_for_slot``): far longer than a busy worker's short jobs keep it waiting, so only a
 # worker whose slots hold long jobs returns deliveries, about twice a second each.
 WAIT_LIMIT = 0.5
+# A redelivery finding an attempt's lease held, by a worker that has not said it lost the
+# delivery (``HELD_CUT``), looks again for this long before it takes the lease and runs: its
+# holder may be dead (its lease not yet expired), or alive and writing the mark that moment.
+HOLDER_GRACE = 0.25
+# How often a redelivery waiting for a live holder's report looks at the lease again.
+HELD_POLL = 0.25
 
 
 @dataclass
@@ -101,6 +111,8 @@ class _Attempt:
     announced: bool = False  # jobs.started published and the delivery acknowledged
     acknowledged: bool = False  # as far as this worker knows: the connection may have gone
     copy: bool = False  # another delivery of the attempt holds its lease: not run, not reported
+    cut: bool = False  # its delivery's channel closed while this worker held it
+    left: bool = False  # its delivery was lost before it started: the redelivery runs it
 
 
 class Pipeline:
@@ -112,6 +124,9 @@ class Pipeline:
         self._requeue: set[tuple[object, int]] = set()
         self._putting_back = False  # stopping, past the grace: no handler starts any more
         self._returning: asyncio.Task[None] | None = None
+        # The attempts running or reporting here, by id, with their deliveries (``lost``).
+        self._held: dict[int, tuple[Delivery, _Attempt, JobCreated]] = {}
+        self._marking: set[asyncio.Task[None]] = set()
 
     async def __call__(self, delivery: Delivery) -> None:
         job = await self._decode(delivery)
@@ -129,6 +144,48 @@ class Pipeline:
             if run.cancel():
                 self._requeue.add((job_id, attempt))
 
+    def connection_lost(self) -> None:
+        """The channel deliveries came on closed (the connection went): RabbitMQ hands the
+        attempts running or reporting here out again, redelivered. Their leases say that this
+        worker, alive, still holds them (``leases.hold_after_cut``), so that a redelivery waits
+        for the report rather than run the attempt a second time (``_held_elsewhere``)."""
+        for delivery, attempt, job in self._held.values():
+            if attempt.cut or not delivery.lost:
+                continue
+            attempt.cut = True
+            self._mark_held(job, announced=attempt.acknowledged)
+
+    def _mark_held(self, job: JobCreated, *, announced: bool) -> None:
+        mark = self.deps.running.hold_after_cut(job.job_id, job.attempt, announced=announced)
+        task = asyncio.create_task(mark)
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
+
+    async def _held_elsewhere(self, job: JobCreated) -> bool:
+        """For a redelivered attempt: whether it needs no run here, because the worker that lost
+        its delivery reported it (``reported_key``) or announced it (the scheduler watches it
+        from then on). While that worker says it still runs the attempt (``HELD_CUT``), wait
+        for one or the other; if its lease goes (the worker died), run. A lease whose holder
+        says nothing is looked at for ``HOLDER_GRACE``, then taken over. Stopping, or with the
+        store unreachable, the delivery goes on its way (at least once)."""
+        keys = [reported_key(job.job_id, job.attempt), lease_key(job.job_id, job.attempt)]
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + HOLDER_GRACE
+        while not self.stopping.is_set():
+            try:
+                reported, lease = await self.deps.kv.get_many(keys)
+            except KVUnavailable:
+                return False
+            if reported is not None or (lease is not None and lease.endswith(HELD_ANNOUNCED)):
+                return True
+            if lease is not None and lease.endswith(HELD_CUT):
+                await asyncio.sleep(HELD_POLL)
+            elif lease is None or lease == REQUEUED or loop.time() >= grace_ends:
+                return False
+            else:
+                await asyncio.sleep(HOLDER_GRACE / 5)
+        return False
+
     async def _decode(self, delivery: Delivery) -> JobCreated | None:
         try:
             job = JobCreated.model_validate_json(delivery.body)
@@ -139,14 +196,6 @@ class Pipeline:
                 self.deps.metrics.dead_lettered.labels("unparseable").inc()
             return None
         return job
-
-    async def _reported_before(self, job: JobCreated) -> bool:
-        """Whether a worker ran and reported this attempt but lost the connection before its
-        acknowledgement reached RabbitMQ (see ``_conclude``)."""
-        try:
-            return await self.deps.kv.get(reported_key(job.job_id, job.attempt)) is not None
-        except KVUnavailable:
-            return False
 
     async def _lost_before(self, job: JobCreated) -> bool:
         """Whether this attempt, delivered again, was counted by ``_delivered_too_often``
@@ -205,12 +254,10 @@ class Pipeline:
             await asyncio.sleep(WAIT_LIMIT)  # not at once: the other workers may all be busy
             await self._leave_to_others(delivery, job)
             return
-        if delivery.redelivered and await self._reported_before(job):
-            await _quietly(delivery.ack())
-            self.deps.metrics.copies.inc()
-            _log("copy skipped: reported before", job, self.deps.worker_id)
+        if delivery.redelivered and await self._held_elsewhere(job):
+            await self._skip_copy(delivery, job, "copy skipped: held by the worker that lost it")
             return
-        if not await self._wait_for_slot(delivery, job):
+        if self._left_to_redelivery(delivery, job) or not await self._wait_for_slot(delivery, job):
             return
         try:
             turn = _Turn(alone=delivery.redelivered and await self._lost_before(job))
@@ -218,7 +265,7 @@ class Pipeline:
                 await self._gate.enter(alone=turn.alone)
             turn.inside = True
             try:
-                if self.stopping.is_set():
+                if self.stopping.is_set() or self._left_to_redelivery(delivery, job):
                     await _quietly(delivery.reject(requeue=True))
                     return
                 attempt = None
@@ -229,17 +276,38 @@ class Pipeline:
                     self._gate.leave(alone=turn.alone)
         finally:
             self._slots.release()
+        await self._end(delivery, job, attempt)
+
+    async def _end(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt | None") -> None:
         if attempt is None:
             await self._give_up(delivery, job)
-        elif attempt.copy:
-            await _quietly(delivery.ack())  # the delivery holding the lease runs and reports
-            self.deps.metrics.copies.inc()
-            _log("copy skipped", job, self.deps.worker_id)
-        else:
+        elif attempt.copy:  # the delivery holding the lease runs and reports
+            await self._skip_copy(delivery, job, "copy skipped")
+        elif not attempt.left:
             await self._conclude(delivery, job, attempt)
+
+    def _left_to_redelivery(self, delivery: Delivery, job: JobCreated) -> bool:
+        """Whether the delivery was lost with its channel before its attempt started here: the
+        broker hands it out again, and that delivery runs it (a run here would be a second)."""
+        if not delivery.lost:
+            return False
+        self.deps.metrics.given_back.labels("lost").inc()
+        _log("delivery lost before its attempt started", job, self.deps.worker_id)
+        return True
+
+    async def _skip_copy(self, delivery: Delivery, job: JobCreated, message: str) -> None:
+        await _quietly(delivery.ack())
+        self.deps.metrics.copies.inc()
+        _log(message, job, self.deps.worker_id)
 
     async def _conclude(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt") -> None:
         """Report the attempt (or put it back on the queue), then let its delivery and lease go."""
+        try:
+            await self._settle(delivery, job, attempt)
+        finally:
+            self._held.pop(id(attempt), None)
+
+    async def _settle(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt") -> None:
         reported = False
         if (job.job_id, job.attempt) in self._requeue:
             published = await self._put_back(job)
@@ -252,10 +320,11 @@ class Pipeline:
                 # The job is still PENDING, and nothing but this message will move it (the
                 # scheduler recovers RUNNING jobs only): back to the queue, to run again.
                 await _quietly(delivery.reject(requeue=True))
-        if reported and not attempt.acknowledged:
-            # The connection went before the ack: RabbitMQ delivers the attempt again, and the
-            # worker that gets the redelivery (which takes any lease) skips it on this mark.
-            # Written before the lease goes, which holds back copies (first deliveries) till then.
+        if reported and (not attempt.acknowledged or attempt.cut):
+            # The connection went before the ack (or with it, which may not have arrived):
+            # RabbitMQ delivers the attempt again, and the worker that gets the redelivery skips
+            # it on this mark. Written before the lease goes, which holds back copies (first
+            # deliveries) till then, and which a redelivery waits on while it says HELD_CUT.
             with contextlib.suppress(KVUnavailable):
                 await self.deps.kv.set(
                     reported_key(job.job_id, job.attempt), b"1", ttl=REPORTED_MARK_TTL
@@ -339,7 +408,12 @@ class Pipeline:
             return _Attempt(utcnow(), execution.CANCELLED)
         if taken.lost_before and not turn.alone and not await self._go_alone(job, turn):
             return _Attempt(utcnow(), execution.CANCELLED)
+        if self._left_to_redelivery(delivery, job):  # while the lease was taken
+            # Its lease, no longer renewed, says nothing: the redelivery takes it over.
+            await deps.running.drop(job.job_id, job.attempt)
+            return _Attempt(utcnow(), left=True)
         attempt = _Attempt(utcnow())
+        self._held[id(attempt)] = (delivery, attempt, job)
         _log("job started", job, deps.worker_id)
 
         async def announce() -> None:
@@ -351,12 +425,14 @@ class Pipeline:
             )
             try:
                 await deps.reports.publish(JOBS_STARTED, started.encode())
-                await delivery.ack()
-                attempt.acknowledged = True
             except BrokerUnavailable:
                 # The delivery goes back to the queue with its channel, and a copy may run
                 # elsewhere (at least once); this one still runs to its end and reports.
                 log.warning("could not announce a started job", extra={"jobId": str(job.job_id)})
+            else:
+                attempt.acknowledged = await _acknowledged(delivery)
+                if attempt.cut:  # RUNNING, watched by the scheduler: the redelivery is a copy
+                    self._mark_held(job, announced=True)
             attempt.announced = True
 
         attempt.outcome = await self._run(job, announce)

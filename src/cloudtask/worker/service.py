@@ -87,7 +87,10 @@ class WorkerService:
         await self._advertise_handlers()  # before the first delivery: seen by the other workers
         self._advertising = asyncio.create_task(self._keep_advertising(), name="handler-types")
         self._consumer = await self._broker.consume(
-            JOBS_CREATED, self._handle, prefetch=self.prefetch
+            JOBS_CREATED,
+            self._handle,
+            prefetch=self.prefetch,
+            on_lost=self.pipeline.connection_lost,
         )
         log.info(
             "worker started",

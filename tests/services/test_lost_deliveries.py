@@ -1,0 +1,206 @@
+"""A delivery lost with its channel (the worker's connection to RabbitMQ went) is handed out
+again, redelivered, while the worker that lost it may still run the attempt. That worker says so
+in the attempt's lease, and the redelivery waits for its report rather than run the attempt a
+second time; a delivery lost before its attempt started is left to its redelivery."""
+
+import asyncio
+from uuid import UUID, uuid4
+
+import pytest
+
+from cloudtask.broker.base import Delivery
+from cloudtask.broker.memory import MemoryDelivery
+from cloudtask.broker.rabbitmq import RabbitDelivery
+from cloudtask.contracts.messages import JobCreated
+from cloudtask.contracts.queues import JOBS_CREATED
+from cloudtask.contracts.signals import HELD_ANNOUNCED, HELD_CUT, REQUEUED, lease_key, reported_key
+from cloudtask.settings import Settings
+from cloudtask.worker import pipeline
+from cloudtask.worker.pipeline import Pipeline
+from cloudtask.worker.registry import HandlerRegistry
+from tests.helpers import eventually, wait_for_status
+from tests.services.conftest import Stack
+from tests.services.support import HeldHandlers, job_message, metric, registry_of, wait_for_metric
+
+COPIES = "cloudtask_worker_copies_skipped_total"
+
+
+@pytest.fixture
+def stack_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"worker_concurrency": 1})
+
+
+@pytest.fixture
+def handlers() -> HeldHandlers:
+    return HeldHandlers()
+
+
+@pytest.fixture
+def stack_handlers(handlers: HeldHandlers) -> HandlerRegistry:
+    return registry_of(handlers, "held")
+
+
+def _lost_with_its_channel(monkeypatch: pytest.MonkeyPatch, *deliveries: Delivery) -> None:
+    """Make ``deliveries`` say their channel closed, as a lost connection does."""
+    lost = set(map(id, deliveries))
+    for cls in (MemoryDelivery, RabbitDelivery):
+        monkeypatch.setattr(
+            cls, "lost", property(lambda delivery: id(delivery) in lost), raising=False
+        )
+
+
+async def test_a_delivery_lost_with_its_connection_comes_back_and_waits_for_the_report(
+    stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection goes while the job runs, before its delivery was acknowledged: RabbitMQ
+    # hands the delivery out again, redelivered, and the worker that lost it still runs it. It
+    # ran a second time before; now the worker says in the lease that it holds the attempt, and
+    # the redelivery waits for its report.
+    registry = stack.worker.metrics.registry
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": 4})
+    await asyncio.wait_for(handlers.started.wait(), 10)
+    [(delivery, _, _)] = stack.worker.pipeline._held.values()
+    _lost_with_its_channel(monkeypatch, delivery)
+    await delivery.reject(requeue=True)  # what RabbitMQ does with a lost channel's deliveries
+    stack.worker.pipeline.connection_lost()
+    await _redelivered_and_waiting(stack)
+    assert handlers.calls == 1
+    handlers.release.set()
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+    await wait_for_metric(registry, COPIES, 1)
+    assert (done["result"], done["attempts"], handlers.calls) == ({"n": 4}, 1, 1)
+    assert await stack.backends.broker.get(JOBS_CREATED) is None
+
+
+async def test_an_announced_attempt_whose_ack_was_lost_is_a_copy_when_redelivered(
+    stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job was announced (RUNNING: the scheduler watches its lease from then on) and its ack
+    # sent, but the connection went before RabbitMQ had the ack: the redelivery is a copy at
+    # once, while the attempt still runs where it was.
+    sent: list[Delivery] = []
+
+    def losing_the_first_ack_of_a_job(cls: type[Delivery]) -> None:
+        ack = cls.ack
+
+        async def lost_on_the_way(delivery: Delivery) -> None:
+            if sent or b'"userId"' not in delivery.body:  # the results-processor's go through
+                await ack(delivery)
+                return
+            sent.append(delivery)  # never reaches the broker
+
+        monkeypatch.setattr(cls, "ack", lost_on_the_way)
+
+    losing_the_first_ack_of_a_job(MemoryDelivery)
+    losing_the_first_ack_of_a_job(RabbitDelivery)
+    registry = stack.worker.metrics.registry
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": 5})
+    await wait_for_status(stack.client, token, job["id"], "RUNNING")
+    [delivery] = sent
+    _lost_with_its_channel(monkeypatch, delivery)
+    await delivery.reject(requeue=True)
+    stack.worker.pipeline.connection_lost()
+    await wait_for_metric(registry, COPIES, 1)
+    assert handlers.calls == 1
+    assert not handlers.release.is_set()  # still running where it was
+    handlers.release.set()
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+    assert (done["result"], done["attempts"], handlers.calls) == ({"n": 5}, 1, 1)
+
+
+async def _redelivered_and_waiting(stack: Stack) -> None:
+    """Until the message handed out again was taken from the queue, then past the grace in
+    which a redelivery would take over a lease whose holder says nothing."""
+    for _ in range(100):
+        if (await stack.backends.broker.stats(JOBS_CREATED)).messages == 0:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2 * pipeline.HOLDER_GRACE)
+
+
+def _job(job_id: UUID) -> JobCreated:
+    """A ``jobs.created`` message's contents, for the store's side of a redelivery."""
+    return JobCreated.model_validate_json(
+        job_message(
+            {
+                "id": str(job_id),
+                "type": "held",
+                "payload": None,
+                "priority": 5,
+                "timeoutSeconds": 60,
+            }
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("lease", "reported", "held"),
+    [
+        (None, False, False),  # nobody holds it: it runs
+        (REQUEUED, False, False),  # put back on the queue by a stopping worker
+        (b"gone/1", False, False),  # a holder that says nothing: dead, its lease not yet expired
+        (b"other/1" + HELD_ANNOUNCED, False, True),  # RUNNING and watched by the scheduler
+        (b"other/1", True, True),  # reported before the ack could be sent
+    ],
+)
+async def test_what_a_redelivery_finds_in_the_store_decides_whether_it_runs(
+    stack: Stack, lease: bytes | None, reported: bool, held: bool
+) -> None:
+    job = _job(uuid4())
+    kv = stack.backends.kv
+    if lease is not None:
+        await kv.set(lease_key(job.job_id, job.attempt), lease, ttl=60)
+    if reported:
+        await kv.set(reported_key(job.job_id, job.attempt), b"1", ttl=60)
+    assert await stack.worker.pipeline._held_elsewhere(job) is held
+
+
+async def test_a_redelivery_waits_while_the_holder_says_it_runs_the_attempt(stack: Stack) -> None:
+    pipe, kv = stack.worker.pipeline, stack.backends.kv
+    reported, died = _job(uuid4()), _job(uuid4())
+    for job in (reported, died):
+        await kv.set(lease_key(job.job_id, 1), b"other/1" + HELD_CUT, ttl=60)
+    waiting = asyncio.create_task(pipe._held_elsewhere(reported))
+    await asyncio.sleep(3 * pipeline.HELD_POLL)
+    assert not waiting.done()
+    await kv.set(reported_key(reported.job_id, 1), b"1", ttl=60)
+    assert await asyncio.wait_for(waiting, 5) is True
+    # The holder died: its lease expires, and the redelivery runs the attempt.
+    await kv.set(lease_key(died.job_id, 1), b"other/1" + HELD_CUT, ttl=1)
+    assert await asyncio.wait_for(pipe._held_elsewhere(died), 5) is False
+
+
+async def test_a_delivery_lost_while_it_waited_for_a_slot_is_left_to_its_redelivery(
+    stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It ran when it got its slot, and so did its redelivery: twice.
+    monkeypatch.setattr(pipeline, "WAIT_LIMIT", 60)  # not sent back for waiting meanwhile
+    seen: list[Delivery] = []
+    call = Pipeline.__call__
+
+    async def recording(self: Pipeline, delivery: Delivery) -> None:
+        seen.append(delivery)
+        await call(self, delivery)
+
+    monkeypatch.setattr(Pipeline, "__call__", recording)
+    token = await stack.client.register()
+    first = await stack.client.create_job(token, type="held", payload={"n": 1})
+    await asyncio.wait_for(handlers.started.wait(), 10)
+    second = await stack.client.create_job(token, type="held", payload={"n": 2})
+    await eventually(lambda: _at_least(seen, 2))
+    _lost_with_its_channel(monkeypatch, seen[1])
+    await seen[1].reject(requeue=True)  # what RabbitMQ does with a lost channel's deliveries
+    await eventually(lambda: _at_least(seen, 3))  # handed out again; it waits for the slot too
+    handlers.release.set()
+    for job in (first, second):
+        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+        assert (done["result"], done["attempts"]) == (job["payload"], 1)
+    assert handlers.calls == 2
+    registry = stack.worker.metrics.registry
+    assert metric(registry, "cloudtask_worker_deliveries_given_back_total", reason="lost") == 1
+
+
+async def _at_least(seen: list[Delivery], count: int) -> bool:
+    return len(seen) >= count
