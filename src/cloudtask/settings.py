@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from cloudtask.contracts.job_types import MAX_RESULT_BYTES
 from cloudtask.contracts.urls import allowed_host, check_host_and_port
 from cloudtask.db.engine import async_url
 from cloudtask.errors import CloudTaskError
@@ -60,7 +61,8 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: Annotated[float, Field(gt=0, le=LONGEST)] = 30
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     http_timeout_seconds: Annotated[float, Field(gt=0, le=LONGEST)] = 30
-    http_max_response_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
+    # A larger body could never be a job's result: each response that size would fail.
+    http_max_response_bytes: Annotated[int, Field(gt=0, le=MAX_RESULT_BYTES)] = MAX_RESULT_BYTES
     worker_concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
     # Deliveries a worker holds unacknowledged; None: twice the concurrency.
     worker_prefetch: Annotated[int, Field(ge=1, le=65535)] | None = None

@@ -43,6 +43,12 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
      "payload.subject"),
     ({"type": "email", "payload": {"to": "a@example.com", "subject": "two\nlines"}},
      "payload.subject"),
+    # A line break in a MIME encoded word, which the mail library decodes as it writes the
+    # subject: it wrote the header Bcc: evil@example.com, and the body, of the job's choosing.
+    *[({"type": "email", "payload": {"to": "a@example.com", "subject": subject}},
+       "payload.subject")
+      for subject in ("=?utf-8?b?eA0KQmNjOiBldmlsQGV4YW1wbGUuY29tDQoNCmJvZHk=?=",
+                      "Hi =?utf-8?q?x=0D=0ABcc:_evil@example.com?=", "=?utf-8?q?a=E2=80=A8b?=")],
     # Where else the mail library breaks a header's line (str.splitlines): every attempt failed.
     *[({"type": "email", "payload": {"to": "a@example.com", "subject": f"two{brk}lines"}},
        "payload.subject") for brk in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"],

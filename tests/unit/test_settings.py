@@ -157,6 +157,8 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
         ("CLOUDTASK_RETRY_BACKOFF_CAP_SECONDS", "1e300"),
         ("CLOUDTASK_RUNNING_GRACE_SECONDS", "1e12"),
         ("CLOUDTASK_MAX_DELIVERIES", "1000000000000"),
+        # Larger than a job's result may be: every response that size failed its job.
+        ("CLOUDTASK_HTTP_MAX_RESPONSE_BYTES", "4194304"),
     ],
 )
 def test_an_invalid_value_is_refused_naming_the_variable(

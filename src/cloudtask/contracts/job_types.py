@@ -4,6 +4,7 @@ The API checks a built-in type's payload when the job is submitted, so a malform
 not a failed job; the worker checks it again, because anyone may publish to ``jobs.created``.
 """
 
+import re
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
@@ -48,11 +49,32 @@ HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 HEADER_VALUE = r"^[\t\x20-\x7e]*$"
 
 
+# A job's result, as JSON: a larger one fails the attempt (it travels in a message and is kept
+# in the job's row). An ``http`` job's response body is in its result, escaped.
+MAX_RESULT_BYTES: Final = 1024 * 1024
+
+
+def _one_line_as_written(subject: str) -> str:
+    """The mail library decodes the MIME encoded words in a subject (``=?utf-8?b?...?=``) before
+    it writes the header: a line break encoded in one ended the header there, and what followed
+    became headers of the attacker's (``Bcc:``) or the body. So the subject is also checked as
+    it will be written; encoded words without a line break are fine (written as text)."""
+    if "=?" not in subject:
+        return subject
+    from email.headerregistry import HeaderRegistry  # noqa: PLC0415 - rare: not on every import
+
+    if not re.match(ONE_LINE, str(HeaderRegistry()("subject", subject))):
+        raise ValueError("a MIME encoded word in the subject holds a line break")
+    return subject
+
+
 class EmailPayload(_Payload):
     # The ASCII spaces listed, not \s: which characters \s means differs between the server's
     # regex engine and a client's ECMA-262 one (U+0085), and the OpenAPI document must agree.
     to: Annotated[StrictStr, Field(min_length=3, max_length=320, pattern=EMAIL_ADDRESS)]
-    subject: Annotated[StrictStr, Field(max_length=998, pattern=ONE_LINE)]
+    subject: Annotated[
+        StrictStr, Field(max_length=998, pattern=ONE_LINE), AfterValidator(_one_line_as_written)
+    ]
     body: StrictStr = ""
 
 

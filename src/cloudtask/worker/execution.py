@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudtask.contracts import jsoncodec
+from cloudtask.contracts.job_types import MAX_RESULT_BYTES
 from cloudtask.errors import PermanentFailure
 from cloudtask.worker.registry import Handler
 
-MAX_RESULT_BYTES = 1024 * 1024
 # A handler that waits exactly its timeout (``sleep`` of 300 s under the default 300) ends a few
 # milliseconds past it, as timers fire late; it is not stopped for that.
 TIMEOUT_SLACK = 0.05
+# How long an async handler stopped at its timeout has to end before it counts as left running.
+STOP_GRACE = 0.1
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,9 @@ async def finish(run: Run, timeout: float, *, since: float) -> Outcome:
             continue
         if not _returned_within(span, limit):
             future.cancel()
+            # An async handler stops at its next turn of the loop, or a few later (its finally
+            # blocks may await); only one still going after that is left running (abandoned).
+            await settled_within(future, STOP_GRACE)
             return _timed_out(timeout)
         # It returned in time; its future is set once the loop gets to it (a thread's result
         # is handed over through the loop), which may be after the deadline's timer.
