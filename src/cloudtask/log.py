@@ -105,3 +105,7 @@ def configure(
     for noisy in ("aiormq", "aio_pika"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     logging.getLogger("asyncio").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # The HTTP client logs each request's whole URL at INFO: an http job's URL is its payload,
+    # and its query often carries a token.
+    for talkative in ("httpx", "httpcore"):
+        logging.getLogger(talkative).setLevel(max(logging.getLevelName(level), logging.WARNING))

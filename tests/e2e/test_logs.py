@@ -10,8 +10,10 @@ import asyncio
 import json
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -115,7 +117,32 @@ def _assert_no_secret(text: str, secrets_: list[str]) -> None:
     assert not JWT.search(text), f"a log line holds a JWT: {JWT.search(text)}"
 
 
-def _run_jobs(api: Process, password: str, payload_marker: str) -> tuple[list[str], list[str]]:
+@pytest.fixture
+def failing_web() -> Iterator[int]:
+    """A web server on loopback answering every request 502; its port."""
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(502)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _run_jobs(
+    api: Process, password: str, payload_marker: str, web_port: int
+) -> tuple[list[str], list[str]]:
     """Register, log in (once wrongly), send a forged token, run jobs; returns job ids, tokens."""
     email = f"logs-{secrets.token_hex(4)}@example.com"
     with httpx.Client(base_url=api.url, timeout=10) as http:
@@ -133,9 +160,13 @@ def _run_jobs(api: Process, password: str, payload_marker: str) -> tuple[list[st
             {"type": "no.such.type", "payload": {"note": payload_marker}},
             {"type": "email", "payload": {"to": "ada@example.com", "subject": "Hi"},
              "maxAttempts": 2},
+            # A token in a URL's query: the HTTP client logged each request's URL, and the
+            # job's error named it.
+            {"type": "http", "maxAttempts": 1, "payload": {
+                "url": f"http://127.0.0.1:{web_port}/hook?access_token={payload_marker}"}},
         ]  # fmt: skip
         ids = [http.post("/jobs", json=body).json()["id"] for body in bodies]
-        for job_id, final in zip(ids, ("COMPLETED", "FAILED", "FAILED"), strict=True):
+        for job_id, final in zip(ids, ("COMPLETED", "FAILED", "FAILED", "FAILED"), strict=True):
             assert _wait_final(http, job_id) == final, job_id
     return ids, tokens
 
@@ -149,12 +180,12 @@ def _wait_final(http: httpx.Client, job_id: str, timeout: float = 30) -> str:
 
 
 def test_a_full_run_logs_json_lines_keyed_by_job_and_no_secret(
-    procs: Processes, secret_urls: dict[str, str], passwords: dict[str, str]
+    procs: Processes, secret_urls: dict[str, str], passwords: dict[str, str], failing_web: int
 ) -> None:
-    procs.env.update(secret_urls)
+    procs.env.update(secret_urls, CLOUDTASK_HTTP_ALLOWED_HOSTS="127.0.0.1")
     stack = _start(procs)
     password, payload_marker = _marker("regpass"), _marker("payload")
-    job_ids, tokens = _run_jobs(stack["api"], password, payload_marker)
+    job_ids, tokens = _run_jobs(stack["api"], password, payload_marker, failing_web)
     for name in reversed(SERVICES):
         assert stack[name].stop() == 0, f"{name} did not stop cleanly"
     entries = {name: _lines(process) for name, process in stack.items()}

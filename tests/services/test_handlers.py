@@ -72,6 +72,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    names: list[str]  # every header line's name, lowercased, in order (repeats kept)
 
 
 @dataclass
@@ -88,14 +89,16 @@ class WebServer:
         try:
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
             method, path, _ = head[0].split(" ", 2)
-            headers = dict(line.split(": ", 1) for line in head[1:] if line)
-            headers = {name.lower(): value for name, value in headers.items()}
+            lines = [line.split(": ", 1) for line in head[1:] if line]
+            headers = {name.lower(): value for name, value in lines}
             body = await reader.readexactly(int(headers.get("content-length", "0")))
-            self.requests.append(Request(method, path, headers, body))
+            names = [name.lower() for name, _ in lines]
+            self.requests.append(Request(method, path, headers, body, names))
             status = b"201 Created"
-            if path == "/big":
+            route = path.split("?", 1)[0]
+            if route == "/big":
                 reply, kind = b"x" * (MAX_RESPONSE_BYTES + 1), b"text/plain"
-            elif path == "/fail":
+            elif route == "/fail":
                 status, reply, kind = b"502 Bad Gateway", b"upstream down", b"text/plain"
             else:
                 reply, kind = b'{"greeting": "hello"}', b"application/json"
@@ -191,16 +194,36 @@ async def test_an_http_job_completes_with_the_status_code_and_body(
     assert request.body == b'{"order":42}'
 
 
+@pytest.mark.parametrize("given", ["content-type", "Content-Type", "CONTENT-TYPE"])
+async def test_an_http_jobs_own_content_type_is_the_only_one_sent(
+    stack: Stack, web: WebServer, given: str
+) -> None:
+    # Its own in another case went out beside application/json, and servers read either.
+    token = await stack.client.register()
+    payload = {
+        "url": f"http://127.0.0.1:{web.port}/hook",
+        "method": "POST",
+        "headers": {given: "text/plain"},
+        "body": {"a": 1},
+    }
+    job = await stack.client.create_job(token, type="http", payload=payload)
+    await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+    [request] = web.requests
+    assert [name for name in request.names if name == "content-type"] == ["content-type"]
+    assert request.headers["content-type"] == "text/plain"
+
+
 @pytest.mark.parametrize("userinfo", ["alice:s3cret", "alice@corp.example:s3cret", "a:s3c ret"])
 async def test_an_http_job_failing_says_where_without_the_password_of_its_url(
     stack: Stack, web: WebServer, userinfo: str
 ) -> None:
     token = await stack.client.register()
-    payload = {"url": f"http://{userinfo}@127.0.0.1:{web.port}/fail"}
+    payload = {"url": f"http://{userinfo}@127.0.0.1:{web.port}/fail?access_token=t0ken#top"}
     job = await stack.client.create_job(token, type="http", payload=payload, maxAttempts=1)
     done = await wait_for_status(stack.client, token, job["id"], "FAILED", "COMPLETED")
-    # Kept with the job, and logged with it.
+    # Kept with the job, and logged with it: nor the query, which often carries a token.
     assert done["error"] == f"HTTP 502 from http://127.0.0.1:{web.port}/fail: upstream down"
+    assert web.requests[0].path == "/fail?access_token=t0ken"
     assert web.requests[0].headers["authorization"].startswith("Basic ")  # it was sent
 
 

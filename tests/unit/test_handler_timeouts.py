@@ -84,3 +84,41 @@ async def test_a_sync_handler_still_running_at_its_timeout_is_timed_out_at_once(
     assert outcome.kind == "timeout"
     assert time.perf_counter() - begun < 0.9  # not after the thread's return
     assert run.still_running
+
+
+async def test_an_async_handler_stopped_at_its_timeout_is_not_left_running(
+    threads: HandlerThreads,
+) -> None:
+    # It was counted as abandoned (cloudtask_worker_abandoned_handlers_total): its task had
+    # been asked to stop and had not had a turn to, yet.
+    async def cleans_up(payload: Any) -> str:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            await asyncio.sleep(0)  # a finally block that awaits, as closing a client does
+        return "finished"
+
+    run = start(Handler("cleans_up", cleans_up, is_async=True), None, threads)
+    outcome = await finish(run, TIMEOUT, since=time.perf_counter())
+    assert outcome.kind == "timeout"
+    assert not run.still_running
+
+
+async def test_an_async_handler_that_ignores_its_stop_is_left_running(
+    threads: HandlerThreads,
+) -> None:
+    stopped = asyncio.Event()
+
+    async def ignores(payload: Any) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await stopped.wait()  # goes on, as a handler swallowing the cancellation does
+        return "finished"
+
+    run = start(Handler("ignores", ignores, is_async=True), None, threads)
+    outcome = await finish(run, TIMEOUT, since=time.perf_counter())
+    assert outcome.kind == "timeout"
+    assert run.still_running
+    stopped.set()
+    await run.future

@@ -45,15 +45,18 @@ class HttpHandler:
                 content = request.body.encode()
             else:
                 content = jsoncodec.dumps(request.body)
-                headers.setdefault("Content-Type", "application/json")
+                # Unless the job gave one, in any case: both went out, and servers read either.
+                if not any(name.lower() == "content-type" for name in headers):
+                    headers["Content-Type"] = "application/json"
         async with (
             httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client,
             client.stream(request.method, request.url, headers=headers, content=content) as reply,
         ):
             body = await self._read(reply)
         if reply.status_code >= 500 or reply.status_code == 429:
-            # Without its user and password: the error is kept with the job and logged.
-            where = httpx.URL(request.url).copy_with(userinfo=b"")
+            # Without its user and password, nor its query (which often carries a token): the
+            # error is kept with the job and logged.
+            where = httpx.URL(request.url).copy_with(userinfo=b"", query=None, fragment=None)
             raise ConnectionError(f"HTTP {reply.status_code} from {where}: {body[:200]}")
         return {"statusCode": reply.status_code, "headers": dict(reply.headers), "body": body}
 
