@@ -13,7 +13,8 @@ from cloudtask.api.app import create_app
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED
-from cloudtask.contracts.signals import cancel_key, lease_key
+from cloudtask.contracts.signals import cancel_key
+from cloudtask.contracts.statuses import JobStatus
 from cloudtask.db import session
 from cloudtask.db.queries import jobs as jobs_q
 from cloudtask.db.tables import jobs
@@ -350,10 +351,15 @@ async def test_a_cancel_the_database_refused_takes_back_only_a_flag_of_its_own(
 ) -> None:
     token = await client.register()
     taken = await client.create_job(token, type="echo")
-    # A worker has taken it: the first cancel is made, the job's report decides.
-    await client.backends.kv.set(lease_key(taken["id"], 1), b"worker-x/1", ttl=60)
+    # A worker runs it: the first cancel is made, the job's report decides.
+    async with session.transaction(client.backends.db) as conn:
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == uuid.UUID(taken["id"]))
+            .values(status=JobStatus.RUNNING, attempts=1)
+        )
     first = await client.http.post(f"/jobs/{taken['id']}/cancel", headers=client.auth(token))
-    assert (first.status_code, first.json()["status"]) == (200, "PENDING")
+    assert (first.status_code, first.json()["status"]) == (200, "RUNNING")
     waiting = await client.create_job(token, type="echo")
 
     async def refused(*args: Any, **kwargs: Any) -> None:

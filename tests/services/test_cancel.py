@@ -18,7 +18,7 @@ from cloudtask.worker.registry import HandlerRegistry
 from tests.conftest import Backends
 from tests.helpers import eventually, wait_for_status
 from tests.services.conftest import Stack
-from tests.services.support import registry_of, wait_for_metric, wait_until_set
+from tests.services.support import metric, registry_of, wait_for_metric, wait_until_set
 
 
 class Handlers:
@@ -450,11 +450,13 @@ async def test_a_requeued_marker_is_not_overwritten_by_a_renewal_already_on_its_
         await kv.close()
 
 
-async def test_a_job_a_worker_ran_before_its_cancel_arrived_keeps_its_result(
+async def test_a_pending_job_is_cancelled_at_once_even_if_a_worker_ran_it_that_moment(
     stack: Stack, handlers: Handlers
 ) -> None:
     # A short job sends no jobs.started: until its report is written it reads PENDING, though
-    # it ran. The results-processor is away, so the report waits.
+    # it ran. The results-processor is away, so the report waits. The cancel answered PENDING
+    # (the report would decide) and the job then COMPLETED: the contract's PENDING job becomes
+    # CANCELLED, and a finished job never changes again.
     await stack.results.stop()
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="never", payload={"n": 1})
@@ -465,15 +467,22 @@ async def test_a_job_a_worker_ran_before_its_cancel_arrived_keeps_its_result(
     await eventually(reported)
     assert handlers.never_calls == 1
     answered = await _cancel(stack, token, job["id"])
-    assert (answered["status"], answered["finishedAt"]) == ("PENDING", None)  # its report decides
+    assert answered["status"] == "CANCELLED"
+    assert answered["finishedAt"] is not None
     results = ResultsService(stack.settings, db=stack.backends.db, broker=stack.backends.broker)
     await results.start()
     try:
-        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "CANCELLED")
+        await eventually(lambda: _ignored_completions(results, 1))
     finally:
         await results.stop()
-    assert (done["status"], done["result"]) == ("COMPLETED", "ran")
+    done = await stack.client.get_job(token, job["id"])
+    assert (done["status"], done["result"], done["attempts"]) == ("CANCELLED", None, 0)
     assert handlers.never_calls == 1
+
+
+async def _ignored_completions(results: ResultsService, count: int) -> bool:
+    name = "cloudtask_results_events_total"
+    return metric(results.metrics.registry, name, kind="completed", outcome="ignored") >= count
 
 
 async def test_a_copy_of_a_hand_out_reaching_the_worker_running_it_leaves_its_lease_alone(

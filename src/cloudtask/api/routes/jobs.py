@@ -22,9 +22,7 @@ from cloudtask.contracts.job_types import TYPE_PATTERN
 from cloudtask.contracts.signals import (
     CANCEL_CHANNEL,
     CANCEL_TTL,
-    REQUEUED,
     cancel_key,
-    lease_key,
 )
 from cloudtask.contracts.statuses import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, JobStatus
 from cloudtask.contracts.timefmt import utcnow
@@ -197,9 +195,10 @@ async def get_job(job_id: str, user: CurrentUser, context: Context) -> Response:
     responses=error_responses(404, 409),
     summary="Cancel a job",
     description=(
-        "A PENDING or SCHEDULED job becomes CANCELLED and never runs. A RUNNING job is asked to "
-        "stop (within about a second) and becomes CANCELLED when it does; so is a PENDING job a "
-        "worker has already taken (it may have run: if it completed, it stays COMPLETED)."
+        "A PENDING or SCHEDULED job becomes CANCELLED and never runs (one a worker took that "
+        "moment is stopped, and what it reports changes nothing). A RUNNING job is asked to "
+        "stop (within about a second) and becomes CANCELLED when it does (if it completed "
+        "first, it stays COMPLETED)."
     ),
 )
 async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Response:
@@ -210,21 +209,15 @@ async def cancel_job(job_id: str, user: CurrentUser, context: Context) -> Respon
             current = await jobs_q.to_cancel(conn, target, user.user_id)
             if current is None:
                 raise not_found()
-            status_now, attempt, already_asked = current
+            status_now, already_asked = current
             if status_now not in CANCELLABLE_STATUSES:
                 raise ApiError(409, f"Job is already {status_now.value}")
             # Before the commit: workers read cancellations from the key-value store alone, so
             # a cancel they cannot hear is not made (503, nothing changed) rather than made in
             # the database while the queued copy runs anyway.
-            taken = await _flag_cancel(context, target, attempt)
+            await context.kv.set(cancel_key(target), b"1", ttl=CANCEL_TTL)
             flagged = not already_asked  # a cancel already made keeps its flag, come what may
-            job = await jobs_q.cancel(
-                conn,
-                target,
-                user.user_id,
-                now=utcnow(),
-                taken=taken and status_now == JobStatus.PENDING,
-            )
+            job = await jobs_q.cancel(conn, target, user.user_id, now=utcnow())
             if job is None:  # it finished since it was read
                 raise ApiError(409, "Job is already finished")
     except BaseException:
@@ -255,22 +248,6 @@ async def _take_back_flag(context: Context, job_id: uuid.UUID) -> None:
         await context.kv.delete(cancel_key(job_id))
     except KVUnavailable:
         log.warning("a cancel failed and its flag stays", extra={"jobId": str(job_id)})
-
-
-async def _flag_cancel(context: Context, job_id: uuid.UUID, attempt: int) -> bool:
-    """Set the job's cancel flag, and say whether a worker has taken its latest attempt (holds
-    its lease), in one step: a worker taking it reads the flag in one step too, so either it
-    sees the flag and never runs the job, or this sees its lease. A job a worker has taken may
-    have run already while the database still says PENDING (a short job's only report may be
-    on its way): its report decides, as for a RUNNING job."""
-    _, (lease,) = await context.kv.claim_many_and_get(
-        {},
-        ttl=CANCEL_TTL,
-        free=b"",
-        forced={cancel_key(job_id): b"1"},
-        get_keys=[lease_key(job_id, attempt)],
-    )
-    return lease is not None and lease != REQUEUED
 
 
 @router.post(

@@ -361,19 +361,19 @@ async def list_for_user(
 
 async def to_cancel(
     conn: AsyncConnection, job_id: UUID, user_id: UUID
-) -> tuple[JobStatus, int, bool] | None:
-    """The status, latest attempt handed out and whether a cancel was asked, of this user's job,
-    locked until the cancel commits; ``None`` if there is no such job."""
+) -> tuple[JobStatus, bool] | None:
+    """The status and whether a cancel was asked, of this user's job, locked until the cancel
+    commits; ``None`` if there is no such job."""
     row = (
         await conn.execute(
-            select(jobs.c.status, jobs.c.dispatch_attempt, jobs.c.cancel_requested)
+            select(jobs.c.status, jobs.c.cancel_requested)
             .where(jobs.c.id == job_id, jobs.c.user_id == user_id)
             .with_for_update()
         )
     ).first()
     if row is None:
         return None
-    return JobStatus(row.status), row.dispatch_attempt, bool(row.cancel_requested)
+    return JobStatus(row.status), bool(row.cancel_requested)
 
 
 async def cancel_asked(conn: AsyncConnection, job_id: UUID) -> bool:
@@ -383,17 +383,14 @@ async def cancel_asked(conn: AsyncConnection, job_id: UUID) -> bool:
 
 
 async def cancel(
-    conn: AsyncConnection, job_id: UUID, user_id: UUID, *, now: datetime, taken: bool = False
+    conn: AsyncConnection, job_id: UUID, user_id: UUID, *, now: datetime
 ) -> JobRecord | None:
-    """Cancel a job that has not finished: at once if it is waiting, by request if it runs or a
-    worker has ``taken`` it (its lease is held: the job may have run already, its report on
-    the way).
+    """Cancel a job that has not finished: at once if it is waiting (PENDING or SCHEDULED), by
+    request if it runs.
 
     Returns the updated job, or ``None`` if there is no such unfinished job of this user.
     """
     running = jobs.c.status == JobStatus.RUNNING
-    if taken:
-        running = jobs.c.status.in_([JobStatus.RUNNING, JobStatus.PENDING])
     result = await conn.execute(
         update(jobs)
         .where(
