@@ -58,6 +58,10 @@ def test_anything_but_a_string_is_refused(value: object) -> None:
         "2020-06-15T12:34:60Z",  # a leap second anywhere but the end of a UTC day
         "2016-12-31T23:59:60+01:00",
         "2030-01-01T00:00:00+24:00",
+        # Offsets' minutes past 59: read as an hour and more (2029-12-31T23:00:00Z, say).
+        "2030-01-01T00:00:00+00:60",
+        "2030-01-01T00:00:00+01:75",
+        "2030-01-01T00:00:00-00:99",
     ],
 )
 def test_impossible_calendar_times_are_refused(text: str) -> None:

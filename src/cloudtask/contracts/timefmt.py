@@ -29,6 +29,9 @@ def parse_rfc3339(value: object) -> datetime:
     date, clock, fraction, offset = match.groups()
     fraction = (fraction or "")[:7]  # Python keeps microseconds; finer digits are dropped
     offset = "+00:00" if offset in ("Z", "z") else offset
+    # Python reads an offset of +00:60 as +01:00, and +01:75 as +02:15.
+    if int(offset[1:3]) > 23 or int(offset[4:6]) > 59:
+        raise ValueError("is not a valid calendar time: an offset is -23:59 to +23:59")
     leap = clock.endswith(":60")  # RFC 3339 allows a leap second; Python does not
     if leap:
         clock = clock[:-2] + "59"
