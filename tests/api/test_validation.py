@@ -326,6 +326,11 @@ async def test_unknown_paths_and_methods_get_the_error_body(client: Client) -> N
     assert_error(not_allowed, 405, "/jobs")
     assert "GET" in not_allowed.headers["Allow"]
     assert_error(await client.http.get("/auth/login"), 405, "/auth/login")
+    # Routes the OpenAPI document leaves out (itself, the docs pages): their Allow was empty.
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        response = await client.http.post(path)
+        assert_error(response, 405, path)
+        assert response.headers["Allow"] == "GET, HEAD"
 
 
 MIXED_STAGES: list[tuple[str, dict[str, Any], list[str]]] = [

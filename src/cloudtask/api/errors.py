@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.contracts.error_body import error_body, reason
@@ -202,6 +203,10 @@ def _allowed_methods(request: Request) -> list[str]:
         pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
         if re.fullmatch(pattern, request.url.path):
             methods |= {method.upper() for method in operations}
+    if not methods:  # a route the document leaves out (the document itself, /docs)
+        for route in request.app.routes:
+            if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+                methods |= route.methods or set()
     return sorted(methods)
 
 

@@ -93,11 +93,10 @@ def _rewrite(document: dict[str, Any]) -> dict[str, Any]:
             if _is_fastapi_validation(responses.get("422")):
                 del responses["422"]
                 responses.setdefault("400", {**error, "description": _DESCRIPTIONS[400]})
-            if "requestBody" in operation:
-                responses.setdefault("400", {**error, "description": _DESCRIPTIONS[400]})
-            # Any route: a declared body over the limit is refused before routing, and any route
-            # that reaches PostgreSQL, RabbitMQ or Redis answers 503 while one is down.
-            for code in (413, 500, 503):
+            # Any route: a request with a malformed header (Content-Length: abc) is refused
+            # before routing, so is a declared body over the limit, and any route that reaches
+            # PostgreSQL, RabbitMQ or Redis answers 503 while one is down.
+            for code in (400, 413, 500, 503):
                 responses.setdefault(str(code), {**error, "description": _DESCRIPTIONS[code]})
     _document_headers(document)
     components = document.setdefault("components", {})
