@@ -1,11 +1,13 @@
 """POST /auth/register and /auth/login."""
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import jwt
 import pytest
 
+from cloudtask.db.queries.users import email_key
 from tests.conftest import JWT_SECRET
 from tests.helpers import Client, assert_error, unique_email
 
@@ -179,3 +181,39 @@ async def test_failed_logins_for_unknown_emails_are_throttled_too(client: Client
         assert response.status_code == 401
     response = await client.http.post("/auth/login", json={"email": email, "password": "x"})
     assert_error(response, 429)
+
+
+async def _failed_at(client: Client, email: str, *ages: float) -> None:
+    """Record failed logins of ``email`` made ``ages`` seconds ago, as the api writes them."""
+    now = time.time()
+    value = " ".join(f"{now - age:.6f}" for age in sorted(ages, reverse=True)).encode()
+    await client.backends.kv.set(f"login-failures:{email_key(email)}", value, ttl=15 * 60)
+
+
+async def test_failures_count_within_any_15_minutes_not_a_window_that_resets(
+    client: Client,
+) -> None:
+    # The window opened with the first failure and reset when it ended: 9 failures just before
+    # its end and 10 just after were all checked, 19 within a few seconds.
+    email = unique_email()
+    await client.register(email, "password1")
+    body = {"email": email, "password": "wrong-one"}
+    await _failed_at(client, email, 898, *[100] * 9)
+    response = await client.http.post("/auth/login", json=body)
+    assert_error(response, 429, "/auth/login")
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= 2  # when the oldest leaves the window
+    await asyncio.sleep(retry_after + 0.5)
+    # One leaves the window, so one more attempt is checked; the nine stay.
+    assert (await client.http.post("/auth/login", json=body)).status_code == 401
+    response = await client.http.post("/auth/login", json={**body, "password": "password1"})
+    assert_error(response, 429, "/auth/login")
+    assert 795 <= int(response.headers["Retry-After"]) <= 800  # the nine, 100 s old
+
+
+async def test_failures_older_than_15_minutes_do_not_count(client: Client) -> None:
+    email = unique_email()
+    await client.register(email, "password1")
+    await _failed_at(client, email, 901, 950, *[10] * 8)
+    body = {"email": email, "password": "password1"}
+    assert (await client.http.post("/auth/login", json=body)).status_code == 200

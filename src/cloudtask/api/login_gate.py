@@ -1,10 +1,11 @@
 """Login throttling across api processes: failed attempts per email, and checks in flight.
 
-Two counters per email in the key-value store: the failures of the window (it opens with the
-first failure) and the password checks in flight. A check may start only while the failures
-plus the checks already in flight stay under the limit, so attempts sent together can never
-check more passwords than the limit allows; one that finds the room taken by checks in flight
-waits for their outcome rather than being refused, since only failures count against an email.
+Two keys per email in the key-value store: the times of its recent failures (see
+``LoginThrottle``) and a counter of the password checks in flight. A check may start only while
+the failures plus the checks already in flight stay under the limit, so attempts sent together
+can never check more passwords than the limit allows; one that finds the room taken by checks in
+flight waits for their outcome rather than being refused, since only failures count against an
+email.
 
 Each attempt adds itself to the in-flight counter before reading the failures: the counter's
 increments order the attempts, and each one counts those before it. A failure is added before
@@ -13,6 +14,7 @@ its check leaves the in-flight counter, so that no moment undercounts it.
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import time
@@ -23,6 +25,10 @@ from cloudtask.errors import KVUnavailable
 from cloudtask.kv.base import KV
 from cloudtask.policies.login_throttle import LoginThrottle
 
+log = logging.getLogger(__name__)
+# Writes of an email's failures that lost to another's before one is given up (each loser
+# reads again: only a failure counted at that very moment makes it lose).
+WRITE_TRIES = 20
 # A process that dies mid-check leaves its count behind for this long at most.
 IN_FLIGHT_TTL = 60.0
 # How often a waiting attempt looks again; bcrypt takes 50-300 ms a check.
@@ -61,22 +67,38 @@ class LoginGate:
             # Answered whatever the store says now: a failure it cannot count is still a 401.
             with contextlib.suppress(KVUnavailable):
                 if attempt.failed:
-                    await self._kv.incr(failures_key, ttl=self._throttle.window_seconds)
+                    await self._count_failure(failures_key)
                 await self._kv.decr(checks_key)
+
+    async def _count_failure(self, failures_key: str) -> None:
+        """Add this failure's time to the email's, in one write that fails if another process
+        wrote them since they were read (then read again): no failure overwrites another's."""
+        for _ in range(WRITE_TRIES):
+            before = await self._kv.get(failures_key)
+            now = time.time()
+            recent = self._throttle.recent(_times(before), now)
+            value = " ".join(f"{t:.6f}" for t in [*recent, now]).encode()
+            ttl = self._throttle.window_seconds
+            if await self._kv.claim(failures_key, value, ttl=ttl, free=before or b"") is None:
+                return
+        log.warning("a failed login was not counted: its email's failures kept changing")
 
     async def _enter(self, failures_key: str, checks_key: str) -> None:
         give_up_waiting = time.monotonic() + WAIT_AT_MOST
         while True:
             ahead = await self._kv.incr(checks_key, ttl=IN_FLIGHT_TTL) - 1
             try:
-                failures = int(await self._kv.get(failures_key) or 0)
+                stored = await self._kv.get(failures_key)
             except BaseException:
                 with contextlib.suppress(KVUnavailable):
                     await self._kv.decr(checks_key)
                 raise
+            now = time.time()
+            recent = self._throttle.recent(_times(stored), now)
+            failures = len(recent)
             if self._throttle.is_blocked(failures):
                 await self._kv.decr(checks_key)
-                retry_after = await self._kv.ttl(failures_key) or self._throttle.window_seconds
+                retry_after = self._throttle.retry_after(recent, now)
                 raise LoginThrottled(max(math.ceil(retry_after), 1))
             if not self._throttle.is_blocked(failures + ahead):
                 return
@@ -84,3 +106,12 @@ class LoginGate:
                 return  # the count in flight outlived its checks: check this one anyway
             await self._kv.decr(checks_key)
             await asyncio.sleep(POLL_SECONDS * (0.5 + random.random()))
+
+
+def _times(stored: bytes | None) -> list[float]:
+    """The failure times written by ``_count_failure``. What an older version wrote there, a
+    count, reads as one time long past: its failures are forgotten, once."""
+    try:
+        return [float(t) for t in (stored or b"").split()]
+    except ValueError:
+        return []

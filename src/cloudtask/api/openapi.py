@@ -34,7 +34,8 @@ _HEADERS_BY_STATUS = {
     },
     "429": {
         "Retry-After": {
-            "description": "Seconds until the 15-minute window of failed logins passes.",
+            "description": "Seconds until fewer than 10 failed logins fall within the last "
+            "15 minutes.",
             "schema": {"type": "integer", "minimum": 1},
         }
     },
