@@ -20,6 +20,7 @@ from cloudtask.worker.handlers.email import EmailHandler
         *(f"two{line_break}lines" for line_break in ["\n", "\x0b", "\x85", "\u2028"]),
         # Encoded: the mail library decoded it and wrote Bcc: evil@example.com as a header.
         "Hi =?utf-8?q?x=0D=0ABcc:_evil@example.com?=",
+        "=?utf-8?q?Invoice=0A?=",  # the headers after Subject went into the body
     ],
 )
 async def test_a_subject_of_more_than_one_line_published_straight_to_the_worker_is_permanent(
