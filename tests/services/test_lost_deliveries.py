@@ -4,6 +4,8 @@ in the attempt's lease, and the redelivery waits for its report rather than run 
 second time; a delivery lost before its attempt started is left to its redelivery."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -18,11 +20,30 @@ from cloudtask.settings import Settings
 from cloudtask.worker import pipeline
 from cloudtask.worker.pipeline import Pipeline
 from cloudtask.worker.registry import HandlerRegistry
+from cloudtask.worker.service import WorkerService
 from tests.helpers import eventually, wait_for_status
 from tests.services.conftest import Stack
 from tests.services.support import HeldHandlers, job_message, metric, registry_of, wait_for_metric
 
 COPIES = "cloudtask_worker_copies_skipped_total"
+
+
+class _Redelivered(Delivery):
+    """A redelivery in hand, on a channel that stays open (for ``_held_elsewhere`` alone)."""
+
+    body = b""
+    headers: dict[str, Any] = {}
+    priority = 0
+    redelivered = True
+
+    async def ack(self) -> None:
+        pass
+
+    async def reject(self, *, requeue: bool) -> None:
+        pass
+
+
+_DELIVERY = _Redelivered()
 
 
 @pytest.fixture
@@ -73,27 +94,90 @@ async def test_a_delivery_lost_with_its_connection_comes_back_and_waits_for_the_
     assert await stack.backends.broker.get(JOBS_CREATED) is None
 
 
+def _losing_the_first_ack_of_a_job(monkeypatch: pytest.MonkeyPatch) -> list[Delivery]:
+    """The worker's first ack of a job's delivery seems sent but never reaches the broker, as
+    one written just before the connection went; returns where that delivery will be."""
+    sent: list[Delivery] = []
+    for cls in (MemoryDelivery, RabbitDelivery):
+
+        def losing(ack: Callable[[Delivery], Awaitable[None]]) -> Any:
+            async def lost_on_the_way(delivery: Delivery) -> None:
+                if sent or b'"userId"' not in delivery.body:  # the results-processor's go on
+                    await ack(delivery)
+                    return
+                sent.append(delivery)
+
+            return lost_on_the_way
+
+        monkeypatch.setattr(cls, "ack", losing(cls.ack))
+    return sent
+
+
+def _cut(monkeypatch: pytest.MonkeyPatch, stack: Stack, delivery: Delivery) -> Awaitable[None]:
+    """The connection ``delivery`` came on goes: the broker hands it out again, and the worker
+    hears of the loss."""
+    _lost_with_its_channel(monkeypatch, delivery)
+    requeued = delivery.reject(requeue=True)  # what RabbitMQ does with a lost channel's
+    stack.worker.pipeline.connection_lost()
+    return requeued
+
+
+async def test_an_attempt_whose_ack_was_lost_just_after_it_ended_is_a_copy_when_redelivered(
+    stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reported and acknowledged, the connection went before RabbitMQ had the ack: the attempt
+    # was no longer held, its lease said nothing, and the redelivery ran it again.
+    handlers.release.set()
+    sent = _losing_the_first_ack_of_a_job(monkeypatch)
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": 6})
+    done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+    [delivery] = sent
+    await _cut(monkeypatch, stack, delivery)
+    await wait_for_metric(stack.worker.metrics.registry, COPIES, 1)
+    assert (done["attempts"], handlers.calls) == (1, 1)
+    assert await stack.backends.broker.get(JOBS_CREATED) is None
+
+
+async def test_an_attempt_cut_off_then_put_back_by_a_stopping_worker_runs_once_more(
+    stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stopping worker put the attempt back with a copy, while its delivery, lost with the
+    # connection, was back in the queue too: both ran.
+    monkeypatch.setattr(pipeline, "ANNOUNCE_AFTER", 60)
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": 7})
+    await asyncio.wait_for(handlers.started.wait(), 10)
+    [(delivery, _, _)] = stack.worker.pipeline._held.values()
+    await _cut(monkeypatch, stack, delivery)
+    await _redelivered_and_waiting(stack)
+    await stack.worker.stop(grace=0.1)  # the running attempt is put back
+    assert (await stack.backends.broker.stats(JOBS_CREATED)).messages == 1
+    lease = await stack.backends.kv.get(lease_key(UUID(job["id"]), 1))
+    assert lease == REQUEUED
+    handlers.release.set()
+    worker = WorkerService(
+        stack.settings,
+        broker=stack.backends.broker,
+        kv=stack.backends.kv,
+        handlers=registry_of(handlers, "held"),
+        worker_id="second-worker",
+    )
+    await worker.start()
+    try:
+        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+    finally:
+        await worker.stop(grace=1)
+    assert (done["result"], handlers.calls) == ({"n": 7}, 2)  # cut short once, then run
+
+
 async def test_an_announced_attempt_whose_ack_was_lost_is_a_copy_when_redelivered(
     stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The job was announced (RUNNING: the scheduler watches its lease from then on) and its ack
     # sent, but the connection went before RabbitMQ had the ack: the redelivery is a copy at
     # once, while the attempt still runs where it was.
-    sent: list[Delivery] = []
-
-    def losing_the_first_ack_of_a_job(cls: type[Delivery]) -> None:
-        ack = cls.ack
-
-        async def lost_on_the_way(delivery: Delivery) -> None:
-            if sent or b'"userId"' not in delivery.body:  # the results-processor's go through
-                await ack(delivery)
-                return
-            sent.append(delivery)  # never reaches the broker
-
-        monkeypatch.setattr(cls, "ack", lost_on_the_way)
-
-    losing_the_first_ack_of_a_job(MemoryDelivery)
-    losing_the_first_ack_of_a_job(RabbitDelivery)
+    sent = _losing_the_first_ack_of_a_job(monkeypatch)
     registry = stack.worker.metrics.registry
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="held", payload={"n": 5})
@@ -154,7 +238,20 @@ async def test_what_a_redelivery_finds_in_the_store_decides_whether_it_runs(
         await kv.set(lease_key(job.job_id, job.attempt), lease, ttl=60)
     if reported:
         await kv.set(reported_key(job.job_id, job.attempt), b"1", ttl=60)
-    assert await stack.worker.pipeline._held_elsewhere(job) is held
+    assert await stack.worker.pipeline._held_elsewhere(_DELIVERY, job) is held
+
+
+async def test_a_redelivery_waits_no_longer_than_the_attempt_could_run_and_report(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease left saying HELD_CUT (its holder's bug, say) kept every redelivery waiting.
+    monkeypatch.setattr(pipeline, "PUBLISH_LIMIT", 0.5)
+    monkeypatch.setattr(stack.worker.pipeline.deps.running, "lease_seconds", 0.5)
+    job = _job(uuid4()).model_copy(update={"timeout_seconds": 1})
+    await stack.backends.kv.set(lease_key(job.job_id, 1), b"other/1" + HELD_CUT, ttl=60)
+    assert (
+        await asyncio.wait_for(stack.worker.pipeline._held_elsewhere(_DELIVERY, job), 10) is False
+    )
 
 
 async def test_a_redelivery_waits_while_the_holder_says_it_runs_the_attempt(stack: Stack) -> None:
@@ -162,14 +259,14 @@ async def test_a_redelivery_waits_while_the_holder_says_it_runs_the_attempt(stac
     reported, died = _job(uuid4()), _job(uuid4())
     for job in (reported, died):
         await kv.set(lease_key(job.job_id, 1), b"other/1" + HELD_CUT, ttl=60)
-    waiting = asyncio.create_task(pipe._held_elsewhere(reported))
+    waiting = asyncio.create_task(pipe._held_elsewhere(_DELIVERY, reported))
     await asyncio.sleep(3 * pipeline.HELD_POLL)
     assert not waiting.done()
     await kv.set(reported_key(reported.job_id, 1), b"1", ttl=60)
     assert await asyncio.wait_for(waiting, 5) is True
     # The holder died: its lease expires, and the redelivery runs the attempt.
     await kv.set(lease_key(died.job_id, 1), b"other/1" + HELD_CUT, ttl=1)
-    assert await asyncio.wait_for(pipe._held_elsewhere(died), 5) is False
+    assert await asyncio.wait_for(pipe._held_elsewhere(_DELIVERY, died), 5) is False
 
 
 async def test_a_delivery_lost_while_it_waited_for_a_slot_is_left_to_its_redelivery(

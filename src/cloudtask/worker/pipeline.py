@@ -27,6 +27,7 @@
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -81,6 +82,9 @@ WAIT_LIMIT = 0.5
 HOLDER_GRACE = 0.25
 # How often a redelivery waiting for a live holder's report looks at the lease again.
 HELD_POLL = 0.25
+# How long after its ack an attempt is marked reported if the connection goes (``_acked``):
+# the ack and the news of the cut cross within milliseconds.
+ACKED_RECENTLY = 1.0
 
 
 @dataclass
@@ -112,6 +116,7 @@ class _Attempt:
     acknowledged: bool = False  # as far as this worker knows: the connection may have gone
     copy: bool = False  # another delivery of the attempt holds its lease: not run, not reported
     cut: bool = False  # its delivery's channel closed while this worker held it
+    confirmed: bool = False  # its jobs.started was confirmed: the job is RUNNING
     left: bool = False  # its delivery was lost before it started: the redelivery runs it
 
 
@@ -126,6 +131,10 @@ class Pipeline:
         self._returning: asyncio.Task[None] | None = None
         # The attempts running or reporting here, by id, with their deliveries (``lost``).
         self._held: dict[int, tuple[Delivery, _Attempt, JobCreated]] = {}
+        # The reported marks of attempts acknowledged in the last ``ACKED_RECENTLY`` seconds,
+        # with when: an ack sent just before the connection went may never have reached
+        # RabbitMQ. (Keys, not deliveries: under load a second holds thousands.)
+        self._acked: collections.deque[tuple[float, str]] = collections.deque()
         self._marking: set[asyncio.Task[None]] = set()
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -154,6 +163,22 @@ class Pipeline:
                 continue
             attempt.cut = True
             self._mark_held(job, announced=attempt.acknowledged)
+        # Done here, their acks sent just before: the redelivery of one whose ack was lost
+        # finds its lease saying nothing, and waits HOLDER_GRACE; these marks come first.
+        # (Acks on an earlier channel within the span are marked too: no redelivery reads them.)
+        since = asyncio.get_running_loop().time() - ACKED_RECENTLY
+        reported = {key: b"1" for acked_at, key in self._acked if acked_at >= since}
+        self._acked.clear()
+        if reported:
+            task = asyncio.create_task(self._mark_reported(reported))
+            self._marking.add(task)
+            task.add_done_callback(self._marking.discard)
+
+    async def _mark_reported(self, marks: dict[str, bytes]) -> None:
+        try:
+            await self.deps.kv.set_many(marks, ttl=REPORTED_MARK_TTL)
+        except KVUnavailable as exc:
+            log.warning("could not mark attempts reported: %s", exc)
 
     def _mark_held(self, job: JobCreated, *, announced: bool) -> None:
         mark = self.deps.running.hold_after_cut(job.job_id, job.attempt, announced=announced)
@@ -161,17 +186,22 @@ class Pipeline:
         self._marking.add(task)
         task.add_done_callback(self._marking.discard)
 
-    async def _held_elsewhere(self, job: JobCreated) -> bool:
+    async def _held_elsewhere(self, delivery: Delivery, job: JobCreated) -> bool:
         """For a redelivered attempt: whether it needs no run here, because the worker that lost
         its delivery reported it (``reported_key``) or announced it (the scheduler watches it
         from then on). While that worker says it still runs the attempt (``HELD_CUT``), wait
         for one or the other; if its lease goes (the worker died), run. A lease whose holder
-        says nothing is looked at for ``HOLDER_GRACE``, then taken over. Stopping, or with the
-        store unreachable, the delivery goes on its way (at least once)."""
+        says nothing is looked at for ``HOLDER_GRACE``, then taken over; so is one that says
+        it runs the attempt for longer than the attempt may run and report (a lease left
+        behind). Stopping, this delivery lost too, or with the store unreachable, the delivery
+        goes on its way (at least once)."""
         keys = [reported_key(job.job_id, job.attempt), lease_key(job.job_id, job.attempt)]
         loop = asyncio.get_running_loop()
         grace_ends = loop.time() + HOLDER_GRACE
-        while not self.stopping.is_set():
+        held_ends = (
+            loop.time() + job.timeout_seconds + PUBLISH_LIMIT + self.deps.running.lease_seconds
+        )
+        while not self.stopping.is_set() and not delivery.lost and loop.time() < held_ends:
             try:
                 reported, lease = await self.deps.kv.get_many(keys)
             except KVUnavailable:
@@ -254,7 +284,7 @@ class Pipeline:
             await asyncio.sleep(WAIT_LIMIT)  # not at once: the other workers may all be busy
             await self._leave_to_others(delivery, job)
             return
-        if delivery.redelivered and await self._held_elsewhere(job):
+        if delivery.redelivered and await self._held_elsewhere(delivery, job):
             await self._skip_copy(delivery, job, "copy skipped: held by the worker that lost it")
             return
         if self._left_to_redelivery(delivery, job) or not await self._wait_for_slot(delivery, job):
@@ -310,7 +340,10 @@ class Pipeline:
     async def _settle(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt") -> None:
         reported = False
         if (job.job_id, job.attempt) in self._requeue:
-            published = await self._put_back(job)
+            # A delivery lost unacknowledged, of an attempt never announced, is on its way to
+            # another worker already (its redelivery waits on this lease): a copy would run too.
+            copy = not (delivery.lost and not attempt.acknowledged and not attempt.confirmed)
+            published = await self._put_back(job, publish=copy)
         else:
             published = reported = await self._report(job, attempt.started_at, attempt.outcome)
         if not attempt.announced:
@@ -329,6 +362,11 @@ class Pipeline:
                 await self.deps.kv.set(
                     reported_key(job.job_id, job.attempt), b"1", ttl=REPORTED_MARK_TTL
                 )
+        elif reported:
+            now = asyncio.get_running_loop().time()
+            while self._acked and self._acked[0][0] < now - ACKED_RECENTLY:
+                self._acked.popleft()
+            self._acked.append((now, reported_key(job.job_id, job.attempt)))
         await self.deps.running.drop(job.job_id, job.attempt)
 
     async def _wait_for_slot(self, delivery: Delivery, job: JobCreated) -> bool:
@@ -430,6 +468,7 @@ class Pipeline:
                 # elsewhere (at least once); this one still runs to its end and reports.
                 log.warning("could not announce a started job", extra={"jobId": str(job.job_id)})
             else:
+                attempt.confirmed = True
                 attempt.acknowledged = await _acknowledged(delivery)
                 if attempt.cut:  # RUNNING, watched by the scheduler: the redelivery is a copy
                     self._mark_held(job, announced=True)
@@ -501,9 +540,11 @@ class Pipeline:
         )
         return published
 
-    async def _put_back(self, job: JobCreated) -> bool:
+    async def _put_back(self, job: JobCreated, *, publish: bool = True) -> bool:
+        """Put the attempt back on ``jobs.created``: a copy, unless ``publish`` is false (its
+        delivery, lost with the connection, went back there already)."""
         self._requeue.discard((job.job_id, job.attempt))
-        published = await _until_published(
+        published = not publish or await _until_published(
             lambda: self.deps.broker.publish(
                 JOBS_CREATED, job.encode(), priority=job.priority, headers={REQUEUED_HEADER: True}
             )
