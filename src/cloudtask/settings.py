@@ -61,8 +61,9 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: Annotated[float, Field(gt=0, le=LONGEST)] = 30
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     http_timeout_seconds: Annotated[float, Field(gt=0, le=LONGEST)] = 30
-    # A larger body could never be a job's result: each response that size would fail.
-    http_max_response_bytes: Annotated[int, Field(gt=0, le=MAX_RESULT_BYTES)] = MAX_RESULT_BYTES
+    # Above MAX_RESULT_BYTES, the http handler uses that: a larger body could never be a job's
+    # result. (Not refused: an older version took such values, and every service would stop.)
+    http_max_response_bytes: Annotated[int, Field(gt=0)] = MAX_RESULT_BYTES
     worker_concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
     # Deliveries a worker holds unacknowledged; None: twice the concurrency.
     worker_prefetch: Annotated[int, Field(ge=1, le=65535)] | None = None

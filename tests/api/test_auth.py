@@ -187,7 +187,7 @@ async def _failed_at(client: Client, email: str, *ages: float) -> None:
     """Record failed logins of ``email`` made ``ages`` seconds ago, as the api writes them."""
     now = time.time()
     value = " ".join(f"{now - age:.6f}" for age in sorted(ages, reverse=True)).encode()
-    await client.backends.kv.set(f"login-failures:{email_key(email)}", value, ttl=15 * 60)
+    await client.backends.kv.set(f"login-failure-times:{email_key(email)}", value, ttl=15 * 60)
 
 
 async def test_failures_count_within_any_15_minutes_not_a_window_that_resets(

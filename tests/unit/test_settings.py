@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from cloudtask.contracts.job_types import MAX_RESULT_BYTES
 from cloudtask.settings import Settings, SettingsError, load_settings, unknown_settings
+from cloudtask.worker.handlers.http import HttpHandler
 
 STRONG_SECRET = "s" * 32
 
@@ -157,8 +159,6 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
         ("CLOUDTASK_RETRY_BACKOFF_CAP_SECONDS", "1e300"),
         ("CLOUDTASK_RUNNING_GRACE_SECONDS", "1e12"),
         ("CLOUDTASK_MAX_DELIVERIES", "1000000000000"),
-        # Larger than a job's result may be: every response that size failed its job.
-        ("CLOUDTASK_HTTP_MAX_RESPONSE_BYTES", "4194304"),
     ],
 )
 def test_an_invalid_value_is_refused_naming_the_variable(
@@ -291,3 +291,13 @@ def test_the_jwt_secret_is_read_from_the_environment(monkeypatch: pytest.MonkeyP
     settings: Settings = load_settings()
     settings.require_jwt_secret()
     assert STRONG_SECRET not in repr(settings)
+
+
+def test_an_http_body_limit_above_a_results_acts_as_a_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Refused, it stopped every service of an install that had set it; taken as it was, every
+    # response that size failed its job.
+    monkeypatch.setenv("CLOUDTASK_HTTP_MAX_RESPONSE_BYTES", "4194304")
+    handler = HttpHandler(load_settings())
+    assert handler._max_bytes == MAX_RESULT_BYTES

@@ -57,7 +57,9 @@ class LoginGate:
     async def attempt(self, email_key: str) -> AsyncIterator[Attempt]:
         """Admit one password check for ``email_key``; the caller sets ``failed`` on the
         :class:`Attempt` it gets. Raises :class:`LoginThrottled` once the limit is reached."""
-        failures_key = f"login-failures:{email_key}"
+        # Not login-failures: an older version's processes read a count there, and answered
+        # 500 for these times while both ran (a rolling deploy).
+        failures_key = f"login-failure-times:{email_key}"
         checks_key = f"login-checks:{email_key}"
         await self._enter(failures_key, checks_key)
         attempt = Attempt()
@@ -109,8 +111,7 @@ class LoginGate:
 
 
 def _times(stored: bytes | None) -> list[float]:
-    """The failure times written by ``_count_failure``. What an older version wrote there, a
-    count, reads as one time long past: its failures are forgotten, once."""
+    """The failure times written by ``_count_failure`` (nothing for a value that is not)."""
     try:
         return [float(t) for t in (stored or b"").split()]
     except ValueError:

@@ -12,7 +12,7 @@ import httpx
 from pydantic import ValidationError
 
 from cloudtask.contracts import jsoncodec
-from cloudtask.contracts.job_types import HttpPayload
+from cloudtask.contracts.job_types import MAX_RESULT_BYTES, HttpPayload
 from cloudtask.contracts.urls import allowed_host, url_host
 from cloudtask.errors import PermanentFailure
 from cloudtask.settings import Settings
@@ -23,7 +23,8 @@ class HttpHandler:
         # (host, None) allows every port of the host; (host, port) that port alone.
         self._allowed = {allowed_host(entry) for entry in settings.http_allowed_hosts}
         self._timeout = settings.http_timeout_seconds
-        self._max_bytes = settings.http_max_response_bytes
+        # No body larger than a job's result may be (it is the result's), escaped or not.
+        self._max_bytes = min(settings.http_max_response_bytes, MAX_RESULT_BYTES)
 
     def is_allowed(self, url: str) -> bool:
         host, port = url_host(url)
@@ -54,9 +55,11 @@ class HttpHandler:
         ):
             body = await self._read(reply)
         if reply.status_code >= 500 or reply.status_code == 429:
-            # Without its user and password, nor its query (which often carries a token): the
-            # error is kept with the job and logged.
-            where = httpx.URL(request.url).copy_with(userinfo=b"", query=None, fragment=None)
+            # Its scheme, host and port: the error is kept with the job and logged, and the rest
+            # of a URL often carries a secret (a password, a token in the query, a webhook's
+            # path).
+            url = httpx.URL(request.url)
+            where = f"{url.scheme}://{url.netloc.decode('ascii').rpartition('@')[2]}"
             raise ConnectionError(f"HTTP {reply.status_code} from {where}: {body[:200]}")
         return {"statusCode": reply.status_code, "headers": dict(reply.headers), "body": body}
 
