@@ -162,7 +162,8 @@ class Pipeline:
             if attempt.cut or not delivery.lost:
                 continue
             attempt.cut = True
-            self._mark_held(job, announced=attempt.acknowledged)
+            # Announced once jobs.started is confirmed, whether or not its ack went out then.
+            self._mark_held(job, announced=attempt.confirmed or attempt.acknowledged)
         # Done here, their acks sent just before: the redelivery of one whose ack was lost
         # finds its lease saying nothing, and waits HOLDER_GRACE; these marks come first.
         # (Acks on an earlier channel within the span are marked too: no redelivery reads them.)
