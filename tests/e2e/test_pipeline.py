@@ -68,7 +68,8 @@ def test_a_job_that_kills_its_worker_is_failed_and_the_jobs_beside_it_run(
     deaths = _workers_until_one_lives(procs, client, poison, tmp_path)
     assert client.get(poison["id"])["error"] == "delivered 3 times without finishing"
     for n, job in enumerate(beside):
-        assert client.wait(job["id"], "COMPLETED", "FAILED")["result"] == {"doubled": 2 * n}
+        done = client.wait(job["id"], "COMPLETED", "FAILED")
+        assert done["result"] == {"doubled": 2 * n}, done
     assert deaths == 3
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from cloudtask.broker.grouping import GroupedPublisher
 from cloudtask.broker.memory import MemoryBroker
 from cloudtask.broker.rabbitmq import RabbitMQBroker
 from cloudtask.contracts.messages import JobCreated, JobFinished
@@ -167,3 +168,71 @@ async def test_jobs_a_careless_peer_published_run_and_so_do_the_ones_behind_them
         (careless.job_id, "COMPLETED", 1),
         (behind.job_id, "COMPLETED", 2),
     }
+
+
+class Steps:
+    """A handler noting the order attempts began in."""
+
+    def __init__(self) -> None:
+        self.began: list[str] = []
+
+    async def step(self, payload: Any) -> Any:
+        self.began.append(payload)
+        return payload
+
+
+async def test_an_attempt_waiting_to_run_alone_waits_for_the_reports_of_those_beside_it(
+    backends: Backends, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was let in once their handlers ended: a worker it then killed took their reports,
+    # still on their way, down with it, and each was counted once more (a job that ran beside
+    # a poison was failed as "delivered 3 times without finishing").
+    broker = MemoryBroker()
+    await broker.start()
+    beside, lost = (
+        JobCreated(
+            job_id=uuid.uuid4(),
+            user_id=uuid.uuid4(),
+            type="step",
+            payload=name,
+            priority=priority,
+            enqueued_at=utcnow(),
+        )
+        for name, priority in (("beside", 9), ("lost", 0))
+    )
+    await broker.publish(JOBS_CREATED, lost.encode(), priority=0)
+    taken = await broker.get(JOBS_CREATED)
+    assert taken is not None
+    await taken.reject(requeue=True)  # redelivered, as from a worker that died
+    await backends.kv.incr(f"cloudtask:deliveries:{lost.job_id}:1", ttl=60)  # and lost again
+    await broker.publish(JOBS_CREATED, beside.encode(), priority=9)  # delivered first
+    report_held = asyncio.Event()
+    publish = GroupedPublisher.publish
+
+    async def holding_besides_report(
+        self: GroupedPublisher, queue: str, body: bytes, *, priority: int = 0
+    ) -> None:
+        if queue == JOBS_COMPLETED and b'"beside"' in body:
+            await report_held.wait()
+        await publish(self, queue, body, priority=priority)
+
+    monkeypatch.setattr(GroupedPublisher, "publish", holding_besides_report)
+    steps = Steps()
+    worker = WorkerService(
+        settings, broker=broker, kv=backends.kv, handlers=registry_of(steps, "step")
+    )
+    await worker.start()
+    try:
+        await eventually(lambda: _began(steps, "beside"))
+        await asyncio.sleep(0.5)  # its handler ended long since; its report waits
+        assert steps.began == ["beside"]
+        report_held.set()
+        await eventually(lambda: _began(steps, "lost"))
+    finally:
+        await worker.stop(grace=1)
+        await broker.close()
+    assert steps.began == ["beside", "lost"]
+
+
+async def _began(steps: Steps, name: str) -> bool:
+    return name in steps.began

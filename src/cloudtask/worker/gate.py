@@ -2,8 +2,9 @@
 
 A worker that dies takes every attempt it held with it, and each is delivered again: the job
 that killed it and the ones that merely ran beside it look the same. An attempt delivered again
-after it was already lost once runs alone in its worker (no other attempt runs meanwhile), so
-that if it kills its worker again, no other job is counted with it (``pipeline``).
+after it was already lost once runs alone in its worker (no other attempt runs meanwhile, and
+those before it have reported: the pipeline leaves the gate then), so that if it kills its
+worker again, no other job is counted with it (``pipeline``).
 """
 
 import asyncio

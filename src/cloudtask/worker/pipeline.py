@@ -290,12 +290,17 @@ class Pipeline:
             return
         if self._left_to_redelivery(delivery, job) or not await self._wait_for_slot(delivery, job):
             return
+        # The gate is left once the attempt is reported, not when its handler ends (as the
+        # slot is): an attempt waiting to run alone, which may kill the worker, waits for the
+        # reports of those beside it too, or they would go down with it, finished, and be
+        # counted once more.
+        turn = _Turn(alone=False)
         try:
-            turn = _Turn(alone=delivery.redelivered and await self._lost_before(job))
-            if turn.alone or not self._gate.try_enter():
-                await self._gate.enter(alone=turn.alone)
-            turn.inside = True
             try:
+                turn.alone = delivery.redelivered and await self._lost_before(job)
+                if turn.alone or not self._gate.try_enter():
+                    await self._gate.enter(alone=turn.alone)
+                turn.inside = True
                 if self.stopping.is_set() or self._left_to_redelivery(delivery, job):
                     await _quietly(delivery.reject(requeue=True))
                     return
@@ -303,11 +308,11 @@ class Pipeline:
                 if not await self._delivered_too_often(delivery, job):
                     attempt = await self._attempt(delivery, job, turn)
             finally:
-                if turn.inside:
-                    self._gate.leave(alone=turn.alone)
+                self._slots.release()
+            await self._end(delivery, job, attempt)
         finally:
-            self._slots.release()
-        await self._end(delivery, job, attempt)
+            if turn.inside:
+                self._gate.leave(alone=turn.alone)
 
     async def _end(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt | None") -> None:
         if attempt is None:
