@@ -51,7 +51,10 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
                       "Hi =?utf-8?q?x=0D=0ABcc:_evil@example.com?=", "=?utf-8?q?a=E2=80=A8b?=",
                       # At the end (a regex's $ lets a last line feed through); no charset.
                       "=?utf-8?q?Invoice=0A?=", "=?utf-8?b?SW52b2ljZQo=?=", "=??q?a=0Ab?=",
-                      "=?utf-8*en?Q?a=0Db?=", "=?bogus?q?a=0Ab?=")],
+                      "=?utf-8*en?Q?a=0Db?=", "=?bogus?q?a=0Ab?=",
+                      # Spaces and odd charsets inside the word: the mail library reads on to ?=.
+                      "=?utf-8?q?=0ABcc: x@evil.com ?=", "=?utf-8?q?x\t=0A?=",
+                      "=?utf\u00a0?q?=0ABcc:_a@b.c?=", "=?\u3000?b?CkJjYzogYUBiLmM=?=")],
     # Where else the mail library breaks a header's line (str.splitlines): every attempt failed.
     *[({"type": "email", "payload": {"to": "a@example.com", "subject": f"two{brk}lines"}},
        "payload.subject") for brk in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"],

@@ -16,6 +16,7 @@ from cloudtask.broker.rabbitmq import RabbitDelivery
 from cloudtask.contracts.messages import JobCreated
 from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.contracts.signals import HELD_ANNOUNCED, HELD_CUT, REQUEUED, lease_key, reported_key
+from cloudtask.errors import BrokerUnavailable
 from cloudtask.settings import Settings
 from cloudtask.worker import pipeline
 from cloudtask.worker.pipeline import Pipeline
@@ -44,6 +45,14 @@ class _Redelivered(Delivery):
 
 
 _DELIVERY = _Redelivered()
+
+
+class _LostToo(_Redelivered):
+    """A redelivery whose own channel closed while it waited."""
+
+    @property
+    def lost(self) -> bool:
+        return True
 
 
 @pytest.fixture
@@ -252,6 +261,85 @@ async def test_a_redelivery_waits_no_longer_than_the_attempt_could_run_and_repor
     assert (
         await asyncio.wait_for(stack.worker.pipeline._held_elsewhere(_DELIVERY, job), 10) is False
     )
+
+
+async def test_a_redelivery_stops_waiting_once_its_own_delivery_is_lost(stack: Stack) -> None:
+    # It waited on, then acknowledged a delivery it could not, counted as a copy beside its
+    # own next redelivery.
+    job = _job(uuid4())
+    await stack.backends.kv.set(lease_key(job.job_id, 1), b"other/1" + HELD_CUT, ttl=60)
+    held = stack.worker.pipeline._held_elsewhere(_LostToo(), job)
+    assert await asyncio.wait_for(held, 2) is False
+
+
+def _failing_the_first_ack_of_a_job(monkeypatch: pytest.MonkeyPatch) -> list[Delivery]:
+    """The worker's first ack of a job's delivery fails, as on a channel that closed after the
+    job's jobs.started was confirmed; returns where that delivery will be."""
+    failed: list[Delivery] = []
+    for cls in (MemoryDelivery, RabbitDelivery):
+
+        def failing(ack: Callable[[Delivery], Awaitable[None]]) -> Any:
+            async def refused(delivery: Delivery) -> None:
+                if failed or b'"userId"' not in delivery.body:
+                    await ack(delivery)
+                    return
+                failed.append(delivery)
+                raise BrokerUnavailable("could not acknowledge: the channel closed")
+
+            return refused
+
+        monkeypatch.setattr(cls, "ack", failing(cls.ack))
+    return failed
+
+
+async def test_a_confirmed_attempt_whose_ack_failed_is_marked_announced_when_cut(
+    stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Marked #cut (by the failed ack), its redelivery waited for the whole run, though the job
+    # is RUNNING and the scheduler watches its lease.
+    failed = _failing_the_first_ack_of_a_job(monkeypatch)
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": 8})
+    await wait_for_status(stack.client, token, job["id"], "RUNNING")
+    [delivery] = failed
+    await _cut(monkeypatch, stack, delivery)
+    await wait_for_metric(stack.worker.metrics.registry, COPIES, 1)
+    lease = await stack.backends.kv.get(lease_key(UUID(job["id"]), 1))
+    assert lease is not None and lease.endswith(HELD_ANNOUNCED)
+    assert handlers.calls == 1
+    handlers.release.set()
+    await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+
+
+async def test_a_confirmed_attempt_cut_off_then_put_back_runs_once_more(
+    stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its redelivery, back in the queue when the stopping worker put the attempt back with a
+    # copy, found the requeued marker and ran beside the copy.
+    failed = _failing_the_first_ack_of_a_job(monkeypatch)
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": 9})
+    await wait_for_status(stack.client, token, job["id"], "RUNNING")
+    [delivery] = failed
+    await _cut(monkeypatch, stack, delivery)
+    await stack.worker.stop(grace=0.1)  # hands its redelivery back, and puts the attempt back
+    lease = await stack.backends.kv.get(lease_key(UUID(job["id"]), 1))
+    assert lease == REQUEUED + HELD_ANNOUNCED
+    handlers.release.set()
+    worker = WorkerService(
+        stack.settings,
+        broker=stack.backends.broker,
+        kv=stack.backends.kv,
+        handlers=registry_of(handlers, "held"),
+        worker_id="second-worker",
+    )
+    await worker.start()
+    try:
+        done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
+        await wait_for_metric(worker.metrics.registry, COPIES, 1)
+    finally:
+        await worker.stop(grace=1)
+    assert (done["result"], handlers.calls) == ({"n": 9}, 2)  # cut short once, then run
 
 
 async def test_a_redelivery_waits_while_the_holder_says_it_runs_the_attempt(stack: Stack) -> None:

@@ -56,9 +56,9 @@ HEADER_VALUE = r"^[\t\x20-\x7e]*$"
 MAX_RESULT_BYTES: Final = 1024 * 1024
 
 
-# A MIME encoded word (RFC 2047), as the mail library finds one in a header: a token up to
-# the next space, in five parts between question marks.
-_ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+# A MIME encoded word (RFC 2047), as the mail library finds one in a header: from =? to the
+# next ?= after its charset and encoding, spaces included. Wider than the RFC's, on purpose.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
 _LINE_BREAK = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e\x85" + _LINE_AND_PARAGRAPH_SEPARATORS + "]")
 # The mail library's own decoder of one encoded word (private, but what it writes headers
 # with): text, charset, language, defects. Reached by name, as the module has no type stubs.
@@ -76,8 +76,8 @@ def _one_line_as_written(subject: str) -> str:
     for word in _ENCODED_WORD.finditer(subject):
         try:
             text = _decode_word(word.group())[0]
-        except ValueError:  # the library leaves a word it cannot read as it is: plain text
-            continue
+        except ValueError:  # a word read otherwise than here: refused rather than guessed at
+            raise ValueError("a MIME encoded word in the subject cannot be read") from None
         if _LINE_BREAK.search(text):
             raise ValueError("a MIME encoded word in the subject holds a line break")
     return subject

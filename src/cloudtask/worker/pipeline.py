@@ -349,7 +349,10 @@ class Pipeline:
             # A delivery lost unacknowledged, of an attempt never announced, is on its way to
             # another worker already (its redelivery waits on this lease): a copy would run too.
             copy = not (delivery.lost and not attempt.acknowledged and not attempt.confirmed)
-            published = await self._put_back(job, publish=copy)
+            # One announced, its lease saying so: the redelivery may have been dropped as a copy
+            # already, or may come later; the marker tells a late one it is a copy of this one.
+            marker = REQUEUED + HELD_ANNOUNCED if delivery.lost and attempt.confirmed else REQUEUED
+            published = await self._put_back(job, publish=copy, marker=marker)
         else:
             published = reported = await self._report(job, attempt.started_at, attempt.outcome)
         if not attempt.announced:
@@ -546,9 +549,12 @@ class Pipeline:
         )
         return published
 
-    async def _put_back(self, job: JobCreated, *, publish: bool = True) -> bool:
+    async def _put_back(
+        self, job: JobCreated, *, publish: bool = True, marker: bytes = REQUEUED
+    ) -> bool:
         """Put the attempt back on ``jobs.created``: a copy, unless ``publish`` is false (its
-        delivery, lost with the connection, went back there already)."""
+        delivery, lost with the connection, went back there already); ``marker`` is left in
+        its lease."""
         self._requeue.discard((job.job_id, job.attempt))
         published = not publish or await _until_published(
             lambda: self.deps.broker.publish(
@@ -558,9 +564,7 @@ class Pipeline:
         # The marker tells the scheduler the attempt waits in the queue, not that it was lost.
         # Written once the copy is: a marker left by a publish that never happened (the broker
         # away until the worker exits) would hide the attempt from recovery for a day.
-        await self.deps.running.drop(
-            job.job_id, job.attempt, marker=REQUEUED if published else None
-        )
+        await self.deps.running.drop(job.job_id, job.attempt, marker=marker if published else None)
         if not published:  # nothing waits in the queue: the lease expires, the attempt is lost
             return False
         self.deps.metrics.requeued.inc()
