@@ -4,7 +4,8 @@ in the attempt's lease, and the redelivery waits for its report rather than run 
 second time; a delivery lost before its attempt started is left to its redelivery."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -122,6 +123,23 @@ def _losing_the_first_ack_of_a_job(monkeypatch: pytest.MonkeyPatch) -> list[Deli
     return sent
 
 
+@contextlib.asynccontextmanager
+async def _another_worker(stack: Stack, handlers: HeldHandlers) -> AsyncIterator[WorkerService]:
+    """A second worker on the stack's back ends, after the stack's own was stopped."""
+    worker = WorkerService(
+        stack.settings,
+        broker=stack.backends.broker,
+        kv=stack.backends.kv,
+        handlers=registry_of(handlers, "held"),
+        worker_id="second-worker",
+    )
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop(grace=1)
+
+
 def _cut(monkeypatch: pytest.MonkeyPatch, stack: Stack, delivery: Delivery) -> Awaitable[None]:
     """The connection ``delivery`` came on goes: the broker hands it out again, and the worker
     hears of the loss."""
@@ -165,18 +183,8 @@ async def test_an_attempt_cut_off_then_put_back_by_a_stopping_worker_runs_once_m
     lease = await stack.backends.kv.get(lease_key(UUID(job["id"]), 1))
     assert lease == REQUEUED
     handlers.release.set()
-    worker = WorkerService(
-        stack.settings,
-        broker=stack.backends.broker,
-        kv=stack.backends.kv,
-        handlers=registry_of(handlers, "held"),
-        worker_id="second-worker",
-    )
-    await worker.start()
-    try:
+    async with _another_worker(stack, handlers):
         done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
-    finally:
-        await worker.stop(grace=1)
     assert (done["result"], handlers.calls) == ({"n": 7}, 2)  # cut short once, then run
 
 
@@ -326,19 +334,9 @@ async def test_a_confirmed_attempt_cut_off_then_put_back_runs_once_more(
     lease = await stack.backends.kv.get(lease_key(UUID(job["id"]), 1))
     assert lease == REQUEUED + HELD_ANNOUNCED
     handlers.release.set()
-    worker = WorkerService(
-        stack.settings,
-        broker=stack.backends.broker,
-        kv=stack.backends.kv,
-        handlers=registry_of(handlers, "held"),
-        worker_id="second-worker",
-    )
-    await worker.start()
-    try:
+    async with _another_worker(stack, handlers) as worker:
         done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
         await wait_for_metric(worker.metrics.registry, COPIES, 1)
-    finally:
-        await worker.stop(grace=1)
     assert (done["result"], handlers.calls) == ({"n": 9}, 2)  # cut short once, then run
 
 
