@@ -104,23 +104,26 @@ async def test_a_delivery_lost_with_its_connection_comes_back_and_waits_for_the_
     assert await stack.backends.broker.get(JOBS_CREATED) is None
 
 
-def _losing_the_first_ack_of_a_job(monkeypatch: pytest.MonkeyPatch) -> list[Delivery]:
-    """The worker's first ack of a job's delivery seems sent but never reaches the broker, as
-    one written just before the connection went; returns where that delivery will be."""
-    sent: list[Delivery] = []
+def _first_ack_of_a_job(monkeypatch: pytest.MonkeyPatch, *, fails: bool) -> list[Delivery]:
+    """The worker's first ack of a job's delivery never reaches the broker: it seems sent (one
+    written just before the connection went) or, if it ``fails``, raises (on a channel that
+    closed after the job's jobs.started was confirmed); returns where that delivery will be."""
+    caught: list[Delivery] = []
     for cls in (MemoryDelivery, RabbitDelivery):
 
-        def losing(ack: Callable[[Delivery], Awaitable[None]]) -> Any:
-            async def lost_on_the_way(delivery: Delivery) -> None:
-                if sent or b'"userId"' not in delivery.body:  # the results-processor's go on
+        def intercepted(ack: Callable[[Delivery], Awaitable[None]]) -> Any:
+            async def first_not_sent(delivery: Delivery) -> None:
+                if caught or b'"userId"' not in delivery.body:  # the results-processor's go on
                     await ack(delivery)
                     return
-                sent.append(delivery)
+                caught.append(delivery)
+                if fails:
+                    raise BrokerUnavailable("could not acknowledge: the channel closed")
 
-            return lost_on_the_way
+            return first_not_sent
 
-        monkeypatch.setattr(cls, "ack", losing(cls.ack))
-    return sent
+        monkeypatch.setattr(cls, "ack", intercepted(cls.ack))
+    return caught
 
 
 @contextlib.asynccontextmanager
@@ -155,7 +158,7 @@ async def test_an_attempt_whose_ack_was_lost_just_after_it_ended_is_a_copy_when_
     # Reported and acknowledged, the connection went before RabbitMQ had the ack: the attempt
     # was no longer held, its lease said nothing, and the redelivery ran it again.
     handlers.release.set()
-    sent = _losing_the_first_ack_of_a_job(monkeypatch)
+    sent = _first_ack_of_a_job(monkeypatch, fails=False)
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="held", payload={"n": 6})
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED")
@@ -194,7 +197,7 @@ async def test_an_announced_attempt_whose_ack_was_lost_is_a_copy_when_redelivere
     # The job was announced (RUNNING: the scheduler watches its lease from then on) and its ack
     # sent, but the connection went before RabbitMQ had the ack: the redelivery is a copy at
     # once, while the attempt still runs where it was.
-    sent = _losing_the_first_ack_of_a_job(monkeypatch)
+    sent = _first_ack_of_a_job(monkeypatch, fails=False)
     registry = stack.worker.metrics.registry
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="held", payload={"n": 5})
@@ -280,32 +283,12 @@ async def test_a_redelivery_stops_waiting_once_its_own_delivery_is_lost(stack: S
     assert await asyncio.wait_for(held, 2) is False
 
 
-def _failing_the_first_ack_of_a_job(monkeypatch: pytest.MonkeyPatch) -> list[Delivery]:
-    """The worker's first ack of a job's delivery fails, as on a channel that closed after the
-    job's jobs.started was confirmed; returns where that delivery will be."""
-    failed: list[Delivery] = []
-    for cls in (MemoryDelivery, RabbitDelivery):
-
-        def failing(ack: Callable[[Delivery], Awaitable[None]]) -> Any:
-            async def refused(delivery: Delivery) -> None:
-                if failed or b'"userId"' not in delivery.body:
-                    await ack(delivery)
-                    return
-                failed.append(delivery)
-                raise BrokerUnavailable("could not acknowledge: the channel closed")
-
-            return refused
-
-        monkeypatch.setattr(cls, "ack", failing(cls.ack))
-    return failed
-
-
 async def test_a_confirmed_attempt_whose_ack_failed_is_marked_announced_when_cut(
     stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Marked #cut (by the failed ack), its redelivery waited for the whole run, though the job
     # is RUNNING and the scheduler watches its lease.
-    failed = _failing_the_first_ack_of_a_job(monkeypatch)
+    failed = _first_ack_of_a_job(monkeypatch, fails=True)
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="held", payload={"n": 8})
     await wait_for_status(stack.client, token, job["id"], "RUNNING")
@@ -324,7 +307,7 @@ async def test_a_confirmed_attempt_cut_off_then_put_back_runs_once_more(
 ) -> None:
     # Its redelivery, back in the queue when the stopping worker put the attempt back with a
     # copy, found the requeued marker and ran beside the copy.
-    failed = _failing_the_first_ack_of_a_job(monkeypatch)
+    failed = _first_ack_of_a_job(monkeypatch, fails=True)
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="held", payload={"n": 9})
     await wait_for_status(stack.client, token, job["id"], "RUNNING")

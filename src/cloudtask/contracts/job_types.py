@@ -44,7 +44,8 @@ EMAIL_ADDRESS = rf"^[^{_NOT_IN_ADDRESS}]+@{_LABEL}(\.{_LABEL})*$"
 # A header line ends at a line break: a subject or header value holding one is refused by the
 # mail and HTTP libraries when the job runs, so it is refused at submission (400) instead. The
 # mail library breaks lines where Python's str.splitlines does: at these ten characters.
-ONE_LINE = r"^[^\n\r\x0b\x0c\x1c-\x1e\x85" + _LINE_AND_PARAGRAPH_SEPARATORS + "]*$"
+_LINE_BREAKS = r"\n\r\x0b\x0c\x1c-\x1e\x85" + _LINE_AND_PARAGRAPH_SEPARATORS
+ONE_LINE = rf"^[^{_LINE_BREAKS}]*$"
 # RFC 9110: a field name is a token; a value is visible ASCII, spaces and tabs (the HTTP client
 # encodes header values as ASCII).
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
@@ -59,7 +60,7 @@ MAX_RESULT_BYTES: Final = 1024 * 1024
 # A MIME encoded word (RFC 2047), as the mail library finds one in a header: from =? to the
 # next ?= after its charset and encoding, spaces included. Wider than the RFC's, on purpose.
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
-_LINE_BREAK = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e\x85" + _LINE_AND_PARAGRAPH_SEPARATORS + "]")
+_LINE_BREAK = re.compile(f"[{_LINE_BREAKS}]")
 # The mail library's own decoder of one encoded word (private, but what it writes headers
 # with): text, charset, language, defects. Reached by name, as the module has no type stubs.
 _decode_word: Callable[[str], tuple[str, str, str, list[Any]]] = importlib.import_module(
@@ -83,9 +84,9 @@ def _one_line_as_written(subject: str) -> str:
     return subject
 
 
-def one_line_as_written(subject: str) -> bool:
-    """Whether a subject the mail library has parsed (its decoded text) is one line."""
-    return _LINE_BREAK.search(subject) is None
+def holds_no_line_break(text: str) -> bool:
+    """Whether ``text`` (a subject as the mail library parsed it, decoded) is one line."""
+    return _LINE_BREAK.search(text) is None
 
 
 class EmailPayload(_Payload):

@@ -31,10 +31,11 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -171,9 +172,7 @@ class Pipeline:
         reported = {key: b"1" for acked_at, key in self._acked if acked_at >= since}
         self._acked.clear()
         if reported:
-            task = asyncio.create_task(self._mark_reported(reported))
-            self._marking.add(task)
-            task.add_done_callback(self._marking.discard)
+            self._in_background(self._mark_reported(reported))
 
     async def _mark_reported(self, marks: dict[str, bytes]) -> None:
         try:
@@ -182,7 +181,13 @@ class Pipeline:
             log.warning("could not mark attempts reported: %s", exc)
 
     def _mark_held(self, job: JobCreated, *, announced: bool) -> None:
-        mark = self.deps.running.hold_after_cut(job.job_id, job.attempt, announced=announced)
+        self._in_background(
+            self.deps.running.hold_after_cut(job.job_id, job.attempt, announced=announced)
+        )
+
+    def _in_background(self, mark: Coroutine[Any, Any, None]) -> None:
+        """Write ``mark`` without waiting for it (from a callback, or beside the run), keeping
+        its task until it ends."""
         task = asyncio.create_task(mark)
         self._marking.add(task)
         task.add_done_callback(self._marking.discard)

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 from pydantic import ValidationError
 
-from cloudtask.contracts.job_types import EmailPayload, one_line_as_written
+from cloudtask.contracts.job_types import EmailPayload, holds_no_line_break
 from cloudtask.errors import PermanentFailure
 from cloudtask.settings import Settings
 
@@ -42,7 +42,7 @@ class EmailHandler:
             raise PermanentFailure(f"invalid email header: {exc}") from None
         # As the library will write it, its encoded words decoded (the payload's check does the
         # same, word by word; this is the last word on it).
-        if not one_line_as_written(str(message["Subject"])):
+        if not holds_no_line_break(str(message["Subject"])):
             raise PermanentFailure("invalid email header: the subject holds a line break")
         message["Message-ID"] = make_msgid(domain="cloudtask")
         message["Date"] = formatdate(usegmt=True)  # RFC 5322 requires it
