@@ -241,7 +241,9 @@ async def test_openapi_documents_every_route_with_the_error_body(client: Client)
     assert "Idempotency-Key" in [p["name"] for p in create["parameters"]]
     assert set(create["responses"]) >= {"201", "400", "401", "409", "413", "422", "500"}
     # The headers the contract promises are in the document too.
-    assert set(create["responses"]["201"]["headers"]) == {"Idempotent-Replayed"}
+    assert set(create["responses"]["201"]["headers"]) == {"Idempotent-Replayed", "Location"}
+    for path in ("/jobs/{job_id}/retry", "/schedules"):
+        assert set(paths[path]["post"]["responses"]["201"]["headers"]) == {"Location"}
     assert set(paths["/jobs/batch"]["post"]["responses"]["201"]["headers"]) == {
         "Idempotent-Replayed"
     }

@@ -253,6 +253,40 @@ async def test_retrying_a_failed_or_cancelled_job_creates_a_new_one(client: Clie
     assert (await client.get_job(token, original["id"]))["status"] == "FAILED"
 
 
+async def test_each_answer_creating_one_job_or_schedule_names_it_in_location(
+    client: Client,
+) -> None:
+    token = await client.register()
+    auth = client.auth(token)
+
+    async def chunked() -> Any:
+        yield b'{"type": "echo", "payload": 2}'  # no Content-Length: past the submit lane
+
+    answers = [
+        await client.http.post("/jobs", json={"type": "echo", "payload": 1}, headers=auth),
+        await client.http.post("/jobs", content=chunked(), headers=auth),
+    ]
+    keyed = {**auth, "Idempotency-Key": "location-1"}
+    answers.append(await client.http.post("/jobs", json={"type": "echo"}, headers=keyed))
+    replayed = await client.http.post("/jobs", json={"type": "echo"}, headers=keyed)
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.headers["Location"] == answers[-1].headers["Location"]
+    async with client.backends.db.begin() as conn:
+        failed = uuid.UUID(answers[0].json()["id"])
+        await conn.execute(update(jobs).where(jobs.c.id == failed).values(status="FAILED"))
+    answers.append(await client.http.post(f"/jobs/{failed}/retry", headers=auth))
+    schedule = {"name": "n", "cron": "0 * * * *", "type": "echo"}
+    answers.append(await client.http.post("/schedules", json=schedule, headers=auth))
+    for answer in answers:
+        assert answer.status_code == 201, answer.text
+        location = answer.headers["Location"]
+        assert location.rsplit("/", 1)[1] == answer.json()["id"]
+        read = await client.http.get(location, headers=auth)
+        assert read.status_code == 200 and read.json()["id"] == answer.json()["id"]
+    batch = await client.http.post("/jobs/batch", json={"jobs": [{"type": "echo"}]}, headers=auth)
+    assert batch.status_code == 201 and "Location" not in batch.headers  # many, not one
+
+
 async def test_job_ids_are_time_ordered_on_every_path_that_creates_jobs(client: Client) -> None:
     # Version 7: new entries of jobs.id's unique index land on its right edge (db/ids.py).
     token = await client.register()

@@ -29,6 +29,7 @@ IN_FLIGHT_TTL = 60.0
 class Replay:
     status: int
     body: bytes
+    location: str | None = None  # the Location header of a 201 for one new resource
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -62,7 +63,7 @@ class IdempotencyStore:
                 )
             if record["state"] == "running":
                 raise ApiError(409, "A request with this Idempotency-Key is still in progress")
-            return Replay(int(record["status"]), record["body"].encode())
+            return Replay(int(record["status"]), record["body"].encode(), record.get("location"))
         raise ApiError(409, "A request with this Idempotency-Key is still in progress")
 
     async def hold(self, user_id: UUID, key: str, print_: str) -> None:
@@ -76,13 +77,23 @@ class IdempotencyStore:
                 # Only while it is still a claim of this request's (or gone with its TTL).
                 await self._kv.claim(self._key(user_id, key), claim, ttl=IN_FLIGHT_TTL, free=claim)
 
-    async def finish(self, user_id: UUID, key: str, print_: str, status: int, body: bytes) -> None:
-        record = {
+    async def finish(
+        self,
+        user_id: UUID,
+        key: str,
+        print_: str,
+        status: int,
+        body: bytes,
+        location: str | None = None,
+    ) -> None:
+        record: dict[str, object] = {
             "state": "done",
             "fingerprint": print_,
             "status": status,
             "body": body.decode(),
         }
+        if location is not None:
+            record["location"] = location
         await self._kv.set(self._key(user_id, key), jsoncodec.dumps(record), ttl=REPLAY_TTL)
 
     async def release(self, user_id: UUID, key: str) -> None:

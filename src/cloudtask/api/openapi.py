@@ -40,24 +40,32 @@ _HEADERS_BY_STATUS = {
         }
     },
 }
+_REPLAYED: dict[str, dict[str, Any]] = {
+    "Idempotent-Replayed": {
+        "description": "`true` on the first answer replayed for a repeated Idempotency-Key and "
+        "body; absent otherwise.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+_LOCATION: dict[str, dict[str, Any]] = {
+    "Location": {
+        "description": "The new resource's path, such as `/jobs/{id}`.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
 # And the headers of some operations' own answers: (path, method, status) -> headers.
-_OPERATION_HEADERS = {
+_OPERATION_HEADERS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
     ("/jobs", "get", "200"): {
         "Link": {
             "description": 'The next page, `<…>; rel="next"`, when more jobs remain.',
             "schema": {"type": "string"},
         }
     },
-    **{
-        (path, "post", "201"): {
-            "Idempotent-Replayed": {
-                "description": "`true` on the first answer replayed for a repeated "
-                "Idempotency-Key and body; absent otherwise.",
-                "schema": {"type": "string", "enum": ["true"]},
-            }
-        }
-        for path in ("/jobs", "/jobs/batch")
-    },
+    ("/jobs", "post", "201"): _REPLAYED | _LOCATION,
+    ("/jobs/batch", "post", "201"): _REPLAYED,
+    ("/jobs/{job_id}/retry", "post", "201"): _LOCATION,
+    ("/schedules", "post", "201"): _LOCATION,
 }
 
 

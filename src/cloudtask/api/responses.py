@@ -14,3 +14,8 @@ class JSONBytesResponse(Response):
         if isinstance(content, bytes):
             return content
         return jsoncodec.dumps(content)
+
+
+def created(content: Any, location: str) -> JSONBytesResponse:
+    """A 201 for one new resource, with its path in ``Location``."""
+    return JSONBytesResponse(content, status_code=201, headers={"Location": location})

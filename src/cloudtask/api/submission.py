@@ -16,7 +16,7 @@ from starlette.responses import Response
 from cloudtask.api.context import ApiContext
 from cloudtask.api.errors import ApiError, bad_request, invalid_request, validation_details
 from cloudtask.api.idempotency import fingerprint
-from cloudtask.api.responses import JSONBytesResponse
+from cloudtask.api.responses import JSONBytesResponse, created
 from cloudtask.api.security import Principal
 from cloudtask.api.serialize import job_json
 from cloudtask.contracts import jsoncodec
@@ -122,7 +122,7 @@ async def submit_one(
     async def create() -> Response:
         job = new_job(body, user.user_id, utcnow())
         await store(context, [job])
-        return JSONBytesResponse(job_json(job.record()), status_code=201)
+        return created(job_json(job.record()), f"/jobs/{job.id}")
 
     return await idempotent(context, request, user, key, create)
 
@@ -151,9 +151,10 @@ async def idempotent(
             async with session.reading(context.db) as conn:
                 if not await users_q.exists(conn, user.user_id):
                     raise UnknownUser
-        return JSONBytesResponse(
-            replay.body, status_code=replay.status, headers={"Idempotent-Replayed": "true"}
-        )
+        headers = {"Idempotent-Replayed": "true"}
+        if replay.location is not None:
+            headers["Location"] = replay.location
+        return JSONBytesResponse(replay.body, status_code=replay.status, headers=headers)
     holding = asyncio.ensure_future(context.idempotency.hold(user.user_id, key, print_))
     try:
         response = await create()
@@ -167,7 +168,12 @@ async def idempotent(
     await _stopped(holding)  # a renewal on its way would land over the answer
     try:
         await context.idempotency.finish(
-            user.user_id, key, print_, response.status_code, bytes(response.body)
+            user.user_id,
+            key,
+            print_,
+            response.status_code,
+            bytes(response.body),
+            location=response.headers.get("location"),
         )
     except KVUnavailable:
         # The job is committed: answering an error now would invite a duplicate.

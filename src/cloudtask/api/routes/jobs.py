@@ -15,7 +15,7 @@ from cloudtask.api.errors import ApiError, not_found, with_body_checks
 from cloudtask.api.jsonbody import StrictJSONRoute, nests_bodies
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.path_ids import path_id
-from cloudtask.api.responses import JSONBytesResponse
+from cloudtask.api.responses import JSONBytesResponse, created
 from cloudtask.api.serialize import job_json
 from cloudtask.contracts.api import Job, JobBatchCreate, JobCreate
 from cloudtask.contracts.job_types import TYPE_PATTERN
@@ -279,4 +279,4 @@ async def retry_job(job_id: str, user: CurrentUser, context: Context) -> Respons
         created_at=now,
     )
     await submission.store(context, [new])
-    return JSONBytesResponse(job_json(new.record()), status_code=201)
+    return created(job_json(new.record()), f"/jobs/{new.id}")

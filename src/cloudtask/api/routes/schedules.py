@@ -15,7 +15,7 @@ from cloudtask.api.errors import ApiError, not_found, with_body_checks
 from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.path_ids import path_id
-from cloudtask.api.responses import JSONBytesResponse
+from cloudtask.api.responses import JSONBytesResponse, created
 from cloudtask.api.serialize import schedule_json
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.api import CRON_SHAPE, Schedule, ScheduleCreate
@@ -111,7 +111,7 @@ async def create_schedule(body: ScheduleCreate, user: CurrentUser, context: Cont
     )
     async with session.transaction(context.db) as conn:
         await schedules_q.create(conn, record)
-    return JSONBytesResponse(schedule_json(record), status_code=201)
+    return created(schedule_json(record), f"/schedules/{record.id}")
 
 
 @router.get("", response_model=list[Schedule], summary="List your schedules, oldest first")
