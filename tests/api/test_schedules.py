@@ -213,7 +213,7 @@ async def test_another_users_unknown_and_malformed_ids_are_the_same_404(client: 
     schedule = await _create(client, owner)
     intruder = await client.register()
     messages = set()
-    for schedule_id in (schedule["id"], str(uuid.uuid4()), "not-a-uuid", "12345"):
+    for schedule_id in (schedule["id"], str(uuid.uuid4()), "not-a-uuid", "12345", "a%2Fb"):
         for method, path in _paths(schedule_id):
             response = await client.http.request(method, path, headers=client.auth(intruder))
             messages.add(assert_error(response, 404, path)["message"])

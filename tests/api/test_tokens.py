@@ -131,11 +131,14 @@ async def test_a_job_is_found_only_at_its_id_as_the_api_writes_it(client: Client
     token = await client.register()
     job_id = (await client.create_job(token))["id"]
     hex_digits = uuid.UUID(job_id).hex
-    for spelling in (f"{{{job_id}}}", f"urn:uuid:{job_id}", hex_digits, f"{job_id[:-1]}"):
+    slashed = f"{job_id[:8]}%2F{job_id[9:]}"  # an encoded slash: one malformed segment
+    spellings = (f"{{{job_id}}}", f"urn:uuid:{job_id}", hex_digits, job_id[:-1], slashed, "a%2fb")
+    for spelling in spellings:
         for method, suffix in (("GET", ""), ("POST", "/cancel"), ("POST", "/retry")):
             path = f"/jobs/{spelling}{suffix}"
             response = await client.http.request(method, path, headers=client.auth(token))
             assert assert_error(response, 404)["message"] == "Job not found", path
+    assert_error(await client.http.get("/jobs/a%2Fb"), 401)  # the token is asked for first
     upper = await client.http.get(f"/jobs/{job_id.upper()}", headers=client.auth(token))
     assert upper.status_code == 200 and upper.json()["id"] == job_id
     assert (await client.get_job(token, job_id))["status"] == "PENDING"

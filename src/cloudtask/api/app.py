@@ -18,6 +18,7 @@ from cloudtask.api.group_commit import GroupCommit
 from cloudtask.api.idempotency import IdempotencyStore
 from cloudtask.api.login_gate import LoginGate
 from cloudtask.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from cloudtask.api.path_ids import with_encoded_slashes_kept
 from cloudtask.api.routes import actuator, auth, jobs, schedules
 from cloudtask.api.security import PasswordHasher, TokenService
 from cloudtask.api.submit_lane import SubmitLane
@@ -46,6 +47,7 @@ class CloudTaskApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        scope = with_encoded_slashes_kept(scope)
         with contextlib.suppress(Exception):
             lane = self.submit_lane
             if lane is not None and lane.takes(scope):
