@@ -33,6 +33,9 @@ from tests.services import scheduling
 from tests.services.scheduling import CreatedCounter
 
 MAX_DELIVERIES = 3
+# A lease period (3 s) once the scheduler's round (every 0.1 s here) saw the store again: 10 s
+# was too short once, with the machine at four times its cores.
+JUDGING_WITHIN = 20.0
 
 
 @pytest.fixture
@@ -219,7 +222,7 @@ async def test_nothing_is_judged_while_reports_wait_in_jobs_completed(
     async def judging() -> bool:  # a leader that would call an attempt lost by now
         return scheduler.leadership.store_steady_for(3)
 
-    await eventually(judging)
+    await eventually(judging, timeout=JUDGING_WITHIN)
     await asyncio.sleep(2.5)  # a recovery round (every 2 s) or two
     for job_id in (lost, hung):
         assert (await _row(backends, job_id)).status == JobStatus.RUNNING
@@ -263,7 +266,7 @@ async def test_leases_lost_with_the_stores_keys_are_judged_once_heartbeats_could
         marked = await backends.kv.get(STORE_MARK) is not None
         return marked and scheduler.leadership.store_steady_for(3)
 
-    await eventually(judging)
+    await eventually(judging, timeout=JUDGING_WITHIN)
     await asyncio.sleep(0.5)  # rounds that judge leases again
     row = await _row(backends, alive)
     assert (row.status, row.redeliveries) == (JobStatus.RUNNING, 0)
@@ -287,7 +290,7 @@ async def test_leases_of_a_store_restarted_from_a_snapshot_are_judged_once_rewri
     async def judging() -> bool:
         return scheduler.leadership.store_steady_for(3)
 
-    await eventually(judging)
+    await eventually(judging, timeout=JUDGING_WITHIN)
     await asyncio.sleep(0.5)  # rounds that found its lease
     # Restarted, with the keys of a snapshot taken before the lease was written: the mark is
     # back, the lease is not; the client reconnects without an error.
@@ -297,7 +300,7 @@ async def test_leases_of_a_store_restarted_from_a_snapshot_are_judged_once_rewri
     await backends.kv.set(lease_key(alive, 1), b"live-worker", ttl=60)
     row = await _row(backends, alive)
     assert (row.status, row.redeliveries) == (JobStatus.RUNNING, 0)
-    await eventually(judging)
+    await eventually(judging, timeout=JUDGING_WITHIN)
     await asyncio.sleep(0.5)
     assert (await _row(backends, alive)).status == JobStatus.RUNNING
     assert created.seen == {}
