@@ -265,14 +265,15 @@ async def test_a_claim_is_not_refused_by_its_own_write(backends: Backends) -> No
 
 
 async def test_the_heartbeat_leaves_a_claim_on_its_way_alone(backends: Backends) -> None:
-    # Heartbeats every 20 ms, claims that take 150 ms: were the heartbeat to write a claim on
-    # its way, it would take over the other worker's lease, and the copy would run.
-    theirs = RunningAttempts(backends.kv, "worker-b", lease_seconds=0.06)
-    ours = RunningAttempts(backends.kv, "worker-a", lease_seconds=0.06)
+    # Heartbeats every 100 ms, claims that take 750 ms: were the heartbeat to write a claim on
+    # its way, it would take over the other worker's lease, and the copy would run. (A lease of
+    # 60 ms expired once while the machine was busy: a stall, not the heartbeat's doing.)
+    theirs = RunningAttempts(backends.kv, "worker-b", lease_seconds=0.3)
+    ours = RunningAttempts(backends.kv, "worker-a", lease_seconds=0.3)
     write = ours._kv.claim_many_and_get
 
     async def slow(claims: dict[str, bytes], **rest: Any) -> Any:
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.75)
         return await write(claims, **rest)
 
     await theirs.start()
