@@ -7,7 +7,7 @@ import pytest
 
 from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.settings import Settings
-from cloudtask.worker import pipeline
+from cloudtask.worker import pipeline, reporting
 from tests import infra
 from tests.helpers import eventually, wait_for_status
 from tests.services.conftest import Stack
@@ -87,7 +87,7 @@ async def test_a_job_whose_report_the_broker_refuses_goes_back_to_the_queue_and_
     # worker gives up publishing one. The job, too short to have been announced, is still
     # PENDING, and its delivery is all that holds it.
     _needs_rabbitmq(stack)
-    monkeypatch.setattr(pipeline, "PUBLISH_LIMIT", 0.5)
+    monkeypatch.setattr(reporting, "PUBLISH_LIMIT", 0.5)
     assert stack.backends.rabbitmq_url is not None
     vhost = unquote(urlsplit(stack.backends.rabbitmq_url).path.lstrip("/"))
     policy = ["-p", vhost, "test-refuse-reports"]

@@ -19,7 +19,7 @@ from cloudtask.contracts.queues import JOBS_CREATED
 from cloudtask.contracts.signals import HELD_ANNOUNCED, HELD_CUT, REQUEUED, lease_key, reported_key
 from cloudtask.errors import BrokerUnavailable
 from cloudtask.settings import Settings
-from cloudtask.worker import pipeline
+from cloudtask.worker import cuts, pipeline, reporting
 from cloudtask.worker.pipeline import Pipeline
 from cloudtask.worker.registry import HandlerRegistry
 from cloudtask.worker.service import WorkerService
@@ -31,7 +31,7 @@ COPIES = "cloudtask_worker_copies_skipped_total"
 
 
 class _Redelivered(Delivery):
-    """A redelivery in hand, on a channel that stays open (for ``_held_elsewhere`` alone)."""
+    """A redelivery in hand, on a channel that stays open (for ``Cuts.held_elsewhere`` alone)."""
 
     body = b""
     headers: dict[str, Any] = {}
@@ -91,10 +91,10 @@ async def test_a_delivery_lost_with_its_connection_comes_back_and_waits_for_the_
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="held", payload={"n": 4})
     await asyncio.wait_for(handlers.started.wait(), 10)
-    [(delivery, _, _)] = stack.worker.pipeline._held.values()
+    [(delivery, _, _)] = stack.worker.pipeline.cuts.held.values()
     _lost_with_its_channel(monkeypatch, delivery)
     await delivery.reject(requeue=True)  # what RabbitMQ does with a lost channel's deliveries
-    stack.worker.pipeline.connection_lost()
+    stack.worker.pipeline.cuts.connection_lost()
     await _redelivered_and_waiting(stack)
     assert handlers.calls == 1
     handlers.release.set()
@@ -148,7 +148,7 @@ def _cut(monkeypatch: pytest.MonkeyPatch, stack: Stack, delivery: Delivery) -> A
     hears of the loss."""
     _lost_with_its_channel(monkeypatch, delivery)
     requeued = delivery.reject(requeue=True)  # what RabbitMQ does with a lost channel's
-    stack.worker.pipeline.connection_lost()
+    stack.worker.pipeline.cuts.connection_lost()
     return requeued
 
 
@@ -178,7 +178,7 @@ async def test_an_attempt_cut_off_then_put_back_by_a_stopping_worker_runs_once_m
     token = await stack.client.register()
     job = await stack.client.create_job(token, type="held", payload={"n": 7})
     await asyncio.wait_for(handlers.started.wait(), 10)
-    [(delivery, _, _)] = stack.worker.pipeline._held.values()
+    [(delivery, _, _)] = stack.worker.pipeline.cuts.held.values()
     await _cut(monkeypatch, stack, delivery)
     await _redelivered_and_waiting(stack)
     await stack.worker.stop(grace=0.1)  # the running attempt is put back
@@ -205,7 +205,7 @@ async def test_an_announced_attempt_whose_ack_was_lost_is_a_copy_when_redelivere
     [delivery] = sent
     _lost_with_its_channel(monkeypatch, delivery)
     await delivery.reject(requeue=True)
-    stack.worker.pipeline.connection_lost()
+    stack.worker.pipeline.cuts.connection_lost()
     await wait_for_metric(registry, COPIES, 1)
     assert handlers.calls == 1
     assert not handlers.release.is_set()  # still running where it was
@@ -221,7 +221,7 @@ async def _redelivered_and_waiting(stack: Stack) -> None:
         if (await stack.backends.broker.stats(JOBS_CREATED)).messages == 0:
             break
         await asyncio.sleep(0.05)
-    await asyncio.sleep(2 * pipeline.HOLDER_GRACE)
+    await asyncio.sleep(2 * cuts.HOLDER_GRACE)
 
 
 def _job(job_id: UUID) -> JobCreated:
@@ -258,20 +258,19 @@ async def test_what_a_redelivery_finds_in_the_store_decides_whether_it_runs(
         await kv.set(lease_key(job.job_id, job.attempt), lease, ttl=60)
     if reported:
         await kv.set(reported_key(job.job_id, job.attempt), b"1", ttl=60)
-    assert await stack.worker.pipeline._held_elsewhere(_DELIVERY, job) is held
+    assert await stack.worker.pipeline.cuts.held_elsewhere(_DELIVERY, job) is held
 
 
 async def test_a_redelivery_waits_no_longer_than_the_attempt_could_run_and_report(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A lease left saying HELD_CUT (its holder's bug, say) kept every redelivery waiting.
-    monkeypatch.setattr(pipeline, "PUBLISH_LIMIT", 0.5)
+    monkeypatch.setattr(reporting, "PUBLISH_LIMIT", 0.5)
     monkeypatch.setattr(stack.worker.pipeline.deps.running, "lease_seconds", 0.5)
     job = _job(uuid4()).model_copy(update={"timeout_seconds": 1})
     await stack.backends.kv.set(lease_key(job.job_id, 1), b"other/1" + HELD_CUT, ttl=60)
-    assert (
-        await asyncio.wait_for(stack.worker.pipeline._held_elsewhere(_DELIVERY, job), 10) is False
-    )
+    held = stack.worker.pipeline.cuts.held_elsewhere(_DELIVERY, job)
+    assert await asyncio.wait_for(held, 10) is False
 
 
 async def test_a_redelivery_stops_waiting_once_its_own_delivery_is_lost(stack: Stack) -> None:
@@ -279,7 +278,7 @@ async def test_a_redelivery_stops_waiting_once_its_own_delivery_is_lost(stack: S
     # own next redelivery.
     job = _job(uuid4())
     await stack.backends.kv.set(lease_key(job.job_id, 1), b"other/1" + HELD_CUT, ttl=60)
-    held = stack.worker.pipeline._held_elsewhere(_LostToo(), job)
+    held = stack.worker.pipeline.cuts.held_elsewhere(_LostToo(), job)
     assert await asyncio.wait_for(held, 2) is False
 
 
@@ -328,14 +327,14 @@ async def test_a_redelivery_waits_while_the_holder_says_it_runs_the_attempt(stac
     reported, died = _job(uuid4()), _job(uuid4())
     for job in (reported, died):
         await kv.set(lease_key(job.job_id, 1), b"other/1" + HELD_CUT, ttl=60)
-    waiting = asyncio.create_task(pipe._held_elsewhere(_DELIVERY, reported))
-    await asyncio.sleep(3 * pipeline.HELD_POLL)
+    waiting = asyncio.create_task(pipe.cuts.held_elsewhere(_DELIVERY, reported))
+    await asyncio.sleep(3 * cuts.HELD_POLL)
     assert not waiting.done()
     await kv.set(reported_key(reported.job_id, 1), b"1", ttl=60)
     assert await asyncio.wait_for(waiting, 5) is True
     # The holder died: its lease expires, and the redelivery runs the attempt.
     await kv.set(lease_key(died.job_id, 1), b"other/1" + HELD_CUT, ttl=1)
-    assert await asyncio.wait_for(pipe._held_elsewhere(_DELIVERY, died), 5) is False
+    assert await asyncio.wait_for(pipe.cuts.held_elsewhere(_DELIVERY, died), 5) is False
 
 
 async def test_a_delivery_lost_while_it_waited_for_a_slot_is_left_to_its_redelivery(

@@ -19,7 +19,7 @@ again once the lease expires, so the copy can be dropped. Each take writes a val
 so that a claim is never refused by its own write (the call sent again after a dropped
 connection); the heartbeat leaves a claim on its way alone. A redelivery
 (its worker died before acknowledging it, or lost the connection, or it went back to the queue)
-that the pipeline lets run (see ``Pipeline._held_elsewhere`` and ``hold_after_cut``), an attempt
+that the pipeline lets run (see ``cuts`` and ``hold_after_cut``), an attempt
 put back on the queue (``REQUEUED``, the marker a claim may replace) and one the scheduler marked
 lost take the lease whoever held it. The lost mark is taken once: the first delivery of the
 hand-out to take the lease writes its own value over the scheduler's mark, in the same way as a

@@ -19,7 +19,7 @@
    the delivery is acknowledged if it still is not, and the lease is given up. If the connection
    went before the acknowledgement, the worker says in the lease that it still holds the
    attempt, then leaves a reported mark: the worker that gets the redelivery waits for the one
-   and does not run the attempt again (``_held_elsewhere``). A job that ended
+   and does not run the attempt again (``cuts``). A job that ended
    before ``ANNOUNCE_AFTER`` is reported by this one message, which carries its ``startedAt``:
    most jobs are short, and each saves a publish, a persistent message in RabbitMQ and an event
    for the results-processor to read. Until then the delivery is unacknowledged, so a worker
@@ -27,15 +27,12 @@
 """
 
 import asyncio
-import collections
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -51,18 +48,15 @@ from cloudtask.contracts.queues import (
 )
 from cloudtask.contracts.signals import (
     HELD_ANNOUNCED,
-    HELD_CUT,
-    REPORTED_MARK_TTL,
     REQUEUED,
     handler_key,
-    lease_key,
-    reported_key,
 )
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.errors import BrokerUnavailable, KVUnavailable
 from cloudtask.kv.base import KV
 from cloudtask.observability.metrics import WorkerMetrics
-from cloudtask.worker import execution
+from cloudtask.worker import execution, reporting
+from cloudtask.worker.cuts import Cuts
 from cloudtask.worker.execution import Outcome
 from cloudtask.worker.gate import RunGate
 from cloudtask.worker.leases import RunningAttempts
@@ -77,15 +71,6 @@ ANNOUNCE_AFTER = 0.05
 # (see ``_wait_for_slot``): far longer than a busy worker's short jobs keep it waiting, so only a
 # worker whose slots hold long jobs returns deliveries, about twice a second each.
 WAIT_LIMIT = 0.5
-# A redelivery finding an attempt's lease held, by a worker that has not said it lost the
-# delivery (``HELD_CUT``), looks again for this long before it takes the lease and runs: its
-# holder may be dead (its lease not yet expired), or alive and writing the mark that moment.
-HOLDER_GRACE = 0.25
-# How often a redelivery waiting for a live holder's report looks at the lease again.
-HELD_POLL = 0.25
-# How long after its ack an attempt is marked reported if the connection goes (``_acked``):
-# the ack and the news of the cut cross within milliseconds.
-ACKED_RECENTLY = 1.0
 
 
 @dataclass
@@ -130,13 +115,7 @@ class Pipeline:
         self._requeue: set[tuple[object, int]] = set()
         self._putting_back = False  # stopping, past the grace: no handler starts any more
         self._returning: asyncio.Task[None] | None = None
-        # The attempts running or reporting here, by id, with their deliveries (``lost``).
-        self._held: dict[int, tuple[Delivery, _Attempt, JobCreated]] = {}
-        # The reported marks of attempts acknowledged in the last ``ACKED_RECENTLY`` seconds,
-        # with when: an ack sent just before the connection went may never have reached
-        # RabbitMQ. (Keys, not deliveries: under load a second holds thousands.)
-        self._acked: collections.deque[tuple[float, str]] = collections.deque()
-        self._marking: set[asyncio.Task[None]] = set()
+        self.cuts = Cuts(deps.running, deps.kv, self.stopping)
 
     async def __call__(self, delivery: Delivery) -> None:
         job = await self._decode(delivery)
@@ -153,74 +132,6 @@ class Pipeline:
             # had returned, its result on its way to the loop (see ``_run``).
             if run.cancel():
                 self._requeue.add((job_id, attempt))
-
-    def connection_lost(self) -> None:
-        """The channel deliveries came on closed (the connection went): RabbitMQ hands the
-        attempts running or reporting here out again, redelivered. Their leases say that this
-        worker, alive, still holds them (``leases.hold_after_cut``), so that a redelivery waits
-        for the report rather than run the attempt a second time (``_held_elsewhere``)."""
-        for delivery, attempt, job in self._held.values():
-            if attempt.cut or not delivery.lost:
-                continue
-            attempt.cut = True
-            # Announced once jobs.started is confirmed, whether or not its ack went out then.
-            self._mark_held(job, announced=attempt.confirmed or attempt.acknowledged)
-        # Done here, their acks sent just before: the redelivery of one whose ack was lost
-        # finds its lease saying nothing, and waits HOLDER_GRACE; these marks come first.
-        # (Acks on an earlier channel within the span are marked too: no redelivery reads them.)
-        since = asyncio.get_running_loop().time() - ACKED_RECENTLY
-        reported = {key: b"1" for acked_at, key in self._acked if acked_at >= since}
-        self._acked.clear()
-        if reported:
-            self._in_background(self._mark_reported(reported))
-
-    async def _mark_reported(self, marks: dict[str, bytes]) -> None:
-        try:
-            await self.deps.kv.set_many(marks, ttl=REPORTED_MARK_TTL)
-        except KVUnavailable as exc:
-            log.warning("could not mark attempts reported: %s", exc)
-
-    def _mark_held(self, job: JobCreated, *, announced: bool) -> None:
-        self._in_background(
-            self.deps.running.hold_after_cut(job.job_id, job.attempt, announced=announced)
-        )
-
-    def _in_background(self, mark: Coroutine[Any, Any, None]) -> None:
-        """Write ``mark`` without waiting for it (from a callback, or beside the run), keeping
-        its task until it ends."""
-        task = asyncio.create_task(mark)
-        self._marking.add(task)
-        task.add_done_callback(self._marking.discard)
-
-    async def _held_elsewhere(self, delivery: Delivery, job: JobCreated) -> bool:
-        """For a redelivered attempt: whether it needs no run here, because the worker that lost
-        its delivery reported it (``reported_key``) or announced it (the scheduler watches it
-        from then on). While that worker says it still runs the attempt (``HELD_CUT``), wait
-        for one or the other; if its lease goes (the worker died), run. A lease whose holder
-        says nothing is looked at for ``HOLDER_GRACE``, then taken over; so is one that says
-        it runs the attempt for longer than the attempt may run and report (a lease left
-        behind). Stopping, this delivery lost too, or with the store unreachable, the delivery
-        goes on its way (at least once)."""
-        keys = [reported_key(job.job_id, job.attempt), lease_key(job.job_id, job.attempt)]
-        loop = asyncio.get_running_loop()
-        grace_ends = loop.time() + HOLDER_GRACE
-        held_ends = (
-            loop.time() + job.timeout_seconds + PUBLISH_LIMIT + self.deps.running.lease_seconds
-        )
-        while not self.stopping.is_set() and not delivery.lost and loop.time() < held_ends:
-            try:
-                reported, lease = await self.deps.kv.get_many(keys)
-            except KVUnavailable:
-                return False
-            if reported is not None or (lease is not None and lease.endswith(HELD_ANNOUNCED)):
-                return True
-            if lease is not None and lease.endswith(HELD_CUT):
-                await asyncio.sleep(HELD_POLL)
-            elif lease is None or lease == REQUEUED or loop.time() >= grace_ends:
-                return False
-            else:
-                await asyncio.sleep(HOLDER_GRACE / 5)
-        return False
 
     async def _decode(self, delivery: Delivery) -> JobCreated | None:
         try:
@@ -278,7 +189,9 @@ class Pipeline:
     async def _give_up(self, delivery: Delivery, job: JobCreated) -> None:
         reason = f"delivered {self.deps.max_deliveries} times without finishing"
         if not await self._report(job, utcnow(), Outcome("failed", error=reason)):
-            await _quietly(delivery.reject(requeue=True))  # its only message: kept for later
+            await reporting.quietly(
+                delivery.reject(requeue=True)
+            )  # its only message: kept for later
             return
         if await self._dead_letter(delivery, reason):
             self.deps.metrics.dead_lettered.labels("redelivered").inc()
@@ -290,7 +203,7 @@ class Pipeline:
             await asyncio.sleep(WAIT_LIMIT)  # not at once: the other workers may all be busy
             await self._leave_to_others(delivery, job)
             return
-        if delivery.redelivered and await self._held_elsewhere(delivery, job):
+        if delivery.redelivered and await self.cuts.held_elsewhere(delivery, job):
             await self._skip_copy(delivery, job, "copy skipped: held by the worker that lost it")
             return
         if self._left_to_redelivery(delivery, job) or not await self._wait_for_slot(delivery, job):
@@ -307,7 +220,7 @@ class Pipeline:
                     await self._gate.enter(alone=turn.alone)
                 turn.inside = True
                 if self.stopping.is_set() or self._left_to_redelivery(delivery, job):
-                    await _quietly(delivery.reject(requeue=True))
+                    await reporting.quietly(delivery.reject(requeue=True))
                     return
                 attempt = None
                 if not await self._delivered_too_often(delivery, job):
@@ -337,7 +250,7 @@ class Pipeline:
         return True
 
     async def _skip_copy(self, delivery: Delivery, job: JobCreated, message: str) -> None:
-        await _quietly(delivery.ack())
+        await reporting.quietly(delivery.ack())
         self.deps.metrics.copies.inc()
         _log(message, job, self.deps.worker_id)
 
@@ -346,7 +259,7 @@ class Pipeline:
         try:
             await self._settle(delivery, job, attempt)
         finally:
-            self._held.pop(id(attempt), None)
+            self.cuts.release(attempt)
 
     async def _settle(self, delivery: Delivery, job: JobCreated, attempt: "_Attempt") -> None:
         reported = False
@@ -362,25 +275,17 @@ class Pipeline:
             published = reported = await self._report(job, attempt.started_at, attempt.outcome)
         if not attempt.announced:
             if published:
-                attempt.acknowledged = await _acknowledged(delivery)
+                attempt.acknowledged = await reporting.acknowledged(delivery)
             else:
                 # The job is still PENDING, and nothing but this message will move it (the
                 # scheduler recovers RUNNING jobs only): back to the queue, to run again.
-                await _quietly(delivery.reject(requeue=True))
+                await reporting.quietly(delivery.reject(requeue=True))
         if reported and (not attempt.acknowledged or attempt.cut):
             # The connection went before the ack (or with it, which may not have arrived):
-            # RabbitMQ delivers the attempt again, and the worker that gets the redelivery skips
-            # it on this mark. Written before the lease goes, which holds back copies (first
-            # deliveries) till then, and which a redelivery waits on while it says HELD_CUT.
-            with contextlib.suppress(KVUnavailable):
-                await self.deps.kv.set(
-                    reported_key(job.job_id, job.attempt), b"1", ttl=REPORTED_MARK_TTL
-                )
+            # RabbitMQ delivers the attempt again.
+            await self.cuts.reported_unacknowledged(job)
         elif reported:
-            now = asyncio.get_running_loop().time()
-            while self._acked and self._acked[0][0] < now - ACKED_RECENTLY:
-                self._acked.popleft()
-            self._acked.append((now, reported_key(job.job_id, job.attempt)))
+            self.cuts.acked(job)
         await self.deps.running.drop(job.job_id, job.attempt)
 
     async def _wait_for_slot(self, delivery: Delivery, job: JobCreated) -> bool:
@@ -419,7 +324,7 @@ class Pipeline:
     async def _return_to_place(self, delivery: Delivery) -> None:
         """Reject the delivery back into ``jobs.created``: RabbitMQ puts it ahead of the
         messages of its priority still queued (the in-memory broker in its place)."""
-        await _quietly(delivery.reject(requeue=True))  # a lost channel requeues it too
+        await reporting.quietly(delivery.reject(requeue=True))  # a lost channel requeues it too
         self.deps.metrics.given_back.labels("waited").inc()
 
     async def _leave_to_others(self, delivery: Delivery, job: JobCreated) -> None:
@@ -436,9 +341,11 @@ class Pipeline:
                 headers=None if _first(delivery) else {REQUEUED_HEADER: True},
             )
         except BrokerUnavailable:
-            await _quietly(delivery.reject(requeue=True))
+            await reporting.quietly(delivery.reject(requeue=True))
             return
-        await _quietly(delivery.ack())  # if the channel went, its copy returns to the queue too
+        await reporting.quietly(
+            delivery.ack()
+        )  # if the channel went, its copy returns to the queue too
         self.deps.metrics.given_back.labels("handled_elsewhere").inc()
 
     async def _handled_elsewhere(self, job_type: str) -> bool:
@@ -465,7 +372,7 @@ class Pipeline:
             await deps.running.drop(job.job_id, job.attempt)
             return _Attempt(utcnow(), left=True)
         attempt = _Attempt(utcnow())
-        self._held[id(attempt)] = (delivery, attempt, job)
+        self.cuts.hold(delivery, attempt, job)
         _log("job started", job, deps.worker_id)
 
         async def announce() -> None:
@@ -483,9 +390,9 @@ class Pipeline:
                 log.warning("could not announce a started job", extra={"jobId": str(job.job_id)})
             else:
                 attempt.confirmed = True
-                attempt.acknowledged = await _acknowledged(delivery)
+                attempt.acknowledged = await reporting.acknowledged(delivery)
                 if attempt.cut:  # RUNNING, watched by the scheduler: the redelivery is a copy
-                    self._mark_held(job, announced=True)
+                    self.cuts.mark_held(job, announced=True)
             attempt.announced = True
 
         attempt.outcome = await self._run(job, announce)
@@ -526,7 +433,7 @@ class Pipeline:
         return outcome
 
     async def _report(self, job: JobCreated, started_at: datetime, outcome: Outcome) -> bool:
-        """Publish the attempt's end; whether the broker took it (see ``_until_published``)."""
+        """Publish the attempt's end; whether the broker took it (``reporting.until_published``)."""
         finished = JobFinished(
             job_id=job.job_id,
             attempt=job.attempt,
@@ -538,7 +445,7 @@ class Pipeline:
             started_at=started_at,
             finished_at=utcnow(),
         )
-        published = await _until_published(
+        published = await reporting.until_published(
             lambda: self.deps.reports.publish(JOBS_COMPLETED, finished.encode())
         )
         self.deps.metrics.jobs_processed.labels(
@@ -561,7 +468,7 @@ class Pipeline:
         delivery, lost with the connection, went back there already); ``marker`` is left in
         its lease."""
         self._requeue.discard((job.job_id, job.attempt))
-        published = not publish or await _until_published(
+        published = not publish or await reporting.until_published(
             lambda: self.deps.broker.publish(
                 JOBS_CREATED, job.encode(), priority=job.priority, headers={REQUEUED_HEADER: True}
             )
@@ -578,44 +485,6 @@ class Pipeline:
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> bool:
         return await dead_letters.move(self.deps.broker, delivery, JOBS_CREATED, reason)
-
-
-PUBLISH_LIMIT = 300.0
-
-
-async def _until_published(publish: Callable[[], Awaitable[None]]) -> bool:
-    """Publish, retrying while the broker is away; give up after ``PUBLISH_LIMIT`` seconds.
-    Returns whether it was. If not, an attempt that was announced (RUNNING) has its lease
-    expire and the scheduler hands it out again; one that was not has its delivery rejected
-    back to the queue."""
-    limit = PUBLISH_LIMIT
-    delay, deadline = 0.2, time.monotonic() + limit
-    while True:
-        try:
-            await publish()
-        except BrokerUnavailable:
-            if time.monotonic() > deadline:
-                log.error("giving up publishing after %s s", limit)  # noqa: TRY400 - no traceback wanted
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5)
-        else:
-            return True
-
-
-async def _acknowledged(delivery: Delivery) -> bool:
-    try:
-        await delivery.ack()
-    except BrokerUnavailable:
-        return False
-    return True
-
-
-async def _quietly(step: Awaitable[None]) -> None:
-    try:
-        await step
-    except BrokerUnavailable:
-        return
 
 
 def _first(delivery: Delivery) -> bool:

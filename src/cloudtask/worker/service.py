@@ -90,7 +90,7 @@ class WorkerService:
             JOBS_CREATED,
             self._handle,
             prefetch=self.prefetch,
-            on_lost=self.pipeline.connection_lost,
+            on_lost=self.pipeline.cuts.connection_lost,
         )
         log.info(
             "worker started",
