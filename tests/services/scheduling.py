@@ -153,6 +153,24 @@ async def firings(backends: Backends, schedule_id: str | uuid.UUID) -> int:
     return int(count or 0)
 
 
+async def add_firing(backends: Backends, schedule_id: str | uuid.UUID, fire_at: datetime) -> None:
+    """A firing of ``fire_at``, as a scheduler records it (with a job id no job has)."""
+    async with session.transaction(backends.db) as conn:
+        await schedules_q.record_firing(
+            conn, uuid.UUID(str(schedule_id)), fire_at, uuid.uuid4(), now=fire_at
+        )
+
+
+async def firing_times(backends: Backends, schedule_id: str | uuid.UUID) -> list[datetime]:
+    async with session.reading(backends.db) as conn:
+        rows = await conn.execute(
+            select(schedule_firings.c.fire_at)
+            .where(schedule_firings.c.schedule_id == uuid.UUID(str(schedule_id)))
+            .order_by(schedule_firings.c.fire_at)
+        )
+    return [row.fire_at for row in rows]
+
+
 async def jobs_of_schedule(backends: Backends, schedule_id: str | uuid.UUID) -> list[Any]:
     async with session.reading(backends.db) as conn:
         return list(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from cloudtask.policies import cron
+from cloudtask.scheduler import service as scheduler_service
 from cloudtask.settings import Settings
 from tests.helpers import Client, eventually, wait_for_status
 from tests.services import scheduling
@@ -120,6 +121,25 @@ async def test_a_due_schedule_fires_exactly_one_job_with_its_schedule_id(stack: 
     assert _time(after["lastRunAt"]) == due
     next_run = _time(after["nextRunAt"])
     assert next_run > datetime.now(UTC) and (next_run.hour, next_run.minute) == (hour, 0)
+
+
+async def test_firings_older_than_a_day_are_forgotten_and_newer_ones_kept(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = await stack.client.register()
+    schedule = await _schedule(stack.client, token, cron=f"0 {_far_hour()} * * *")
+    now = datetime.now(UTC)
+    kept = [now - timedelta(hours=23), now - timedelta(minutes=1)]
+    for fire_at in [now - timedelta(days=30), now - timedelta(hours=25), *kept]:
+        await scheduling.add_firing(stack.backends, schedule["id"], fire_at)
+    monkeypatch.setattr(scheduler_service, "FORGET_FIRINGS_EVERY", 0.05)
+
+    async def forgotten() -> bool:
+        return await scheduling.firings(stack.backends, schedule["id"]) == len(kept)
+
+    await eventually(forgotten)
+    assert await scheduling.firing_times(stack.backends, schedule["id"]) == kept
+    assert await _get_schedule(stack.client, token, schedule["id"]) == schedule
 
 
 async def test_a_schedule_missed_for_many_minutes_fires_once_for_the_latest(

@@ -1,7 +1,8 @@
 """The scheduler service: while it leads, every ``SCHEDULER_POLL_SECONDS`` it dispatches due jobs
 (highest priority first), fires due schedules and recovers abandoned or hung attempts, each step
-one fenced transaction whose outbox messages are published after the commit. It also relays
-outbox rows that were never confirmed, whoever wrote them."""
+one fenced transaction whose outbox messages are published after the commit, and hourly it
+forgets firings older than a day. It also relays outbox rows that were never confirmed, whoever
+wrote them."""
 
 import asyncio
 import contextlib
@@ -11,7 +12,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -21,6 +22,7 @@ from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.queries import outbox as outbox_q
+from cloudtask.db.queries import schedules as schedules_q
 from cloudtask.errors import DatabaseUnavailable
 from cloudtask.kv.base import KV
 from cloudtask.observability.metrics import SchedulerMetrics
@@ -33,6 +35,11 @@ from cloudtask.settings import Settings
 log = logging.getLogger(__name__)
 DISPATCH_BATCH = 500
 RECOVERY_EVERY = 2.0
+# A firing's row makes it create its job once however many schedulers try; once its schedule
+# has moved past it, nothing fires that time again, so a day's rows are all that must be kept
+# (far more than the clocks of two schedulers could differ by). Older ones are deleted hourly.
+FIRINGS_KEPT = timedelta(days=1)
+FORGET_FIRINGS_EVERY = 3600.0
 
 Step = Callable[[AsyncConnection], Awaitable[list[outbox_q.OutboxRow]]]
 
@@ -66,6 +73,7 @@ class SchedulerService:
         self._background: list[asyncio.Task[None]] = []
         self._outbox_tasks: list[asyncio.Task[None]] = []
         self._last_recovery = 0.0
+        self._last_forgetting: float | None = None
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -119,6 +127,10 @@ class SchedulerService:
         if time.monotonic() - self._last_recovery >= RECOVERY_EVERY:
             self._last_recovery = time.monotonic()
             await self._recover()
+        last = self._last_forgetting
+        if last is None or time.monotonic() - last >= FORGET_FIRINGS_EVERY:
+            self._last_forgetting = time.monotonic()
+            await self._fenced(self._forget_firings)
         return dispatched >= DISPATCH_BATCH
 
     async def _fenced(self, step: Step) -> int:
@@ -142,6 +154,15 @@ class SchedulerService:
         fired, rows = await firing.fire_due(conn, now=utcnow())
         self.metrics.schedules_fired.inc(fired)
         return rows
+
+    async def _forget_firings(self, conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
+        forgotten = await schedules_q.forget_firings(conn, before=utcnow() - FIRINGS_KEPT)
+        if forgotten:
+            log.info(
+                "old firings forgotten",
+                extra={"action": "scheduler.firings_forgotten", "count": forgotten},
+            )
+        return []
 
     async def _recover(self) -> None:
         """Judge every RUNNING attempt, a batch at a time: a dead worker's are found however

@@ -119,6 +119,12 @@ async def record_firing(
     return bool(result.rowcount)
 
 
+async def forget_firings(conn: AsyncConnection, *, before: datetime) -> int:
+    """Delete the firings of times before ``before``; how many there were."""
+    result = await conn.execute(delete(schedule_firings).where(schedule_firings.c.fire_at < before))
+    return int(result.rowcount or 0)
+
+
 async def advance(
     conn: AsyncConnection,
     schedule_id: UUID,
