@@ -130,7 +130,7 @@ class SchedulerService:
         last = self._last_forgetting
         if last is None or time.monotonic() - last >= FORGET_FIRINGS_EVERY:
             self._last_forgetting = time.monotonic()
-            await self._fenced(self._forget_firings)
+            await self._forget_firings()
         return dispatched >= DISPATCH_BATCH
 
     async def _fenced(self, step: Step) -> int:
@@ -155,14 +155,16 @@ class SchedulerService:
         self.metrics.schedules_fired.inc(fired)
         return rows
 
-    async def _forget_firings(self, conn: AsyncConnection) -> list[outbox_q.OutboxRow]:
-        forgotten = await schedules_q.forget_firings(conn, before=utcnow() - FIRINGS_KEPT)
+    async def _forget_firings(self) -> None:
+        # Not fenced: any scheduler may delete what no one needs, and a first run over months of
+        # rows would hold the leadership row, and with it every other step, while it deletes.
+        async with session.transaction(self._db) as conn:
+            forgotten = await schedules_q.forget_firings(conn, before=utcnow() - FIRINGS_KEPT)
         if forgotten:
             log.info(
                 "old firings forgotten",
                 extra={"action": "scheduler.firings_forgotten", "count": forgotten},
             )
-        return []
 
     async def _recover(self) -> None:
         """Judge every RUNNING attempt, a batch at a time: a dead worker's are found however
