@@ -9,6 +9,7 @@ import pytest
 from cloudtask.api import idempotency
 from cloudtask.api.errors import ApiError
 from cloudtask.api.idempotency import IdempotencyStore, fingerprint
+from cloudtask.contracts import jsoncodec
 from tests.conftest import JWT_SECRET, Backends
 from tests.helpers import Client, assert_error
 
@@ -91,6 +92,21 @@ async def test_a_rejected_request_does_not_use_up_its_key(client: Client) -> Non
     assert_error(bad, 400)
     good = await client.http.post("/jobs", json={"type": "echo"}, headers=headers)
     assert good.status_code == 201 and "Idempotent-Replayed" not in good.headers
+
+
+async def test_an_answer_kept_without_its_location_is_replayed_with_it(client: Client) -> None:
+    # Kept by a version before 201s named the job in Location: replayed within 24 hours.
+    token = await client.register()
+    user_id = UUID(jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["sub"])
+    headers = {**client.auth(token), "Idempotency-Key": "kept-before"}
+    first = await client.http.post("/jobs", json={"type": "echo"}, headers=headers)
+    store = IdempotencyStore(client.backends.kv)
+    kept = jsoncodec.loads(await client.backends.kv.get(store._key(user_id, "kept-before")) or b"")
+    assert kept.pop("location") == first.headers["Location"]
+    await client.backends.kv.set(store._key(user_id, "kept-before"), jsoncodec.dumps(kept))
+    again = await client.http.post("/jobs", json={"type": "echo"}, headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"] == f"/jobs/{first.json()['id']}"
 
 
 async def test_a_batch_can_be_idempotent_too(client: Client) -> None:

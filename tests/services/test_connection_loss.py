@@ -67,7 +67,8 @@ async def test_a_job_not_yet_announced_runs_once_when_its_lost_delivery_comes_ba
 
     await eventually(running)
     await _close_connections(stack)
-    assert stack.worker.busy == 1, "the job ended before its connection was closed"
+    # (Two once the redelivery came, as it may before rabbitmqctl returns: it waits here too.)
+    assert stack.worker.busy >= 1, "the job ended before its connection was closed"
     # Its delivery was not acknowledged, so RabbitMQ hands it out again, redelivered. The worker
     # that lost it still runs it and said so in its lease: the redelivery waits for its report
     # and is dropped as a copy. It ran a second time before.

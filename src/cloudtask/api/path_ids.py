@@ -2,6 +2,8 @@
 
 ``uuid.UUID`` also reads ``{…}``, ``urn:uuid:…`` and the 32 digits without hyphens; the API
 answers such spellings with the 404 of a malformed id, so that each resource has one address.
+An id holding a slash sent encoded (``%2F``) is kept whole, to be answered the same way
+(``with_encoded_slashes_kept``).
 """
 
 import re

@@ -124,7 +124,12 @@ async def submit_one(
         await store(context, [job])
         return created(job_json(job.record()), f"/jobs/{job.id}")
 
-    return await idempotent(context, request, user, key, create)
+    response = await idempotent(context, request, user, key, create)
+    if key is not None and response.status_code == 201 and "location" not in response.headers:
+        # A replay of an answer kept without its Location (by a version before it had one).
+        job_id = jsoncodec.loads(bytes(response.body))["id"]
+        response.headers["Location"] = f"/jobs/{job_id}"
+    return response
 
 
 async def idempotent(

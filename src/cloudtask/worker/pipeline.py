@@ -189,9 +189,8 @@ class Pipeline:
     async def _give_up(self, delivery: Delivery, job: JobCreated) -> None:
         reason = f"delivered {self.deps.max_deliveries} times without finishing"
         if not await self._report(job, utcnow(), Outcome("failed", error=reason)):
-            await reporting.quietly(
-                delivery.reject(requeue=True)
-            )  # its only message: kept for later
+            # Its only message: kept for later.
+            await reporting.quietly(delivery.reject(requeue=True))
             return
         if await self._dead_letter(delivery, reason):
             self.deps.metrics.dead_lettered.labels("redelivered").inc()
@@ -343,9 +342,8 @@ class Pipeline:
         except BrokerUnavailable:
             await reporting.quietly(delivery.reject(requeue=True))
             return
-        await reporting.quietly(
-            delivery.ack()
-        )  # if the channel went, its copy returns to the queue too
+        # If the channel went, its copy returns to the queue too.
+        await reporting.quietly(delivery.ack())
         self.deps.metrics.given_back.labels("handled_elsewhere").inc()
 
     async def _handled_elsewhere(self, job_type: str) -> bool:
