@@ -153,11 +153,13 @@ async def firings(backends: Backends, schedule_id: str | uuid.UUID) -> int:
     return int(count or 0)
 
 
-async def add_firing(backends: Backends, schedule_id: str | uuid.UUID, fire_at: datetime) -> None:
+async def add_firing(
+    backends: Backends, schedule_id: str | uuid.UUID, fire_at: datetime, recorded_at: datetime
+) -> None:
     """A firing of ``fire_at``, as a scheduler records it (with a job id no job has)."""
     async with session.transaction(backends.db) as conn:
         await schedules_q.record_firing(
-            conn, uuid.UUID(str(schedule_id)), fire_at, uuid.uuid4(), now=fire_at
+            conn, uuid.UUID(str(schedule_id)), fire_at, uuid.uuid4(), now=recorded_at
         )
 
 

@@ -123,22 +123,27 @@ async def test_a_due_schedule_fires_exactly_one_job_with_its_schedule_id(stack: 
     assert next_run > datetime.now(UTC) and (next_run.hour, next_run.minute) == (hour, 0)
 
 
-async def test_firings_older_than_a_day_are_forgotten_and_newer_ones_kept(
+async def test_firings_recorded_more_than_a_day_ago_are_forgotten_and_later_ones_kept(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = await stack.client.register()
     schedule = await _schedule(stack.client, token, cron=f"0 {_far_hour()} * * *")
     now = datetime.now(UTC)
-    kept = [now - timedelta(hours=23), now - timedelta(minutes=1)]
-    for fire_at in [now - timedelta(days=30), now - timedelta(hours=25), *kept]:
-        await scheduling.add_firing(stack.backends, schedule["id"], fire_at)
+    # (fire time, when recorded): a time long past fired a minute ago (its schedulers were
+    # down for days) is kept for a day from then.
+    kept = [(now - timedelta(days=3), now - timedelta(minutes=1)), (now - timedelta(hours=23),) * 2]
+    for fire_at, recorded_at in [(now - timedelta(days=30),) * 2, (now - timedelta(hours=25),) * 2]:
+        await scheduling.add_firing(stack.backends, schedule["id"], fire_at, recorded_at)
+    for fire_at, recorded_at in kept:
+        await scheduling.add_firing(stack.backends, schedule["id"], fire_at, recorded_at)
     monkeypatch.setattr(scheduler_service, "FORGET_FIRINGS_EVERY", 0.05)
 
     async def forgotten() -> bool:
         return await scheduling.firings(stack.backends, schedule["id"]) == len(kept)
 
     await eventually(forgotten)
-    assert await scheduling.firing_times(stack.backends, schedule["id"]) == kept
+    times = await scheduling.firing_times(stack.backends, schedule["id"])
+    assert times == [fire_at for fire_at, _ in kept]
     assert await _get_schedule(stack.client, token, schedule["id"]) == schedule
 
 

@@ -1,8 +1,8 @@
 """The scheduler service: while it leads, every ``SCHEDULER_POLL_SECONDS`` it dispatches due jobs
 (highest priority first), fires due schedules and recovers abandoned or hung attempts, each step
 one fenced transaction whose outbox messages are published after the commit, and hourly it
-forgets firings older than a day. It also relays outbox rows that were never confirmed, whoever
-wrote them."""
+forgets firings recorded more than a day ago. It also relays outbox rows that were never
+confirmed, whoever wrote them."""
 
 import asyncio
 import contextlib
@@ -35,9 +35,10 @@ from cloudtask.settings import Settings
 log = logging.getLogger(__name__)
 DISPATCH_BATCH = 500
 RECOVERY_EVERY = 2.0
-# A firing's row makes it create its job once however many schedulers try; once its schedule
-# has moved past it, nothing fires that time again, so a day's rows are all that must be kept
-# (far more than the clocks of two schedulers could differ by). Older ones are deleted hourly.
+# A firing's row makes it create its job once however many schedulers try, in the moment they
+# do: the schedule then moves past that time in the same transaction, and nothing fires it again.
+# A day's rows are kept (far more than the clocks of two schedulers could differ by); the rows
+# recorded before are deleted hourly.
 FIRINGS_KEPT = timedelta(days=1)
 FORGET_FIRINGS_EVERY = 3600.0
 

@@ -120,8 +120,10 @@ async def record_firing(
 
 
 async def forget_firings(conn: AsyncConnection, *, before: datetime) -> int:
-    """Delete the firings of times before ``before``; how many there were."""
-    result = await conn.execute(delete(schedule_firings).where(schedule_firings.c.fire_at < before))
+    """Delete the firings recorded before ``before``; how many there were."""
+    result = await conn.execute(
+        delete(schedule_firings).where(schedule_firings.c.created_at < before)
+    )
     return int(result.rowcount or 0)
 
 
