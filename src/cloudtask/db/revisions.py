@@ -9,7 +9,7 @@ import enum
 from sqlalchemy import text
 
 # Oldest first; the last is the schema this version's queries are written for.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
 HEAD = REVISIONS[-1]
 
 # Alembic's own record of the database's revision (one row, absent before the first migration).

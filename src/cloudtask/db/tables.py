@@ -154,6 +154,8 @@ schedule_firings = Table(
     Column("job_id", Uuid, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )
+# Firings recorded more than a day ago are forgotten, a batch at a time (``forget_firings``).
+Index("ix_schedule_firings_created_at", schedule_firings.c.created_at)
 
 # The scheduler's fencing token: a new leader raises it, and a leader's writes check it, so a
 # leader that was paused past its lease cannot act after another took over.

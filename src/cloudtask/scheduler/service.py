@@ -38,9 +38,10 @@ RECOVERY_EVERY = 2.0
 # A firing's row makes it create its job once however many schedulers try, in the moment they
 # do: the schedule then moves past that time in the same transaction, and nothing fires it again.
 # A day's rows are kept (far more than the clocks of two schedulers could differ by); the rows
-# recorded before are deleted hourly.
+# recorded before are deleted hourly, a batch per transaction (a first run may find months).
 FIRINGS_KEPT = timedelta(days=1)
 FORGET_FIRINGS_EVERY = 3600.0
+FORGET_BATCH = 10_000
 
 Step = Callable[[AsyncConnection], Awaitable[list[outbox_q.OutboxRow]]]
 
@@ -74,7 +75,6 @@ class SchedulerService:
         self._background: list[asyncio.Task[None]] = []
         self._outbox_tasks: list[asyncio.Task[None]] = []
         self._last_recovery = 0.0
-        self._last_forgetting: float | None = None
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -82,6 +82,7 @@ class SchedulerService:
         self._background = [
             asyncio.create_task(self.leadership.run(), name="scheduler-leadership"),
             asyncio.create_task(self.sampler.run(), name="scheduler-sampler"),
+            asyncio.create_task(self._keep_forgetting_firings(), name="scheduler-firings"),
         ]
         self._outbox_tasks = [
             asyncio.create_task(self.outbox.run(), name="scheduler-outbox"),
@@ -128,10 +129,6 @@ class SchedulerService:
         if time.monotonic() - self._last_recovery >= RECOVERY_EVERY:
             self._last_recovery = time.monotonic()
             await self._recover()
-        last = self._last_forgetting
-        if last is None or time.monotonic() - last >= FORGET_FIRINGS_EVERY:
-            self._last_forgetting = time.monotonic()
-            await self._forget_firings()
         return dispatched >= DISPATCH_BATCH
 
     async def _fenced(self, step: Step) -> int:
@@ -156,11 +153,35 @@ class SchedulerService:
         self.metrics.schedules_fired.inc(fired)
         return rows
 
+    async def _keep_forgetting_firings(self) -> None:
+        """While leading, forget old firings every ``FORGET_FIRINGS_EVERY`` seconds, beside the
+        rounds of work rather than in them."""
+        last: float | None = None
+        while not self._stopping.is_set():
+            if self.leadership.acting and (
+                last is None or time.monotonic() - last >= FORGET_FIRINGS_EVERY
+            ):
+                last = time.monotonic()
+                try:
+                    await self._forget_firings()
+                except DatabaseUnavailable as exc:
+                    log.warning("could not forget old firings: %s", exc)
+                except Exception:
+                    log.exception("forgetting old firings failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.scheduler_poll_seconds):
+                    await self._stopping.wait()
+
     async def _forget_firings(self) -> None:
-        # Not fenced: any scheduler may delete what no one needs, and a first run over months of
-        # rows would hold the leadership row, and with it every other step, while it deletes.
-        async with session.transaction(self._db) as conn:
-            forgotten = await schedules_q.forget_firings(conn, before=utcnow() - FIRINGS_KEPT)
+        # Not fenced: any scheduler may delete what no one needs. A batch per transaction, so
+        # that each ends well within the statement timeout and holds few locks.
+        before, forgotten = utcnow() - FIRINGS_KEPT, 0
+        while not self._stopping.is_set() and self.leadership.acting:
+            async with session.transaction(self._db) as conn:
+                deleted = await schedules_q.forget_firings(conn, before=before, limit=FORGET_BATCH)
+            forgotten += deleted
+            if deleted < FORGET_BATCH:
+                break
         if forgotten:
             log.info(
                 "old firings forgotten",

@@ -5,10 +5,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, delete, insert, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import ColumnClause
 
 from cloudtask.db.tables import schedule_firings, schedules
 from cloudtask.errors import UnknownUser
@@ -119,11 +120,23 @@ async def record_firing(
     return bool(result.rowcount)
 
 
-async def forget_firings(conn: AsyncConnection, *, before: datetime) -> int:
-    """Delete the firings recorded before ``before``; how many there were."""
-    result = await conn.execute(
-        delete(schedule_firings).where(schedule_firings.c.created_at < before)
+async def forget_firings(conn: AsyncConnection, *, before: datetime, limit: int) -> int:
+    """Delete at most ``limit`` of the firings recorded before ``before``, the oldest first;
+    how many it deleted."""
+    # By the rows' physical ids: PostgreSQL planned a key IN (subquery) as a hash join over a
+    # scan of the whole table (0.8 s a batch with 2M rows), ctid IN (subquery) as a lookup per
+    # row (45 ms).
+    row: ColumnClause[Any] = literal_column(
+        "ctid" if conn.dialect.name == "postgresql" else "rowid"
     )
+    oldest = (
+        select(row)
+        .select_from(schedule_firings)
+        .where(schedule_firings.c.created_at < before)
+        .order_by(schedule_firings.c.created_at)
+        .limit(limit)
+    )
+    result = await conn.execute(delete(schedule_firings).where(row.in_(oldest)))
     return int(result.rowcount or 0)
 
 
