@@ -95,18 +95,21 @@ async def test_a_rejected_request_does_not_use_up_its_key(client: Client) -> Non
 
 
 async def test_an_answer_kept_without_its_location_is_replayed_with_it(client: Client) -> None:
-    # Kept by a version before 201s named the job in Location: replayed within 24 hours.
+    # Answers are kept as status and body alone (as a version before 201s named the job in
+    # Location kept them too): a replay reads the job's path from the body.
     token = await client.register()
     user_id = UUID(jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["sub"])
-    headers = {**client.auth(token), "Idempotency-Key": "kept-before"}
-    first = await client.http.post("/jobs", json={"type": "echo"}, headers=headers)
+    body = {"type": "echo"}
+    job = await client.create_job(token, **body)
     store = IdempotencyStore(client.backends.kv)
-    kept = jsoncodec.loads(await client.backends.kv.get(store._key(user_id, "kept-before")) or b"")
-    assert kept.pop("location") == first.headers["Location"]
-    await client.backends.kv.set(store._key(user_id, "kept-before"), jsoncodec.dumps(kept))
-    again = await client.http.post("/jobs", json={"type": "echo"}, headers=headers)
+    print_ = fingerprint("POST", "/jobs", body)
+    assert await store.begin(user_id, "kept-before", print_) is None
+    await store.finish(user_id, "kept-before", print_, 201, jsoncodec.dumps(job))
+    headers = {**client.auth(token), "Idempotency-Key": "kept-before"}
+    again = await client.http.post("/jobs", json=body, headers=headers)
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert again.headers["Location"] == first.headers["Location"] == f"/jobs/{first.json()['id']}"
+    assert again.headers["Location"] == f"/jobs/{job['id']}"
+    assert again.json() == job
 
 
 async def test_a_batch_can_be_idempotent_too(client: Client) -> None:

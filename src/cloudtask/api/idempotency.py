@@ -29,7 +29,6 @@ IN_FLIGHT_TTL = 60.0
 class Replay:
     status: int
     body: bytes
-    location: str | None = None  # the Location header of a 201 for one new resource
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -63,7 +62,7 @@ class IdempotencyStore:
                 )
             if record["state"] == "running":
                 raise ApiError(409, "A request with this Idempotency-Key is still in progress")
-            return Replay(int(record["status"]), record["body"].encode(), record.get("location"))
+            return Replay(int(record["status"]), record["body"].encode())
         raise ApiError(409, "A request with this Idempotency-Key is still in progress")
 
     async def hold(self, user_id: UUID, key: str, print_: str) -> None:
@@ -77,23 +76,13 @@ class IdempotencyStore:
                 # Only while it is still a claim of this request's (or gone with its TTL).
                 await self._kv.claim(self._key(user_id, key), claim, ttl=IN_FLIGHT_TTL, free=claim)
 
-    async def finish(
-        self,
-        user_id: UUID,
-        key: str,
-        print_: str,
-        status: int,
-        body: bytes,
-        location: str | None = None,
-    ) -> None:
-        record: dict[str, object] = {
+    async def finish(self, user_id: UUID, key: str, print_: str, status: int, body: bytes) -> None:
+        record = {
             "state": "done",
             "fingerprint": print_,
             "status": status,
             "body": body.decode(),
         }
-        if location is not None:
-            record["location"] = location
         await self._kv.set(self._key(user_id, key), jsoncodec.dumps(record), ttl=REPLAY_TTL)
 
     async def release(self, user_id: UUID, key: str) -> None:

@@ -122,14 +122,18 @@ async def submit_one(
     async def create() -> Response:
         job = new_job(body, user.user_id, utcnow())
         await store(context, [job])
-        return created(job_json(job.record()), f"/jobs/{job.id}")
+        return created(job_json(job.record()), job_location(job.id))
 
-    response = await idempotent(context, request, user, key, create)
-    if key is not None and response.status_code == 201 and "location" not in response.headers:
-        # A replay of an answer kept without its Location (by a version before it had one).
-        job_id = jsoncodec.loads(bytes(response.body))["id"]
-        response.headers["Location"] = f"/jobs/{job_id}"
-    return response
+    return await idempotent(context, request, user, key, create, location=_location_of_job)
+
+
+def job_location(job_id: uuid.UUID) -> str:
+    """The path of a job, as a 201 creating it names it in ``Location``."""
+    return f"/jobs/{job_id}"
+
+
+def _location_of_job(body: bytes) -> str:
+    return job_location(jsoncodec.loads(body)["id"])
 
 
 async def idempotent(
@@ -138,8 +142,12 @@ async def idempotent(
     user: Principal,
     key: str | None,
     create: Callable[[], Awaitable[Response]],
+    *,
+    location: Callable[[bytes], str] | None = None,
 ) -> Response:
-    """Run ``create`` once per Idempotency-Key; replay its answer for the same key and body."""
+    """Run ``create`` once per Idempotency-Key; replay its answer for the same key and body,
+    with the ``Location`` that ``location`` reads from a 201's body (the answer is kept without
+    its headers)."""
     if key is None:
         return await create()
     if len(request.headers.getlist("idempotency-key")) > 1:
@@ -157,8 +165,8 @@ async def idempotent(
                 if not await users_q.exists(conn, user.user_id):
                     raise UnknownUser
         headers = {"Idempotent-Replayed": "true"}
-        if replay.location is not None:
-            headers["Location"] = replay.location
+        if location is not None and replay.status == 201:
+            headers["Location"] = location(replay.body)
         return JSONBytesResponse(replay.body, status_code=replay.status, headers=headers)
     holding = asyncio.ensure_future(context.idempotency.hold(user.user_id, key, print_))
     try:
@@ -173,12 +181,7 @@ async def idempotent(
     await _stopped(holding)  # a renewal on its way would land over the answer
     try:
         await context.idempotency.finish(
-            user.user_id,
-            key,
-            print_,
-            response.status_code,
-            bytes(response.body),
-            location=response.headers.get("location"),
+            user.user_id, key, print_, response.status_code, bytes(response.body)
         )
     except KVUnavailable:
         # The job is committed: answering an error now would invite a duplicate.

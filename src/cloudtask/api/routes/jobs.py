@@ -279,4 +279,4 @@ async def retry_job(job_id: str, user: CurrentUser, context: Context) -> Respons
         created_at=now,
     )
     await submission.store(context, [new])
-    return created(job_json(new.record()), f"/jobs/{new.id}")
+    return created(job_json(new.record()), submission.job_location(new.id))
