@@ -152,6 +152,20 @@ def _cut(monkeypatch: pytest.MonkeyPatch, stack: Stack, delivery: Delivery) -> A
     return requeued
 
 
+async def _running_then_cut(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, n: int, *, ack_fails: bool
+) -> tuple[str, dict[str, Any]]:
+    """A held job ``n``, RUNNING once its first ack went out unheard (or failed, if
+    ``ack_fails``), then cut off: its user's token and the job."""
+    acked = _first_ack_of_a_job(monkeypatch, fails=ack_fails)
+    token = await stack.client.register()
+    job = await stack.client.create_job(token, type="held", payload={"n": n})
+    await wait_for_status(stack.client, token, job["id"], "RUNNING")
+    [delivery] = acked
+    await _cut(monkeypatch, stack, delivery)
+    return token, job
+
+
 async def test_an_attempt_whose_ack_was_lost_just_after_it_ended_is_a_copy_when_redelivered(
     stack: Stack, handlers: HeldHandlers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,16 +211,8 @@ async def test_an_announced_attempt_whose_ack_was_lost_is_a_copy_when_redelivere
     # The job was announced (RUNNING: the scheduler watches its lease from then on) and its ack
     # sent, but the connection went before RabbitMQ had the ack: the redelivery is a copy at
     # once, while the attempt still runs where it was.
-    sent = _first_ack_of_a_job(monkeypatch, fails=False)
-    registry = stack.worker.metrics.registry
-    token = await stack.client.register()
-    job = await stack.client.create_job(token, type="held", payload={"n": 5})
-    await wait_for_status(stack.client, token, job["id"], "RUNNING")
-    [delivery] = sent
-    _lost_with_its_channel(monkeypatch, delivery)
-    await delivery.reject(requeue=True)
-    stack.worker.pipeline.cuts.connection_lost()
-    await wait_for_metric(registry, COPIES, 1)
+    token, job = await _running_then_cut(stack, monkeypatch, 5, ack_fails=False)
+    await wait_for_metric(stack.worker.metrics.registry, COPIES, 1)
     assert handlers.calls == 1
     assert not handlers.release.is_set()  # still running where it was
     handlers.release.set()
@@ -287,12 +293,7 @@ async def test_a_confirmed_attempt_whose_ack_failed_is_marked_announced_when_cut
 ) -> None:
     # Marked #cut (by the failed ack), its redelivery waited for the whole run, though the job
     # is RUNNING and the scheduler watches its lease.
-    failed = _first_ack_of_a_job(monkeypatch, fails=True)
-    token = await stack.client.register()
-    job = await stack.client.create_job(token, type="held", payload={"n": 8})
-    await wait_for_status(stack.client, token, job["id"], "RUNNING")
-    [delivery] = failed
-    await _cut(monkeypatch, stack, delivery)
+    token, job = await _running_then_cut(stack, monkeypatch, 8, ack_fails=True)
     await wait_for_metric(stack.worker.metrics.registry, COPIES, 1)
     lease = await stack.backends.kv.get(lease_key(UUID(job["id"]), 1))
     assert lease is not None and lease.endswith(HELD_ANNOUNCED)
@@ -306,12 +307,7 @@ async def test_a_confirmed_attempt_cut_off_then_put_back_runs_once_more(
 ) -> None:
     # Its redelivery, back in the queue when the stopping worker put the attempt back with a
     # copy, found the requeued marker and ran beside the copy.
-    failed = _first_ack_of_a_job(monkeypatch, fails=True)
-    token = await stack.client.register()
-    job = await stack.client.create_job(token, type="held", payload={"n": 9})
-    await wait_for_status(stack.client, token, job["id"], "RUNNING")
-    [delivery] = failed
-    await _cut(monkeypatch, stack, delivery)
+    token, job = await _running_then_cut(stack, monkeypatch, 9, ack_fails=True)
     await stack.worker.stop(grace=0.1)  # hands its redelivery back, and puts the attempt back
     lease = await stack.backends.kv.get(lease_key(UUID(job["id"]), 1))
     assert lease == REQUEUED + HELD_ANNOUNCED

@@ -7,6 +7,7 @@ confirmed, whoever wrote them."""
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
@@ -156,11 +157,9 @@ class SchedulerService:
     async def _keep_forgetting_firings(self) -> None:
         """While leading, forget old firings every ``FORGET_FIRINGS_EVERY`` seconds, beside the
         rounds of work rather than in them."""
-        last: float | None = None
+        last = -math.inf  # the first pass at once
         while not self._stopping.is_set():
-            if self.leadership.acting and (
-                last is None or time.monotonic() - last >= FORGET_FIRINGS_EVERY
-            ):
+            if self.leadership.acting and time.monotonic() - last >= FORGET_FIRINGS_EVERY:
                 last = time.monotonic()
                 try:
                     await self._forget_firings()
