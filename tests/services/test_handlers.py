@@ -13,8 +13,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
-from cloudtask.settings import Settings
+from cloudtask.contracts.job_types import MAX_RESULT_BYTES
+from cloudtask.errors import PermanentFailure
+from cloudtask.settings import Settings, load_settings
 from cloudtask.worker.handlers.email import EmailHandler
+from cloudtask.worker.handlers.http import HttpHandler
 from tests.helpers import wait_for_status
 from tests.services.conftest import Stack
 
@@ -77,8 +80,8 @@ class Request:
 
 @dataclass
 class WebServer:
-    """Answers ``/big`` with more than ``MAX_RESPONSE_BYTES``, ``/fail`` with a 502, anything
-    else with JSON."""
+    """Answers ``/big`` with more than ``MAX_RESPONSE_BYTES``, ``/huge`` with more than a job's
+    result may hold, ``/fail`` with a 502, anything else with JSON."""
 
     port: int = 0
     connections: int = 0
@@ -98,6 +101,8 @@ class WebServer:
             route = path.split("?", 1)[0]
             if route == "/big":
                 reply, kind = b"x" * (MAX_RESPONSE_BYTES + 1), b"text/plain"
+            elif route == "/huge":
+                reply, kind = b"x" * (MAX_RESULT_BYTES + 1), b"text/plain"
             elif route == "/fail":
                 status, reply, kind = b"502 Bad Gateway", b"upstream down", b"text/plain"
             else:
@@ -253,6 +258,21 @@ async def test_an_http_response_larger_than_the_limit_fails_the_job(
     assert done["status"] == "FAILED"
     assert str(MAX_RESPONSE_BYTES) in done["error"]
     assert done["result"] is None
+    assert web.connections == 1
+
+
+async def test_an_http_body_limit_above_a_results_stops_bodies_at_a_results_size(
+    web: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused, the setting stopped every service of an install that had set it; taken as it was,
+    # a body over a result's size was read whole and its job failed only afterwards, as a result
+    # too large.
+    monkeypatch.setenv("CLOUDTASK_HTTP_MAX_RESPONSE_BYTES", str(4 * MAX_RESULT_BYTES))
+    monkeypatch.setenv("CLOUDTASK_HTTP_ALLOWED_HOSTS", "127.0.0.1")
+    handler = HttpHandler(load_settings(env_file=None))
+
+    with pytest.raises(PermanentFailure, match=f"larger than {MAX_RESULT_BYTES} bytes"):
+        await handler({"url": f"http://127.0.0.1:{web.port}/huge"})
     assert web.connections == 1
 
 

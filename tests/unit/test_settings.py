@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtask.contracts.job_types import MAX_RESULT_BYTES
 from cloudtask.settings import Settings, SettingsError, load_settings, unknown_settings
-from cloudtask.worker.handlers.http import HttpHandler
 
 STRONG_SECRET = "s" * 32
 
@@ -291,13 +289,3 @@ def test_the_jwt_secret_is_read_from_the_environment(monkeypatch: pytest.MonkeyP
     settings: Settings = load_settings()
     settings.require_jwt_secret()
     assert STRONG_SECRET not in repr(settings)
-
-
-def test_an_http_body_limit_above_a_results_acts_as_a_results(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Refused, it stopped every service of an install that had set it; taken as it was, every
-    # response that size failed its job.
-    monkeypatch.setenv("CLOUDTASK_HTTP_MAX_RESPONSE_BYTES", "4194304")
-    handler = HttpHandler(load_settings())
-    assert handler._max_bytes == MAX_RESULT_BYTES
