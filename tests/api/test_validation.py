@@ -311,9 +311,13 @@ async def test_a_repeated_idempotency_key_header_is_400_and_stores_nothing(
         assert "Idempotent-Replayed" not in response.headers
 
 
-@pytest.mark.parametrize("key", ["", "k" * 256])
+@pytest.mark.parametrize(
+    "key",
+    ["", " \t ", "k" * 256, "k" * 255 + " x", "\u00e9".encode() * 256, b"\xe9" * 256],
+    ids=["empty", "blank", "256", "255-then-more", "256-two-byte-characters", "256-latin-1-bytes"],
+)
 async def test_an_idempotency_key_outside_1_to_255_characters_is_400(
-    client: Client, key: str
+    client: Client, key: str | bytes
 ) -> None:
     token = await client.register()
     response = await client.http.post(

@@ -23,6 +23,26 @@ REPLAY_TTL = 24 * 3600.0
 # A claim outlives a request that died with its process by this much at most; one still running
 # renews it every third of it (see ``hold``).
 IN_FLIGHT_TTL = 60.0
+MAX_KEY_LENGTH = 255
+
+
+def read_key(header: str) -> str:
+    """The key an ``Idempotency-Key`` header holds, as Starlette gives it (its bytes as Latin-1):
+    without the spaces and tabs around it, which HTTP does not count as part of a value (servers
+    strip them before it, not always after it, and a retry's client may add or drop one), and
+    in UTF-8 where its bytes are, so that its length is counted in characters. Raises
+    ``ValueError`` for a key of no character or more than ``MAX_KEY_LENGTH``."""
+    raw = header.encode("latin-1")
+    try:
+        key = raw.decode()
+    except UnicodeDecodeError:
+        key = header  # bytes that are not UTF-8: each one a character, as sent
+    key = key.strip(" \t")
+    if not key:
+        raise ValueError("String should have at least 1 character")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"String should have at most {MAX_KEY_LENGTH} characters")
+    return key
 
 
 @dataclass(frozen=True)

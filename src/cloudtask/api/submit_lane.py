@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloudtask.api import errors, submission
 from cloudtask.api.context import ApiContext
+from cloudtask.api.idempotency import read_key
 from cloudtask.api.jsonbody import StrictJSONRequest, is_json_media_type
 from cloudtask.api.middleware import (
     CLIENT_CLOSED_REQUEST,
@@ -35,7 +36,6 @@ from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.api import JobCreate
 
 PATH = "/jobs"
-MAX_KEY_LENGTH = 255
 
 
 class SubmitLane:
@@ -96,12 +96,12 @@ class SubmitLane:
         if len(authorizations) != 1 or len(keys) > 1:
             return None
         scheme, _, token = authorizations[0].decode("latin-1").partition(" ")
-        key = keys[0].decode("latin-1") if keys else None
-        if scheme.lower() != "bearer" or (key is not None and not 0 < len(key) <= MAX_KEY_LENGTH):
+        if scheme.lower() != "bearer":
             return None
         try:
+            key = read_key(keys[0].decode("latin-1")) if keys else None
             user = self._context.tokens.verify(token.strip())
-        except InvalidToken:
+        except (ValueError, InvalidToken):  # a key out of its range, a token that fails
             return None
         if user.user_id not in self._context.known_users:
             return None  # the route asks the database about this user
