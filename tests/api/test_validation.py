@@ -58,6 +58,13 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
     # Where else the mail library breaks a header's line (str.splitlines): every attempt failed.
     *[({"type": "email", "payload": {"to": "a@example.com", "subject": f"two{brk}lines"}},
        "payload.subject") for brk in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"],
+    # Other control characters, which the mail library wrote into the header as they were, and
+    # encoded words holding one, or another encoded word: written as it is, a line break in it
+    # reached the recipient's mail reader.
+    *[({"type": "email", "payload": {"to": "a@example.com", "subject": subject}},
+       "payload.subject")
+      for subject in ("a\x00b", "a\x1bb", "a\x7fb", "a\x9bb", "=?utf-8?q?a=00b?=",
+                      "=?utf-8?q?=3D=3Futf-8=3Fq=3Fa=3D0Ab=3F=3D?=")],
     # One address, not a list or a group: a comma once sent one job's mail to three recipients.
     *[({"type": "email", "payload": {"to": to, "subject": "Hi"}}, "payload.to")
       for to in ("postmaster,root,x@example.com", "a:b@example.com;", "Ada <a@example.com>",
@@ -65,12 +72,20 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
                  # An empty part between dots: the mail library read these as no address (<>).
                  "a@example.com.", "a@example..com", "a@.example.com",
                  # A MIME encoded word, which the mail library decodes to another address.
-                 "=?utf-8?q?evil=40evil.com?=.@example.com", "x@=?utf-8?q?evil.com?=")],
+                 "=?utf-8?q?evil=40evil.com?=.@example.com", "x@=?utf-8?q?evil.com?=",
+                 # Spaces beyond ASCII, which the SMTP client refused at every attempt.
+                 *(f"bob{space}x@example.com" for space in "\u00a0\u1680\u2003\u202f\u3000"),
+                 "bob@exa\u205fmple.com")],
     ({"type": "http", "payload": {"url": "ftp://example.com"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http://127.0.0.1:18099.evil.com/"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http://example.com:65536/"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http:///path"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "https://:80/"}}, "payload.url"),
+    # Text between an IPv6 address and its port, which urlsplit skips and the HTTP client refuses
+    # (the job failed three times as a connection error).
+    *[({"type": "http", "payload": {"url": url}}, "payload.url")
+      for url in ("http://[::1]x:80/", "http://[::1]evil.example:80/", "http://[::1]]:80/",
+                  "http://[v1.x]/")],
     ({"type": "http", "payload": {"url": "http://example.com/a\r\nHost: b"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http://x", "headers": {"X-A": "a\r\nX-B: b"}}},
      "payload.headers.X-A"),
@@ -132,6 +147,11 @@ async def test_good_edge_values_are_accepted(client: Client) -> None:
             "type": "email",
             "payload": {"to": "a@example.com", "subject": "Caf\u00e9\tr\u00e9sum\u00e9"},
         },
+        {
+            "type": "email",
+            "payload": {"to": "j\u00f6ran@ex\u00e4mple.com", "subject": "=?utf-8?q?Caf=C3=A9?="},
+        },
+        {"type": "http", "payload": {"url": "http://[::1]:8080/", "method": "POST"}},
         {
             "type": "http",
             "payload": {

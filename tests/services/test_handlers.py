@@ -81,7 +81,7 @@ class Request:
 @dataclass
 class WebServer:
     """Answers ``/big`` with more than ``MAX_RESPONSE_BYTES``, ``/huge`` with more than a job's
-    result may hold, ``/fail`` with a 502, anything else with JSON."""
+    result may hold, ``/drip`` slowly, ``/fail`` with a 502, anything else with JSON."""
 
     port: int = 0
     connections: int = 0
@@ -103,6 +103,14 @@ class WebServer:
                 reply, kind = b"x" * (MAX_RESPONSE_BYTES + 1), b"text/plain"
             elif route == "/huge":
                 reply, kind = b"x" * (MAX_RESULT_BYTES + 1), b"text/plain"
+            elif route == "/drip":  # a byte every tenth of a second, for two seconds
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+                for _ in range(20):
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+                    writer.write(b"x")
+                await writer.drain()
+                return
             elif route == "/fail":
                 status, reply, kind = b"502 Bad Gateway", b"upstream down", b"text/plain"
             else:
@@ -274,6 +282,41 @@ async def test_an_http_body_limit_above_a_results_stops_bodies_at_a_results_size
     with pytest.raises(PermanentFailure, match=f"larger than {MAX_RESULT_BYTES} bytes"):
         await handler({"url": f"http://127.0.0.1:{web.port}/huge"})
     assert web.connections == 1
+
+
+async def test_an_http_request_taking_longer_than_its_timeout_in_all_fails_the_attempt(
+    settings: Settings, web: WebServer
+) -> None:
+    # Each read waits less than the timeout; the whole request takes four times as long. The
+    # client's own timeout bounds each wait alone, and let such a server hold a job for as long
+    # as it liked.
+    handler = HttpHandler(
+        settings.model_copy(
+            update={"http_allowed_hosts": ["127.0.0.1"], "http_timeout_seconds": 0.5}
+        )
+    )
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError, match=r"took longer than 0\.5 s"):
+        await handler({"url": f"http://127.0.0.1:{web.port}/drip"})
+    assert asyncio.get_running_loop().time() - started < 1.5
+
+
+async def test_an_address_beyond_ascii_fails_at_once_on_a_server_without_smtputf8(
+    settings: Settings,
+) -> None:
+    box, port = MailBox(), _free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        url = f"smtp://127.0.0.1:{port}"
+        handler = EmailHandler(settings.model_copy(update={"smtp_url": SecretStr(url)}), None)
+        for to in ("j\u00f6ran@example.com", "bob@ex\u00e4mple.com"):
+            with pytest.raises(PermanentFailure, match="SMTPUTF8"):
+                await handler({"to": to, "subject": "hello", "body": "x"})
+        await handler({"to": "joran@example.com", "subject": "hello", "body": "x"})
+    finally:
+        controller.stop()
+    assert [envelope.rcpt_tos for envelope in box.envelopes] == [["joran@example.com"]]
 
 
 @pytest.mark.parametrize("option", ["true", "TRUE", "True"])

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
 
+import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 from cloudtask.contracts.urls import check_host_and_port
@@ -32,20 +33,27 @@ class SleepPayload(_Payload):
 # U+2028 and U+2029 as themselves, not as \u escapes, which Go's and other RE2 clients' regular
 # expressions cannot read in the published schema.
 _LINE_AND_PARAGRAPH_SEPARATORS = "\u2028\u2029"
+# The spaces beyond ASCII and Latin-1's controls that Python counts as whitespace: the SMTP client
+# refuses an address holding one, at every attempt (no-break, ogham, the typographic spaces).
+_OTHER_SPACES = "\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
 # One address: no control characters or spaces, none of the characters that would make the To
 # header a list or a group of addresses (a comma sent one job's mail to several), and a domain
 # with no empty part between its dots (a@b.com. was sent to <>). The local part may hold dots
 # anywhere, as some providers' old addresses do (a..b@, a.@), and the mail library sends them.
 # No ?: the mail library decodes a MIME encoded word (=?utf-8?q?...?=) in an address, and sent
 # such a one to <> or to another address than the one given.
-_NOT_IN_ADDRESS = r'@?\x00-\x20\x7f-\x9f,;:<>()\[\]\\"' + _LINE_AND_PARAGRAPH_SEPARATORS
+_NOT_IN_ADDRESS = (
+    r'@?\x00-\x20\x7f-\x9f,;:<>()\[\]\\"' + _LINE_AND_PARAGRAPH_SEPARATORS + _OTHER_SPACES
+)
 _LABEL = rf"[^.{_NOT_IN_ADDRESS}]+"
 EMAIL_ADDRESS = rf"^[^{_NOT_IN_ADDRESS}]+@{_LABEL}(\.{_LABEL})*$"
-# A header line ends at a line break: a subject or header value holding one is refused by the
-# mail and HTTP libraries when the job runs, so it is refused at submission (400) instead. The
-# mail library breaks lines where Python's str.splitlines does: at these ten characters.
-_LINE_BREAKS = r"\n\r\x0b\x0c\x1c-\x1e\x85" + _LINE_AND_PARAGRAPH_SEPARATORS
-ONE_LINE = rf"^[^{_LINE_BREAKS}]*$"
+# A header line ends at a line break: a subject holding one is refused by the mail library when
+# the job runs, so it is refused at submission (400) instead. The library breaks lines where
+# Python's str.splitlines does (CR, LF, VT, FF, U+001C-U+001E, U+0085, U+2028, U+2029), and
+# writes other control characters (NUL, ESC) into the header as they are, where RFC 5322 allows
+# none: one line of text holds no control character but the tab.
+_NOT_IN_ONE_LINE = r"\x00-\x08\x0a-\x1f\x7f-\x9f" + _LINE_AND_PARAGRAPH_SEPARATORS
+ONE_LINE = rf"^[^{_NOT_IN_ONE_LINE}]*$"
 # RFC 9110: a field name is a token; a value is visible ASCII, spaces and tabs (the HTTP client
 # encodes header values as ASCII).
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
@@ -60,7 +68,7 @@ MAX_RESULT_BYTES: Final = 1024 * 1024
 # A MIME encoded word (RFC 2047), as the mail library finds one in a header: from =? to the
 # next ?= after its charset and encoding, spaces included. Wider than the RFC's, on purpose.
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
-_LINE_BREAK = re.compile(f"[{_LINE_BREAKS}]")
+_NOT_ONE_LINE = re.compile(f"[{_NOT_IN_ONE_LINE}]")
 # The mail library's own decoder of one encoded word (private, but what it writes headers
 # with): text, charset, language, defects. Reached by name, as the module has no type stubs.
 _decode_word: Callable[[str], tuple[str, str, str, list[Any]]] = importlib.import_module(
@@ -72,21 +80,28 @@ def _one_line_as_written(subject: str) -> str:
     """The mail library decodes the MIME encoded words in a subject (``=?utf-8?b?...?=``) before
     it writes the header: a line break encoded in one ended the header there, and what followed
     became headers of the attacker's (``Bcc:``) or the body. So each encoded word is decoded as
-    the library decodes it, and refused if it holds a line break; one without is fine. Word by
-    word: parsing a whole header of them takes milliseconds, on the api's event loop."""
+    the library decodes it, and refused if it holds a line break or another control character;
+    one without is fine. One that decodes to another encoded word is refused too: the library
+    writes that one as it is, and the recipient's mail reader decodes it, line breaks included.
+    Word by word: parsing a whole header of them takes milliseconds, on the api's event loop."""
     for word in _ENCODED_WORD.finditer(subject):
         try:
             text = _decode_word(word.group())[0]
         except ValueError:  # a word read otherwise than here: refused rather than guessed at
             raise ValueError("a MIME encoded word in the subject cannot be read") from None
-        if _LINE_BREAK.search(text):
-            raise ValueError("a MIME encoded word in the subject holds a line break")
+        if _NOT_ONE_LINE.search(text):
+            raise ValueError(
+                "a MIME encoded word in the subject holds a line break or a control character"
+            )
+        if _ENCODED_WORD.search(text):
+            raise ValueError("a MIME encoded word in the subject holds another one")
     return subject
 
 
-def holds_no_line_break(text: str) -> bool:
-    """Whether ``text`` (a subject as the mail library parsed it, decoded) is one line."""
-    return _LINE_BREAK.search(text) is None
+def is_one_line(text: str) -> bool:
+    """Whether ``text`` (a subject as the mail library parsed it, decoded) is one line of text,
+    with no encoded word left in it for a mail reader to decode."""
+    return _NOT_ONE_LINE.search(text) is None and _ENCODED_WORD.search(text) is None
 
 
 class EmailPayload(_Payload):
@@ -101,6 +116,13 @@ class EmailPayload(_Payload):
 
 def _has_host_and_port(url: str) -> str:
     check_host_and_port(url)
+    try:
+        # What the worker's HTTP client would refuse at every attempt, refused now: urlsplit,
+        # which the checks above use, skips text between an IPv6 address and its port
+        # (http://[::1]x:80/), which the client does not.
+        httpx.URL(url)
+    except httpx.InvalidURL:
+        raise ValueError("is not a URL the HTTP client can read") from None
     return url
 
 

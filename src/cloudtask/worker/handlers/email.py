@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 from pydantic import ValidationError
 
-from cloudtask.contracts.job_types import EmailPayload, holds_no_line_break
+from cloudtask.contracts.job_types import EmailPayload, is_one_line
 from cloudtask.errors import PermanentFailure
 from cloudtask.settings import Settings
 
@@ -42,8 +42,8 @@ class EmailHandler:
             raise PermanentFailure(f"invalid email header: {exc}") from None
         # As the library will write it, its encoded words decoded (the payload's check does the
         # same, word by word; this is the last word on it).
-        if not holds_no_line_break(str(message["Subject"])):
-            raise PermanentFailure("invalid email header: the subject holds a line break")
+        if not is_one_line(str(message["Subject"])):
+            raise PermanentFailure("invalid email header: the subject is not one line of text")
         message["Message-ID"] = make_msgid(domain="cloudtask")
         message["Date"] = formatdate(usegmt=True)  # RFC 5322 requires it
         message.set_content(mail.body)
@@ -80,6 +80,13 @@ class EmailHandler:
         except aiosmtplib.SMTPResponseException as exc:
             if _permanent(exc.code):
                 raise PermanentFailure(f"the SMTP server refused the message: {exc}") from None
+            raise ConnectionError(f"SMTP: {type(exc).__name__}: {exc}") from None
+        except aiosmtplib.SMTPNotSupported as exc:
+            # A message that needs SMTPUTF8 (an address beyond ASCII) cannot go through a server
+            # without it, at any attempt. A missing STARTTLS or AUTH is tried again: it may be
+            # a server being set up, or STARTTLS stripped by someone on the way.
+            if "SMTPUTF8" in str(exc):
+                raise PermanentFailure(f"the SMTP server cannot take this message: {exc}") from None
             raise ConnectionError(f"SMTP: {type(exc).__name__}: {exc}") from None
         except aiosmtplib.SMTPException as exc:
             # Connection trouble: worth another attempt.

@@ -1,11 +1,13 @@
 """``http``: makes one HTTP request, only to hosts listed in ``HTTP_ALLOWED_HOSTS``.
 
 The host is checked before any connection is made, redirects are not followed (one could lead to a
-host not allowed), the request has a timeout, and a response body larger than
+host not allowed), the whole request has a timeout (``HTTP_TIMEOUT_SECONDS``), and a response
+body larger than
 ``HTTP_MAX_RESPONSE_BYTES`` fails the job. A 5xx or 429 answer fails the attempt (retryable);
 any other answer completes the job with its status code, headers and body.
 """
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -49,11 +51,22 @@ class HttpHandler:
                 # Unless the job gave one, in any case: both went out, and servers read either.
                 if not any(name.lower() == "content-type" for name in headers):
                     headers["Content-Type"] = "application/json"
-        async with (
-            httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client,
-            client.stream(request.method, request.url, headers=headers, content=content) as reply,
-        ):
-            body = await self._read(reply)
+        try:
+            # The client's timeout bounds each wait (to connect, for each read); this one the
+            # whole request, so that a server sending a byte now and then cannot hold it longer.
+            async with (
+                asyncio.timeout(self._timeout),
+                httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client,
+                client.stream(
+                    request.method, request.url, headers=headers, content=content
+                ) as reply,
+            ):
+                body = await self._read(reply)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the HTTP request took longer than {self._timeout:g} s "
+                "(CLOUDTASK_HTTP_TIMEOUT_SECONDS)"
+            ) from None
         if reply.status_code >= 500 or reply.status_code == 429:
             # Its scheme, host and port: the error is kept with the job and logged, and the rest
             # of a URL often carries a secret (a password, a token in the query, a webhook's
