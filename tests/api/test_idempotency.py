@@ -1,6 +1,7 @@
 """The Idempotency-Key header of POST /jobs."""
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
@@ -149,6 +150,42 @@ async def test_an_answer_kept_without_its_location_is_replayed_with_it(client: C
     again = await client.http.post("/jobs", json=body, headers=headers)
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.headers["Location"] == f"/jobs/{job['id']}"
+    assert again.json() == job
+
+
+async def test_keys_of_other_bytes_are_other_keys(client: Client) -> None:
+    # The same character in Latin-1 and in UTF-8, and an overlong form beside what it would
+    # mean: bytes that are not UTF-8 are a key of their own, not read as another one.
+    token = await client.register()
+    pairs = [(b"\xe9", "\u00e9".encode()), (b"\xc0\x80", "\u00c0\u0080".encode())]
+    for first, second in pairs:
+        for key in (first, second):
+            headers = {**client.auth(token), "Idempotency-Key": key}
+            answer = await client.http.post("/jobs", json={"type": "echo"}, headers=headers)
+            assert answer.status_code == 201, answer.text
+            assert "Idempotent-Replayed" not in answer.headers, key
+    assert await _count(client, token) == 4
+
+
+async def test_an_answer_kept_under_a_key_read_as_latin_1_is_replayed(client: Client) -> None:
+    # A version before keys were read as UTF-8 kept them under the digest of the header's
+    # Latin-1 text: a retry across the upgrade, within the 24 hours, still replays.
+    token = await client.register()
+    user_id = UUID(jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["sub"])
+    body = {"type": "echo"}
+    job = await client.create_job(token, **body)
+    sent = "\u00e9t\u00e9-42".encode()
+    digest = hashlib.sha256(sent.decode("latin-1").encode()).hexdigest()
+    record = {
+        "state": "done",
+        "fingerprint": fingerprint("POST", "/jobs", body),
+        "status": 201,
+        "body": jsoncodec.dumps(job).decode(),
+    }
+    await client.backends.kv.set(f"idem:{user_id}:{digest}", jsoncodec.dumps(record), ttl=60)
+    headers = {**client.auth(token), "Idempotency-Key": sent}
+    again = await client.http.post("/jobs", json=body, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true"
     assert again.json() == job
 
 

@@ -64,7 +64,14 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
     *[({"type": "email", "payload": {"to": "a@example.com", "subject": subject}},
        "payload.subject")
       for subject in ("a\x00b", "a\x1bb", "a\x7fb", "a\x9bb", "=?utf-8?q?a=00b?=",
-                      "=?utf-8?q?=3D=3Futf-8=3Fq=3Fa=3D0Ab=3F=3D?=")],
+                      "=?utf-8?q?=3D=3Futf-8=3Fq=3Fa=3D0Ab=3F=3D?=",
+                      # Two words the mail library joins into one that decodes to another.
+                      "=?utf-8?q?=3D=3Futf-8=3Fq=3Fa?= =?utf-8?q?=3D0Ab=3F=3D?=",
+                      "=?utf-8?q?=3D=3F?=utf-8?q?a=0Ab?=",
+                      # A word the library decodes to the end of the header, never closed.
+                      "=?utf-8?q?=1B[31m", "Hello =?utf-8?q?=0D=0ABcc:_x@evil.com",
+                      # Words it reads with defects, whose bytes the header gets otherwise.
+                      "=??Q?=C2=85x?=", "=?utf-8?q?=FF?=", "=?bogus?q?a?=")],
     # One address, not a list or a group: a comma once sent one job's mail to three recipients.
     *[({"type": "email", "payload": {"to": to, "subject": "Hi"}}, "payload.to")
       for to in ("postmaster,root,x@example.com", "a:b@example.com;", "Ada <a@example.com>",
@@ -85,7 +92,7 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
     # (the job failed three times as a connection error).
     *[({"type": "http", "payload": {"url": url}}, "payload.url")
       for url in ("http://[::1]x:80/", "http://[::1]evil.example:80/", "http://[::1]]:80/",
-                  "http://[v1.x]/")],
+                  "http://user@[::1]x/")],
     ({"type": "http", "payload": {"url": "http://example.com/a\r\nHost: b"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http://x", "headers": {"X-A": "a\r\nX-B: b"}}},
      "payload.headers.X-A"),

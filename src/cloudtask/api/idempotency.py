@@ -32,12 +32,9 @@ def read_key(header: str) -> str:
     strip them before it, not always after it, and a retry's client may add or drop one), and
     in UTF-8 where its bytes are, so that its length is counted in characters. Raises
     ``ValueError`` for a key of no character or more than ``MAX_KEY_LENGTH``."""
-    raw = header.encode("latin-1")
-    try:
-        key = raw.decode()
-    except UnicodeDecodeError:
-        key = header  # bytes that are not UTF-8: each one a character, as sent
-    key = key.strip(" \t")
+    # Bytes that are not UTF-8 are kept as they came (surrogate escapes), each one a character,
+    # so that no two byte strings read as one key.
+    key = header.encode("latin-1").decode("utf-8", "surrogateescape").strip(" \t")
     if not key:
         raise ValueError("String should have at least 1 character")
     if len(key) > MAX_KEY_LENGTH:
@@ -62,7 +59,10 @@ class IdempotencyStore:
 
     @staticmethod
     def _key(user_id: UUID, key: str) -> str:
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        # The key's bytes, hashed as the versions that read them as Latin-1 hashed them, so that
+        # an answer they kept is replayed by this one within its 24 hours.
+        sent = key.encode("utf-8", "surrogateescape").decode("latin-1")
+        digest = hashlib.sha256(sent.encode()).hexdigest()
         return f"idem:{user_id}:{digest}"
 
     async def begin(self, user_id: UUID, key: str, print_: str) -> Replay | None:

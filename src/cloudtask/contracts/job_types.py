@@ -9,7 +9,6 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
 
-import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 from cloudtask.contracts.urls import check_host_and_port
@@ -66,8 +65,10 @@ MAX_RESULT_BYTES: Final = 1024 * 1024
 
 
 # A MIME encoded word (RFC 2047), as the mail library finds one in a header: from =? to the
-# next ?= after its charset and encoding, spaces included. Wider than the RFC's, on purpose.
-_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
+# next ?= after its charset and encoding, spaces included. Wider than the RFC's, on purpose. The
+# library also decodes a word that never ends if its text starts with an escape (=?utf-8?q?=0D...
+# to the end of the header): such a one is taken to the end here, where it cannot be read.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?(?:.*?\?=|=[0-9A-Fa-f]{2}.*)", re.DOTALL)
 _NOT_ONE_LINE = re.compile(f"[{_NOT_IN_ONE_LINE}]")
 # The mail library's own decoder of one encoded word (private, but what it writes headers
 # with): text, charset, language, defects. Reached by name, as the module has no type stubs.
@@ -81,27 +82,44 @@ def _one_line_as_written(subject: str) -> str:
     it writes the header: a line break encoded in one ended the header there, and what followed
     became headers of the attacker's (``Bcc:``) or the body. So each encoded word is decoded as
     the library decodes it, and refused if it holds a line break or another control character;
-    one without is fine. One that decodes to another encoded word is refused too: the library
+    one without is fine. A subject that decodes to another encoded word is refused too (from
+    one word, or from two the library joins, as it drops the spaces between them): the library
     writes that one as it is, and the recipient's mail reader decodes it, line breaks included.
     Word by word: parsing a whole header of them takes milliseconds, on the api's event loop."""
+    decoded: list[str] = []
+    end = 0
     for word in _ENCODED_WORD.finditer(subject):
+        gap = subject[end : word.start()]
+        if not (end and gap.strip(" \t") == ""):
+            decoded.append(gap)
         try:
-            text = _decode_word(word.group())[0]
+            text, _, _, defects = _decode_word(word.group())
         except ValueError:  # a word read otherwise than here: refused rather than guessed at
-            raise ValueError("a MIME encoded word in the subject cannot be read") from None
+            defects = [None]
+        if defects:  # and one read with defects (an unknown charset, bytes not of its charset,
+            # bad padding): the header's text gets its bytes otherwise than the word's text here
+            raise ValueError("a MIME encoded word in the subject cannot be read")
         if _NOT_ONE_LINE.search(text):
             raise ValueError(
                 "a MIME encoded word in the subject holds a line break or a control character"
             )
-        if _ENCODED_WORD.search(text):
-            raise ValueError("a MIME encoded word in the subject holds another one")
+        decoded.append(text)
+        end = word.end()
+    if end and _ENCODED_WORD.search("".join(decoded) + subject[end:]):
+        raise ValueError("a MIME encoded word in the subject decodes to another one")
     return subject
 
 
 def is_one_line(text: str) -> bool:
     """Whether ``text`` (a subject as the mail library parsed it, decoded) is one line of text,
-    with no encoded word left in it for a mail reader to decode."""
-    return _NOT_ONE_LINE.search(text) is None and _ENCODED_WORD.search(text) is None
+    and so is what a mail reader would decode of an encoded word the library left in it."""
+    if _NOT_ONE_LINE.search(text):
+        return False
+    try:
+        _one_line_as_written(text)
+    except ValueError:
+        return False
+    return True
 
 
 class EmailPayload(_Payload):
@@ -116,13 +134,6 @@ class EmailPayload(_Payload):
 
 def _has_host_and_port(url: str) -> str:
     check_host_and_port(url)
-    try:
-        # What the worker's HTTP client would refuse at every attempt, refused now: urlsplit,
-        # which the checks above use, skips text between an IPv6 address and its port
-        # (http://[::1]x:80/), which the client does not.
-        httpx.URL(url)
-    except httpx.InvalidURL:
-        raise ValueError("is not a URL the HTTP client can read") from None
     return url
 
 

@@ -19,6 +19,14 @@ def check_host_and_port(url: str) -> None:
         raise ValueError("has a port that is not a number from 0 to 65535") from None
     if not parts.hostname:
         raise ValueError("has no host")
+    host_and_port = parts.netloc.rpartition("@")[2]
+    if host_and_port.startswith("["):
+        # urlsplit reads the address inside the brackets and the port after the next colon,
+        # and skips what lies between (http://[::1]x:80/), where the HTTP client refuses the
+        # URL: the job failed at every attempt, as a connection error.
+        between = host_and_port.partition("]")[2].partition(":")[0]
+        if between:
+            raise ValueError("has text between its IPv6 address and its port")
 
 
 def allowed_host(entry: str) -> tuple[str, int | None]:
