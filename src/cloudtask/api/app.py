@@ -48,12 +48,22 @@ class CloudTaskApp(FastAPI):
             await super().__call__(scope, receive, send)
             return
         scope = with_encoded_slashes_kept(scope)
-        with contextlib.suppress(Exception):
-            lane = self.submit_lane
-            if lane is not None and lane.takes(scope):
-                await lane(scope, receive, send)
-            else:
-                await super().__call__(scope, receive, send)
+        try:
+            with contextlib.suppress(Exception):
+                lane = self.submit_lane
+                if lane is not None and lane.takes(scope):
+                    await lane(scope, receive, send)
+                else:
+                    await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # The server cancels the requests still running when its graceful shutdown ends
+            # (a client sending its body slowly, say), then answers them itself with a 500 in
+            # plain text and logs a traceback. Answered here, in the error body, unless their
+            # answer had begun (the server then refuses a second start): the request ends.
+            try:
+                await errors.shutting_down(scope, send)
+            except RuntimeError:
+                raise asyncio.CancelledError from None
 
     async def full(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app as FastAPI builds it: every middleware, the router, the routes."""

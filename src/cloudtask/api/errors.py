@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
+from starlette.types import Message, Scope, Send
 
 from cloudtask.api.responses import JSONBytesResponse
 from cloudtask.contracts.error_body import error_body, reason
@@ -213,6 +214,22 @@ def _allowed_methods(request: Request) -> list[str]:
 async def _unavailable(request: Request, exc: Exception) -> Response:
     log.warning("dependency unavailable: %s", exc)
     return error_response(request, 503, "A dependency is unavailable; try again shortly")
+
+
+async def shutting_down(scope: Scope, send: Send) -> None:
+    """Answer a request the server stopped before it was answered (its shutdown's time ran out)
+    with a 503, and close its connection."""
+    response = error_response(
+        Request(scope), 503, "The server is shutting down; try again", headers=_CLOSE
+    )
+    await response(scope, _no_receive, send)
+
+
+_CLOSE = {"Connection": "close", "Retry-After": "1"}
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 async def _unknown_user(request: Request, exc: Exception) -> Response:
