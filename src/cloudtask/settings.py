@@ -9,7 +9,9 @@ must not stop a service; an invalid value or a weak JWT secret stops it at start
 import difflib
 import json
 import os
+import re
 from collections.abc import Callable
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +25,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from cloudtask.contracts.job_types import MAX_RESULT_BYTES
+from cloudtask.contracts.job_types import EMAIL_ADDRESS, MAX_RESULT_BYTES, is_one_line
 from cloudtask.contracts.urls import allowed_host, check_host_and_port
 from cloudtask.db.engine import async_url
 from cloudtask.errors import CloudTaskError
@@ -121,6 +123,28 @@ class Settings(BaseSettings):
             raise ValueError("smtps:// is encrypted from the start: ?starttls=true is for smtp://")
         return value
 
+    @field_validator("smtp_from")
+    @classmethod
+    def _one_sender(cls, value: str) -> str:
+        # Checked at start: the mail and SMTP libraries refuse any other at every email job.
+        message = EmailMessage()
+        try:
+            message["From"] = value
+            groups = message["From"].groups
+        except (ValueError, IndexError):  # a line break; what the parser cannot read at all
+            groups = ()
+        if not (
+            len(groups) == 1
+            and groups[0].display_name is None  # a group (Ops: a@x;) is no sender
+            and len(groups[0].addresses) == 1
+            and re.fullmatch(EMAIL_ADDRESS, groups[0].addresses[0].addr_spec)
+            and is_one_line(str(message["From"]))
+        ):
+            raise ValueError(
+                "must be one address, such as jobs@example.com or 'CloudTask <jobs@example.com>'"
+            )
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -202,12 +226,28 @@ _URL_CHECKS: dict[str, Callable[[str], str | None]] = {
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Read the settings, refusing invalid values."""
+    for name, value in os.environ.items():
+        if name.upper().startswith(ENV_PREFIX) and not _is_text(value):
+            # Bytes that are not UTF-8 (a secret from /dev/urandom): every library that takes
+            # the value as text fails on it, at start or at first use, with a traceback.
+            raise SettingsError(f"{name}: is not UTF-8 text (for a secret: openssl rand -hex 32)")
     try:
         return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         error = exc.errors()[0]
         name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "settings"
-        raise SettingsError(f"{name}: {error['msg']}") from None
+        raise SettingsError(f"{name}: {error['msg'].removeprefix('Value error, ')}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{env_file}: is not UTF-8 text") from None
+
+
+def _is_text(value: str) -> bool:
+    # The environment's bytes as Python reads them: those that are not UTF-8 as surrogates.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def unknown_settings(env_file: str | Path | None = ".env") -> list[str]:
