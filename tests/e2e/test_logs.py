@@ -210,6 +210,10 @@ def test_a_full_run_logs_json_lines_keyed_by_job_and_no_secret(
     ]
     recorded = [e for e in entries["results"] if e.get("jobId") == job_ids[2]]
     assert [(e["status"], e["attempt"]) for e in recorded] == [("SCHEDULED", 1), ("FAILED", 2)]
+    # Each attempt's record names the worker that ran it, as the worker's own lines do.
+    ran_by = {(e["attempt"], e["workerId"]) for e in email}
+    assert {(e["attempt"], e["workerId"]) for e in recorded} <= ran_by, (recorded, email)
+    assert all(isinstance(e["workerId"], str) for e in recorded)
     text = "\n".join(process.log() for process in stack.values())
     _assert_no_secret(text, [*passwords.values(), password, payload_marker, JWT_SECRET, *tokens])
 

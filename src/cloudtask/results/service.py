@@ -128,8 +128,10 @@ class ResultsService:
         self.metrics.events.labels("started", "ignored").inc(len(started) + len(subsumed) - taken)
         self.metrics.events.labels("completed", "applied").inc(len(moved))
         self.metrics.events.labels("completed", "ignored").inc(len(finished) - len(moved))
-        for job in moved:
-            self._record(job)
+        if moved:
+            workers = {(f.event.job_id, f.event.attempt): f.event.worker_id for f in finished}
+            for job in moved:
+                self._record(job, workers.get((job.id, job.attempts)))
 
     def _finished(self, event: JobFinished, now: datetime) -> job_events.FinishedEvent:
         delay = compute_backoff(
@@ -140,7 +142,7 @@ class ResultsService:
         # Counted from this clock, not the worker's: one running ahead would put it off.
         return job_events.FinishedEvent(event, now + timedelta(seconds=delay))
 
-    def _record(self, job: job_events.Transition) -> None:
+    def _record(self, job: job_events.Transition, worker_id: str | None) -> None:
         label = self.metrics.job_type(job.type)
         self.metrics.jobs_finished.labels(label, job.status.value).inc()
         if job.status in FINAL_STATUSES and job.finished_at is not None:
@@ -153,6 +155,7 @@ class ResultsService:
                 "action": action,
                 "jobId": str(job.id),
                 "attempt": job.attempts,
+                "workerId": worker_id,
                 "status": job.status.value,
             },
         )
