@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cloudtask.errors import PermanentFailure
-from cloudtask.settings import Settings
+from cloudtask.settings import Settings, SettingsError, load_settings
 from cloudtask.worker.handlers.email import EmailHandler
 
 
@@ -47,10 +47,14 @@ async def test_a_subject_with_an_encoded_word_of_one_line_is_sent_as_its_text(
     ]  # fmt: skip
 
 
-async def test_a_sender_the_mail_library_refuses_fails_the_job_without_retries(
+async def test_a_sender_the_mail_library_refuses_is_refused_at_start_and_by_the_handler(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(_env_file=None, smtp_from="Cloud\u2028Task <cloudtask@localhost>")
+    sender = "Cloud\u2028Task <cloudtask@localhost>"
+    with pytest.raises(SettingsError, match=r"^CLOUDTASK_SMTP_FROM: "):
+        load_settings(env_file=None, smtp_from=sender)
+    # Settings made in code (model_copy) skip that check: the handler's own still holds.
+    settings = Settings(_env_file=None).model_copy(update={"smtp_from": sender})
     handler = EmailHandler(settings, tmp_path)
     with pytest.raises(PermanentFailure, match="invalid email header"):
         await handler({"to": "a@example.com", "subject": "Hi"})
