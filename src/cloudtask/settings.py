@@ -25,7 +25,8 @@ from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from cloudtask.contracts.job_types import EMAIL_ADDRESS, MAX_RESULT_BYTES, is_one_line
+from cloudtask.contracts.job_types import EMAIL_ADDRESS, MAX_RESULT_BYTES
+from cloudtask.contracts.mail_text import is_one_line
 from cloudtask.contracts.urls import allowed_host, check_host_and_port
 from cloudtask.db.engine import async_url
 from cloudtask.errors import CloudTaskError
@@ -110,7 +111,10 @@ class Settings(BaseSettings):
         if value is None:
             return None
         url = value.get_secret_value()
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # its message quotes the URL
+            parts = urlsplit("")
         if parts.scheme not in ("smtp", "smtps"):
             raise ValueError("must be smtp://[user:password@]host[:port] or smtps://…")
         check_host_and_port(url)
@@ -226,8 +230,10 @@ _URL_CHECKS: dict[str, Callable[[str], str | None]] = {
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Read the settings, refusing invalid values."""
+    names = _setting_names()
     for name, value in os.environ.items():
-        if name.upper().startswith(ENV_PREFIX) and not _is_text(value):
+        # Only settings: another program's variable that shares the prefix stops nothing.
+        if name.upper() in names and not _is_text(value):
             # Bytes that are not UTF-8 (a secret from /dev/urandom): every library that takes
             # the value as text fails on it, at start or at first use, with a traceback.
             raise SettingsError(f"{name}: is not UTF-8 text (for a secret: openssl rand -hex 32)")
@@ -239,6 +245,10 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
         raise SettingsError(f"{name}: {error['msg'].removeprefix('Value error, ')}") from None
     except UnicodeDecodeError:
         raise SettingsError(f"{env_file}: is not UTF-8 text") from None
+
+
+def _setting_names() -> frozenset[str]:
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
 
 
 def _is_text(value: str) -> bool:
@@ -253,7 +263,7 @@ def _is_text(value: str) -> bool:
 def unknown_settings(env_file: str | Path | None = ".env") -> list[str]:
     """One line for each ``CLOUDTASK_`` variable (of the environment or ``env_file``) that names
     no setting, with the setting it most resembles."""
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    known = _setting_names()
     file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
     lines = []
     for name in dict.fromkeys([*os.environ, *file_values]):

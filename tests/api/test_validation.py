@@ -71,7 +71,8 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
                       # A word the library decodes to the end of the header, never closed.
                       "=?utf-8?q?=1B[31m", "Hello =?utf-8?q?=0D=0ABcc:_x@evil.com",
                       # Words it reads with defects, whose bytes the header gets otherwise.
-                      "=??Q?=C2=85x?=", "=?utf-8?q?=FF?=", "=?bogus?q?a?=")],
+                      "=??Q?=C2=85x?=", "=?utf-8?q?=FF?=", "=?bogus?q?a?=",
+                      "=?" + "x" * 900 + "?q?a?=")],
     # One address, not a list or a group: a comma once sent one job's mail to three recipients.
     *[({"type": "email", "payload": {"to": to, "subject": "Hi"}}, "payload.to")
       for to in ("postmaster,root,x@example.com", "a:b@example.com;", "Ada <a@example.com>",
@@ -92,7 +93,8 @@ BAD_JOBS: list[tuple[dict[str, Any], str]] = [
     # (the job failed three times as a connection error).
     *[({"type": "http", "payload": {"url": url}}, "payload.url")
       for url in ("http://[::1]x:80/", "http://[::1]evil.example:80/", "http://[::1]]:80/",
-                  "http://user@[::1]x/")],
+                  "http://user@[::1]x/", "http://a[::1]:80/", "http://u@x.com[::1]:80/",
+                  "http://[v1.x]/")],
     ({"type": "http", "payload": {"url": "http://example.com/a\r\nHost: b"}}, "payload.url"),
     ({"type": "http", "payload": {"url": "http://x", "headers": {"X-A": "a\r\nX-B: b"}}},
      "payload.headers.X-A"),
@@ -158,6 +160,19 @@ async def test_good_edge_values_are_accepted(client: Client) -> None:
             "type": "email",
             "payload": {"to": "j\u00f6ran@ex\u00e4mple.com", "subject": "=?utf-8?q?Caf=C3=A9?="},
         },
+        # Subjects mail programs write: words joined by a tab, base64 without its padding or
+        # with more, charsets of other names, a language.
+        *(
+            {"type": "email", "payload": {"to": "a@example.com", "subject": subject}}
+            for subject in (
+                "Re: =?ISO-8859-1?Q?Andr=E9?=\t=?utf-8?b?w6k=?=",
+                "=?UTF-8?B?UsOpdW5pb24?=",
+                "=?utf-8?b?SGVsbG8==?=",
+                "=?iso-2022-jp?B?GyRCJUYlOSVIGyhC?=",
+                "=?windows-1252?q?=93quoted=94?=",
+                "=?utf-8*en?q?hello?=",
+            )
+        ),
         {"type": "http", "payload": {"url": "http://[::1]:8080/", "method": "POST"}},
         {
             "type": "http",

@@ -1,6 +1,9 @@
 """The results-processor on its own: both events of an attempt, however they are batched."""
 
+import logging
 from datetime import timedelta
+
+import pytest
 
 from cloudtask.contracts.messages import JobFinished, JobStarted
 from cloudtask.contracts.queues import JOBS_COMPLETED, JOBS_STARTED
@@ -70,3 +73,35 @@ async def _counted(results: ResultsService, total: int) -> bool:
         for outcome in ("applied", "ignored")
     )
     return seen >= total
+
+
+async def test_the_line_recording_an_attempt_names_the_worker_whose_end_was_written(
+    backends: Backends, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two copies of one attempt's end, from two workers, read in one batch: one is written, and
+    # the line says whose.
+    user = await scheduling.add_user(backends)
+    [job_id] = await scheduling.add_waiting_jobs(backends, user, 1)
+    await scheduling.update_jobs(backends, [job_id], status=JobStatus.PENDING, dispatch_attempt=1)
+    started_at = utcnow() - timedelta(seconds=2)
+    for worker in ("worker-a", "worker-b"):
+        end = JobFinished(
+            job_id=job_id,
+            attempt=1,
+            status="COMPLETED",
+            result={"by": worker},
+            worker_id=worker,
+            started_at=started_at,
+            finished_at=started_at + timedelta(seconds=1),
+        )
+        await backends.broker.publish(JOBS_COMPLETED, end.encode())
+    results = ResultsService(settings, db=backends.db, broker=backends.broker)
+    with caplog.at_level(logging.INFO, logger="cloudtask.results"):
+        await results.start()
+        try:
+            await eventually(lambda: _counted(results, 2))
+        finally:
+            await results.stop()
+    [row] = await scheduling.job_rows(backends, [job_id])
+    [line] = [r for r in caplog.records if getattr(r, "jobId", None) == str(job_id)]
+    assert row.result == f'{{"by":"{line.workerId}"}}'  # type: ignore[attr-defined]

@@ -151,6 +151,10 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
         ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example?start_tls=true"),
         ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example?foo=bar"),
         ("CLOUDTASK_SMTP_URL", "smtps://user:s3cret@mail.example?starttls=true"),
+        # urlsplit's own message quotes the URL, its password with it.
+        ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@mail.example\u2100:587"),
+        ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@[v1.x]:25"),
+        ("CLOUDTASK_SMTP_URL", "smtp://user:s3cret@a[::1]:25"),
         ("CLOUDTASK_WORKER_LEASE_SECONDS", "inf"),
         ("CLOUDTASK_SCHEDULER_LEASE_SECONDS", "Infinity"),
         ("CLOUDTASK_OUTBOX_RELAY_AFTER_SECONDS", "nan"),
@@ -286,6 +290,13 @@ def test_an_invalid_value_in_the_env_file_is_refused_naming_the_variable(tmp_pat
 def test_a_sender_of_one_address_is_read(monkeypatch: pytest.MonkeyPatch, sender: str) -> None:
     monkeypatch.setenv("CLOUDTASK_SMTP_FROM", sender)
     assert load_settings().smtp_from == sender
+
+
+def test_a_variable_of_another_program_that_is_not_utf8_stops_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLOUDTASK_OTHER_TOOL_TOKEN", "\udcff")
+    assert load_settings(env_file=None).log_level == "INFO"
 
 
 def test_an_env_file_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -217,15 +217,16 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 
 async def shutting_down(scope: Scope, send: Send) -> None:
-    """Answer a request the server stopped before it was answered (its shutdown's time ran out)
-    with a 503, and close its connection."""
+    """Answer a request the server stopped before it was answered (its shutdown's time ran out),
+    and close its connection. A 500, not a 503 (try again): what the request was doing may have
+    been committed, a job stored, and only the answer lost."""
     response = error_response(
-        Request(scope), 503, "The server is shutting down; try again", headers=_CLOSE
+        Request(scope),
+        500,
+        "The server stopped before answering; the request may or may not have taken effect",
+        headers={"Connection": "close"},
     )
     await response(scope, _no_receive, send)
-
-
-_CLOSE = {"Connection": "close", "Retry-After": "1"}
 
 
 async def _no_receive() -> Message:

@@ -12,7 +12,11 @@ def check_host_and_port(url: str) -> None:
     """Raise ``ValueError`` unless the URL names a host, and a port of 0 to 65535 if any: a URL
     without them fails the same way every time it is used. The message never repeats the URL,
     which may hold a password."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed bracket; a host NFKC normalization changes (its message
+        # quotes the URL's user and password)
+        raise ValueError("is not a URL") from None
     try:
         parts.port  # noqa: B018 - parsed on access
     except ValueError:
@@ -20,13 +24,23 @@ def check_host_and_port(url: str) -> None:
     if not parts.hostname:
         raise ValueError("has no host")
     host_and_port = parts.netloc.rpartition("@")[2]
-    if host_and_port.startswith("["):
-        # urlsplit reads the address inside the brackets and the port after the next colon,
-        # and skips what lies between (http://[::1]x:80/), where the HTTP client refuses the
-        # URL: the job failed at every attempt, as a connection error.
-        between = host_and_port.partition("]")[2].partition(":")[0]
-        if between:
-            raise ValueError("has text between its IPv6 address and its port")
+    if "[" in host_and_port or "]" in host_and_port:
+        # urlsplit reads the host inside the brackets, and the port after the next colon, and
+        # skips what lies around them (http://a[::1]x:80/), where the HTTP client refuses the
+        # URL: the job failed at every attempt, as a connection error. Nor does any client take
+        # a future address form ([v1.x]): an IPv6 address alone.
+        before, _, rest = host_and_port.partition("[")
+        address, _, after = rest.partition("]")
+        if before or (after and not after.startswith(":")) or not _is_ipv6(address):
+            raise ValueError("has a host in brackets that is not one IPv6 address and its port")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def allowed_host(entry: str) -> tuple[str, int | None]:

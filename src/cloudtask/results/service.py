@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -129,7 +130,10 @@ class ResultsService:
         self.metrics.events.labels("completed", "applied").inc(len(moved))
         self.metrics.events.labels("completed", "ignored").inc(len(finished) - len(moved))
         if moved:
-            workers = {(f.event.job_id, f.event.attempt): f.event.worker_id for f in finished}
+            # The first of two copies of an end in one batch is the one written.
+            workers: dict[tuple[UUID, int], str] = {}
+            for f in finished:
+                workers.setdefault((f.event.job_id, f.event.attempt), f.event.worker_id)
             for job in moved:
                 self._record(job, workers.get((job.id, job.attempts)))
 

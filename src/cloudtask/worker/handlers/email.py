@@ -16,7 +16,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 from pydantic import ValidationError
 
-from cloudtask.contracts.job_types import EmailPayload, is_one_line
+from cloudtask.contracts.job_types import EmailPayload
+from cloudtask.contracts.mail_text import is_one_line
 from cloudtask.errors import PermanentFailure
 from cloudtask.settings import Settings
 
