@@ -2,8 +2,10 @@
 key-value store. The embedded wiring, nothing else."""
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import secrets
 import socket
 import sys
@@ -44,17 +46,53 @@ log = logging.getLogger(__name__)
 
 def dev_secret(db_path: Path, settings: Settings) -> str:
     """The configured secret if strong enough, else one generated once and kept beside the
-    database, so tokens survive restarts."""
+    database, so tokens survive restarts. A kept one too short to be a secret (a file emptied,
+    or edited) is replaced: signing with it failed every login, or let anyone forge a token."""
     configured = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
     if len(configured.encode()) >= MIN_JWT_SECRET_BYTES:
         return configured
     path = db_path.with_name(db_path.name + ".secret")
-    if path.exists():
-        return path.read_text().strip()
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = None
+    except (OSError, UnicodeDecodeError):
+        kept = ""
+    if kept is not None and len(kept.encode()) >= MIN_JWT_SECRET_BYTES:
+        return kept
+    if kept is not None:
+        log.warning("the secret in %s is too short to sign tokens: a new one replaces it", path)
     secret = secrets.token_hex(32)
-    path.touch(mode=0o600)
-    path.write_text(secret)
+    _write_privately(path, secret)
     return secret
+
+
+def _write_privately(path: Path, text: str) -> None:
+    # Written whole, then moved into place: a process cut short leaves the previous file, not
+    # an empty one. Readable by its owner alone (a secret; stored answers hold job payloads).
+    partial = path.with_name(path.name + ".partial")
+    partial.touch(mode=0o600)
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def _lock(db_path: Path) -> int | None:
+    """Hold the database for this process, or refuse in one line: two ``cloudtask dev`` on one
+    database each queued its pending jobs again and ran them, and took the scheduler's lead in
+    turn. The lock goes with the process, however it ends."""
+    if sys.platform == "win32":  # no flock there: not refused
+        return None
+    import fcntl  # noqa: PLC0415 - POSIX only
+
+    descriptor = os.open(db_path.with_name(db_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise SettingsError(
+            f"--db {db_path} is in use by another cloudtask dev: stop it, or give another --db"
+        ) from None
+    return descriptor
 
 
 def _prepare(db_path: Path) -> Path:
@@ -137,12 +175,26 @@ def _load_kv(kv: MemoryKV, path: Path) -> None:
 
 
 def _save_kv(kv: MemoryKV, path: Path) -> None:
-    # Written whole, then moved into place: a stop cut short leaves the previous state. It holds
-    # stored answers (job payloads), hence the database's privacy.
-    partial = path.with_name(path.name + ".partial")
-    partial.touch(mode=0o600)
-    partial.write_text(json.dumps(kv.snapshot()))
-    partial.replace(path)
+    _write_privately(path, json.dumps(kv.snapshot()))
+
+
+KV_SAVED_EVERY = 1.0
+
+
+async def _keep_saving_kv(kv: MemoryKV, path: Path, stopping: asyncio.Event) -> None:
+    """Save the store every second while the process runs, not only when it stops: a kill lost
+    every Idempotency-Key answer and login count since the start, and a retried request then
+    created its job again. Returns once ``stopping`` is set and no write is under way (the
+    last one, at the stop, must not be overtaken by an older state)."""
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), KV_SAVED_EVERY)
+            return
+        snapshot = json.dumps(kv.snapshot())  # taken here, between two of the loop's steps
+        try:
+            await asyncio.to_thread(_write_privately, path, snapshot)
+        except OSError as exc:
+            log.warning("could not save the key-value store (%s)", exc)
 
 
 async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
@@ -150,14 +202,12 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
     # the pending jobs of its database or runs any.
     sock = serving.listening_socket(host, port)
     try:
-        await _run(settings, host, port, db_path, sock)
+        await _run(settings, host, db_path, sock)
     finally:
         sock.close()
 
 
-async def _run(
-    settings: Settings, host: str, port: int, db_path: Path, sock: socket.socket
-) -> None:
+async def _run(settings: Settings, host: str, db_path: Path, sock: socket.socket) -> None:
     db_path = await asyncio.to_thread(_prepare, db_path)
     url = f"sqlite:///{db_path}"
     try:
@@ -166,6 +216,17 @@ async def _run(
         raise SettingsError(
             f"--db {db_path}: {exc} (give the path of a new file, or of a dev database)"
         ) from None
+    lock = await asyncio.to_thread(_lock, db_path)
+    try:
+        await _run_on(settings, host, db_path, sock, url)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+async def _run_on(
+    settings: Settings, host: str, db_path: Path, sock: socket.socket, url: str
+) -> None:
     secret = await asyncio.to_thread(dev_secret, db_path, settings)
     engine = create_engine(url)
     broker, kv = MemoryBroker(), MemoryKV()
@@ -197,14 +258,18 @@ async def _run(
         file=sys.stderr,
         flush=True,
     )
+    stopping = asyncio.Event()
+    saving = asyncio.create_task(_keep_saving_kv(kv, _kv_path(db_path), stopping))
     try:
-        await serving.serve(app, host, port, sock=sock, hurried=worker)
+        await serving.serve(app, host, sock.getsockname()[1], sock=sock, hurried=worker)
     finally:
+        stopping.set()
         await scheduler.stop()
         await worker.stop(settings.worker_grace_seconds)
         await _drain_reports(broker)
         await results.stop()
         await broker.close()
         await kv.close()
+        await saving
         await asyncio.to_thread(_save_kv, kv, _kv_path(db_path))
         await engine.dispose()

@@ -2,6 +2,7 @@
 
 import secrets
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from cloudtask.dev import KV_SAVED_EVERY
 from tests import infra
 from tests.e2e.probes import metric
 from tests.e2e.processes import CLOUDTASK, Processes, clean_env, free_port, processes
@@ -315,6 +317,7 @@ def test_cloudtask_dev_runs_the_jobs_it_held_after_a_restart(tmp_path: Path, sto
         if stop == "SIGTERM":
             assert dev.stop() == 0  # the short job ends within the grace period, the long not
         else:
+            time.sleep(2 * KV_SAVED_EVERY)  # the key-value store is saved while it runs
             dev.kill()
 
         again = group.start("dev", "--db", db, "--concurrency", "2")
@@ -323,16 +326,65 @@ def test_cloudtask_dev_runs_the_jobs_it_held_after_a_restart(tmp_path: Path, sto
         if stop == "SIGTERM":
             # Reported before the stop, not run again after it.
             assert restarted.get(short["id"])["status"] == "COMPLETED"
-            # The key-value store was kept: the same key still answers the first request.
-            replayed = restarted.http.post("/jobs", **keyed)
-            assert replayed.headers.get("Idempotent-Replayed") == "true"
-            assert (replayed.status_code, replayed.json()) == (201, first.json())
+        # The key-value store was kept, by the stop or while the process ran: the same key
+        # still answers the first request (a kill once lost it, and the retry made a new job).
+        replayed = restarted.http.post("/jobs", **keyed)
+        assert replayed.headers.get("Idempotent-Replayed") == "true"
+        assert (replayed.status_code, replayed.json()) == (201, first.json())
         for n, job in enumerate(queued):
             assert restarted.wait(job["id"], "COMPLETED", "FAILED")["result"] == n
         for job, seconds in ((short, 0.5), (long, 3)):
             done = restarted.wait(job["id"], "COMPLETED", "FAILED", timeout=30)
             assert (done["status"], done["result"]) == ("COMPLETED", f"Slept for {seconds} seconds")
         assert again.stop() == 0
+
+
+def test_a_second_cloudtask_dev_on_the_same_database_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # Both once ran: each queued the pending jobs again and ran them, and they took the
+    # scheduler's lead in turn.
+    db = tmp_path / "dev.db"
+    with processes(clean_env(), tmp_path) as group:
+        first = group.start("dev", "--db", str(db))
+        done = _cloudtask(["dev", "--port", "0", "--db", str(db)], clean_env())
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"cloudtask: --db {db} is in use by another cloudtask dev: stop it, or give "
+            "another --db"
+        )
+        assert "Traceback" not in done.stderr
+        assert httpx.get(f"{first.url}/actuator/health", timeout=10).status_code == 200
+        assert first.stop() == 0
+
+
+def test_cloudtask_dev_replaces_a_kept_secret_too_short_to_sign_with(tmp_path: Path) -> None:
+    # An empty file (a process cut short as it wrote it) made every login a 500; a short one
+    # let anyone who guessed it forge tokens.
+    db = tmp_path / "dev.db"
+    secret = tmp_path / "dev.db.secret"
+    secret.write_text("")
+    with processes(clean_env(bcrypt_rounds="4"), tmp_path) as group:
+        dev = group.start("dev", "--db", str(db))
+        client = group.client(dev)
+        assert client.submit(type="echo", payload=1)["status"] in ("PENDING", "COMPLETED")
+        assert len(secret.read_text().strip()) >= 32
+        assert dev.stop() == 0
+
+
+def test_cloudtask_dev_starts_on_a_database_a_later_version_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "dev.db"
+    with processes(clean_env(), tmp_path) as group:
+        assert group.start("dev", "--db", str(db)).stop() == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    with processes(clean_env(bcrypt_rounds="4"), tmp_path) as group:
+        dev = group.start("dev", "--db", str(db))
+        assert group.client(dev).submit(type="echo", payload=2)["type"] == "echo"
+        assert dev.stop() == 0
+        assert "newer than this version's" in dev.log()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("9999",)
 
 
 def test_the_api_can_serve_one_port_from_several_processes(procs: Processes) -> None:
