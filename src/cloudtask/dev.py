@@ -24,7 +24,7 @@ from cloudtask.contracts.queues import (
     JOBS_STARTED,
     REQUEUED_HEADER,
 )
-from cloudtask.contracts.signals import REQUEUED, lease_key
+from cloudtask.contracts.signals import REQUEUED, SCHEDULER_LEASE, lease_key
 from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.engine import create_engine
@@ -76,6 +76,10 @@ def _write_privately(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+def _lock_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".lock")
+
+
 def _lock(db_path: Path) -> int | None:
     """Hold the database for this process, or refuse in one line: two ``cloudtask dev`` on one
     database each queued its pending jobs again and ran them, and took the scheduler's lead in
@@ -84,7 +88,7 @@ def _lock(db_path: Path) -> int | None:
         return None
     import fcntl  # noqa: PLC0415 - POSIX only
 
-    descriptor = os.open(db_path.with_name(db_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    descriptor = os.open(_lock_path(db_path), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -172,6 +176,10 @@ def _load_kv(kv: MemoryKV, path: Path) -> None:
         return
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("could not read the key-value store's last state (%s): starting empty", exc)
+    # Saved while the last process ran and led, if a kill ended it: its scheduler would not
+    # renew the lead, and this one's waited for it to expire (10 s without dispatching, firing
+    # schedules or recovering). This process holds the database alone (its lock).
+    kv.drop_lease(SCHEDULER_LEASE)
 
 
 def _save_kv(kv: MemoryKV, path: Path) -> None:
@@ -210,14 +218,18 @@ async def run(settings: Settings, host: str, port: int, db_path: Path) -> None:
 async def _run(settings: Settings, host: str, db_path: Path, sock: socket.socket) -> None:
     db_path = await asyncio.to_thread(_prepare, db_path)
     url = f"sqlite:///{db_path}"
-    try:
-        await upgrade_async(url)
-    except DatabaseRefused as exc:
-        raise SettingsError(
-            f"--db {db_path}: {exc} (give the path of a new file, or of a dev database)"
-        ) from None
+    # Held before the migration: two processes started together both migrated the new file,
+    # and one failed part way with a traceback (a newer version would migrate a database
+    # another process runs on).
     lock = await asyncio.to_thread(_lock, db_path)
     try:
+        try:
+            await upgrade_async(url)
+        except DatabaseRefused as exc:
+            _lock_path(db_path).unlink(missing_ok=True)  # nothing of ours left beside that file
+            raise SettingsError(
+                f"--db {db_path}: {exc} (give the path of a new file, or of a dev database)"
+            ) from None
         await _run_on(settings, host, db_path, sock, url)
     finally:
         if lock is not None:

@@ -387,6 +387,20 @@ def test_cloudtask_dev_starts_on_a_database_a_later_version_migrated(tmp_path: P
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("9999",)
 
 
+def test_cloudtask_dev_refuses_a_database_of_another_programs_migrations(tmp_path: Path) -> None:
+    db = tmp_path / "dev.db"
+    with processes(clean_env(), tmp_path) as group:
+        assert group.start("dev", "--db", str(db)).stop() == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'a1b2c3d4e5f6'")
+    done = _cloudtask(["dev", "--port", "0", "--db", str(db)], clean_env())
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"cloudtask: --db {db}: its schema is at revision 'a1b2c3d4e5f6', which is not "
+        "CloudTask's (give the path of a new file, or of a dev database)"
+    )
+
+
 def test_the_api_can_serve_one_port_from_several_processes(procs: Processes) -> None:
     api = procs.start("api", "--workers", "2")
     client = procs.client(api)

@@ -1,7 +1,10 @@
 """The in-process key-value store's state kept across ``cloudtask dev`` restarts."""
 
 import json
+from pathlib import Path
 
+from cloudtask import dev
+from cloudtask.contracts.signals import SCHEDULER_LEASE
 from cloudtask.kv.memory import MemoryKV
 
 
@@ -36,3 +39,19 @@ async def test_a_value_past_its_ttl_since_the_snapshot_is_dropped() -> None:
     again = MemoryKV()
     again.restore(snapshot)
     assert await again.get("key") is None
+
+
+async def test_cloudtask_dev_loads_its_store_without_the_last_processs_scheduler_lead(
+    tmp_path: Path,
+) -> None:
+    # Saved while a process led, then killed: the next one waited for that lead to expire.
+    before = MemoryKV()
+    fence = await before.acquire_lease(SCHEDULER_LEASE, "killed-process", ttl=10)
+    assert fence is not None
+    path = tmp_path / "dev.db.kv.json"
+    dev._save_kv(before, path)
+
+    after = MemoryKV()
+    dev._load_kv(after, path)
+    taken = await after.acquire_lease(SCHEDULER_LEASE, "next-process", ttl=10)
+    assert taken is not None and taken > fence  # led at once, with a later fencing token

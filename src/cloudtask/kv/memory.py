@@ -144,6 +144,11 @@ class MemoryKV(KV):
         self._values[key] = (owner.encode(), self._expiry(ttl))
         return self._fences[name]
 
+    def drop_lease(self, name: str) -> None:
+        """Free the lease ``name`` whoever holds it (a process gone with its store's state
+        saved: its holder will not renew it); its fencing counter stays."""
+        self._values.pop(f"lease:{name}", None)
+
     async def release_lease(self, name: str, owner: str) -> None:
         key = f"lease:{name}"
         holder = self._live(key)
