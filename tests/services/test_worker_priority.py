@@ -1,10 +1,11 @@
-"""A busy worker starts the due jobs highest priority first, whichever it already holds, and
-those of one priority in the order they were submitted: those waiting in it for a slot take them
-in that order, and a delivery that waits too long goes back to its place in the queue, where
-RabbitMQ (or the in-memory broker) compares it with the jobs submitted since. One slot here, held
-by a long job while low, middle and high jobs arrive, in that order, three of each; the jobs
-go back to the queue more times than ``MAX_DELIVERIES`` allows a job that kills its worker, and
-none is taken for one."""
+"""A busy worker starts the due jobs highest priority first, whichever it already holds: those
+waiting in it for a slot take them in that order, and a delivery that waits too long goes back
+to the queue, where RabbitMQ (or the in-memory broker) compares it with the jobs submitted since.
+One slot here, held by a long job while low, middle and high jobs arrive, in that order, three of
+each; the jobs go back to the queue more times than ``MAX_DELIVERIES`` allows a job that kills its
+worker, and none is taken for one. Within one priority, the in-memory broker keeps the order they
+were submitted in; RabbitMQ does not always keep it for messages rejected back together (two came
+back swapped in about one run in eight), so there only the priorities' order is asserted."""
 
 import asyncio
 from typing import Any
@@ -73,5 +74,10 @@ async def test_a_freed_slot_goes_to_the_highest_priority_due_job(
         handlers.release.set()
     for job in jobs:
         await wait_for_status(stack.client, token, job["id"], "COMPLETED")
-    assert handlers.started == [f"{level}{n}" for level in ("high", "mid", "low") for n in range(3)]
+    submitted = [f"{level}{n}" for level in ("high", "mid", "low") for n in range(3)]
+    if stack.backends.kind == "memory":
+        assert handlers.started == submitted
+    else:
+        assert [name[:-1] for name in handlers.started] == [name[:-1] for name in submitted]
+        assert sorted(handlers.started) == sorted(submitted)
     assert metric(registry, "cloudtask_worker_dead_lettered_total", reason="redelivered") == 0
