@@ -194,7 +194,7 @@ async def _keep_saving_kv(kv: MemoryKV, path: Path, stopping: asyncio.Event) -> 
     every Idempotency-Key answer and login count since the start, and a retried request then
     created its job again. Returns once ``stopping`` is set and no write is under way (the
     last one, at the stop, must not be overtaken by an older state)."""
-    while not stopping.is_set():
+    while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), KV_SAVED_EVERY)
             return

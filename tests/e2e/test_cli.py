@@ -372,12 +372,18 @@ def test_cloudtask_dev_replaces_a_kept_secret_too_short_to_sign_with(tmp_path: P
         assert dev.stop() == 0
 
 
-def test_cloudtask_dev_starts_on_a_database_a_later_version_migrated(tmp_path: Path) -> None:
+def _dev_database_at_revision(tmp_path: Path, revision: str) -> Path:
+    """A database ``cloudtask dev`` made, its Alembic revision then set to ``revision``."""
     db = tmp_path / "dev.db"
     with processes(clean_env(), tmp_path) as group:
         assert group.start("dev", "--db", str(db)).stop() == 0
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        conn.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+    return db
+
+
+def test_cloudtask_dev_starts_on_a_database_a_later_version_migrated(tmp_path: Path) -> None:
+    db = _dev_database_at_revision(tmp_path, "9999")
     with processes(clean_env(bcrypt_rounds="4"), tmp_path) as group:
         dev = group.start("dev", "--db", str(db))
         assert group.client(dev).submit(type="echo", payload=2)["type"] == "echo"
@@ -388,11 +394,7 @@ def test_cloudtask_dev_starts_on_a_database_a_later_version_migrated(tmp_path: P
 
 
 def test_cloudtask_dev_refuses_a_database_of_another_programs_migrations(tmp_path: Path) -> None:
-    db = tmp_path / "dev.db"
-    with processes(clean_env(), tmp_path) as group:
-        assert group.start("dev", "--db", str(db)).stop() == 0
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = 'a1b2c3d4e5f6'")
+    db = _dev_database_at_revision(tmp_path, "a1b2c3d4e5f6")
     done = _cloudtask(["dev", "--port", "0", "--db", str(db)], clean_env())
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (

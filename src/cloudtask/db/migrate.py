@@ -10,7 +10,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from cloudtask.db.engine import create_engine
-from cloudtask.db.revisions import HEAD, REVISION_QUERY, REVISIONS, Schema, schema_of
+from cloudtask.db.revisions import HEAD, REVISION_QUERY, REVISIONS, Schema, is_later, schema_of
 from cloudtask.db.session import driver_message
 from cloudtask.errors import DatabaseRefused
 
@@ -37,7 +37,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     except (DBAPIError, OSError) as exc:
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         raise DatabaseRefused(driver_message(cause)) from None
-    if current is not None and current not in REVISIONS and not _later(current):
+    if current is not None and current not in REVISIONS and not is_later(current):
         # Another program's Alembic revision: a database given by mistake, not one to use.
         raise DatabaseRefused(f"its schema is at revision {current!r}, which is not CloudTask's")
     if schema_of(current) is Schema.NEWER:
@@ -53,16 +53,6 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 async def upgrade_async(url: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, url, revision)
-
-
-def _later(revision: str) -> bool:
-    # CloudTask's revisions are numbered: 0001, 0002, ...
-    return (
-        len(revision) == len(HEAD)
-        and revision.isascii()
-        and revision.isdigit()
-        and (revision > HEAD)
-    )
 
 
 async def _current_revision(url: str) -> str | None:

@@ -26,6 +26,17 @@ class Schema(enum.Enum):
     NEWER = "newer"
 
 
+def is_later(revision: str) -> bool:
+    """Whether ``revision`` is one a later version of CloudTask would write (they are numbered:
+    0001, 0002, ...), rather than another program's."""
+    return (
+        len(revision) == len(HEAD)
+        and revision.isascii()
+        and revision.isdigit()
+        and (revision > HEAD)
+    )
+
+
 def schema_of(revision: str | None) -> Schema:
     if revision == HEAD:
         return Schema.CURRENT

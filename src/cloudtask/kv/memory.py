@@ -135,7 +135,7 @@ class MemoryKV(KV):
         return None if expires is None else max(expires - self._now(), 0.0)
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> int | None:
-        key = f"lease:{name}"
+        key = _lease_key(name)
         holder = self._live(key)
         if holder is not None and holder.decode() != owner:
             return None
@@ -147,10 +147,10 @@ class MemoryKV(KV):
     def drop_lease(self, name: str) -> None:
         """Free the lease ``name`` whoever holds it (a process gone with its store's state
         saved: its holder will not renew it); its fencing counter stays."""
-        self._values.pop(f"lease:{name}", None)
+        self._values.pop(_lease_key(name), None)
 
     async def release_lease(self, name: str, owner: str) -> None:
-        key = f"lease:{name}"
+        key = _lease_key(name)
         holder = self._live(key)
         if holder is not None and holder.decode() == owner:
             del self._values[key]
@@ -195,3 +195,7 @@ class MemoryKV(KV):
                 self._values[key] = (base64.b64decode(value), self._expiry(ttl))
         for name, fence in snapshot["fences"].items():
             self._fences[name] = max(self._fences[name], int(fence))
+
+
+def _lease_key(name: str) -> str:
+    return f"lease:{name}"

@@ -2,9 +2,8 @@
 
 The host is checked before any connection is made, redirects are not followed (one could lead to a
 host not allowed), the whole request has a timeout (``HTTP_TIMEOUT_SECONDS``), and a response
-body larger than
-``HTTP_MAX_RESPONSE_BYTES`` fails the job. A 5xx or 429 answer fails the attempt (retryable);
-any other answer completes the job with its status code, headers and body.
+body larger than ``HTTP_MAX_RESPONSE_BYTES`` fails the job. A 5xx or 429 answer fails the
+attempt (retryable); any other answer completes the job with its status code, headers and body.
 """
 
 import asyncio
