@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from cloudtask.api import context as api_context
 from cloudtask.api.app import create_app
@@ -169,10 +169,17 @@ async def test_a_token_that_outlived_its_user_is_401_for_writes_at_once_and_read
     keyed = {**client.auth(token), "Idempotency-Key": "made-before"}
     first = await client.http.post("/jobs", json={"type": "echo"}, headers=keyed)
     assert first.status_code == 201
+    waiting = await client.create_job(token, delaySeconds=3600)
+    cancel = await client.http.post(f"/jobs/{waiting['id']}/cancel", headers=client.auth(token))
+    assert cancel.json()["status"] == "CANCELLED"
     async with backends.db.begin() as conn:
-        await conn.execute(delete(jobs).where(jobs.c.type == "echo"))
+        theirs = select(users.c.id).where(users.c.email_key == email).scalar_subquery()
+        await conn.execute(delete(jobs).where(jobs.c.user_id == theirs))
         await conn.execute(delete(users).where(users.c.email_key == email))
-    for path, body in (("/jobs", {"type": "echo"}), ("/schedules", SCHEDULE)):
+    # A retry creates a job too (the one it names went with its user: 401, not 404).
+    retry = f"/jobs/{waiting['id']}/retry"
+    creations = (("/jobs", {"type": "echo"}), ("/schedules", SCHEDULE), (retry, None))
+    for path, body in creations:
         response = await client.http.post(path, json=body, headers=client.auth(token))
         assert_error(response, 401, path)
         assert response.headers["WWW-Authenticate"] == "Bearer"

@@ -30,7 +30,8 @@ from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.ids import new_job_id
 from cloudtask.db.queries import jobs as jobs_q
-from cloudtask.errors import DatabaseUnavailable, KVUnavailable
+from cloudtask.db.queries import users as users_q
+from cloudtask.errors import DatabaseUnavailable, KVUnavailable, UnknownUser
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -264,6 +265,10 @@ async def _take_back_flag(context: Context, job_id: uuid.UUID) -> None:
 async def retry_job(job_id: str, user: CurrentUser, context: Context) -> Response:
     async with session.reading(context.db) as conn:
         job = await jobs_q.get(conn, _job_id(job_id), user.user_id)
+        # A retry creates a job, and a request that creates something from a user who no
+        # longer exists is a 401 at once (their jobs went with them, so it would read 404).
+        if job is None and not await users_q.exists(conn, user.user_id):
+            raise UnknownUser
     if job is None:
         raise not_found()
     if job.status not in RETRYABLE_STATUSES:
