@@ -92,6 +92,22 @@ def test_dumps_writes_big_integers_exactly() -> None:
     assert dumps({"n": -(2**70)}) == b'{"n":-1180591620717411303424}'
 
 
+def test_a_number_is_written_the_same_beside_a_big_integer() -> None:
+    # A payload's size is counted in this writing: one integer beyond 64 bits beside them must
+    # not change how the other numbers are written (1e-05 and 0.00001 differ by two bytes).
+    alone = dumps([1e-5, 1e15, 2**63 - 1, -(2**63), 2**64 - 1])
+    beside = dumps([1e-5, 1e15, 2**63 - 1, -(2**63), 2**64 - 1, 2**64])
+    assert beside == alone[:-1] + b",18446744073709551616]"
+    assert dumps({"a": {"b": [2**70, 0.1]}}) == b'{"a":{"b":[1180591620717411303424,0.1]}}'
+
+
+def test_keys_that_are_not_strings_are_written_as_strings() -> None:
+    # As the standard library writes them: a handler may return a dict keyed by integers.
+    assert dumps({1: "a", 2**70: "b", False: "c", None: "d"}) == (
+        b'{"1":"a","1180591620717411303424":"b","false":"c","null":"d"}'
+    )
+
+
 def test_dumps_is_compact_utf8() -> None:
     assert dumps({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
     assert dumps({"a": 2**65, "b": "é"}) == '{"a":36893488147419103232,"b":"é"}'.encode()

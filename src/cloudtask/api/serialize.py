@@ -20,9 +20,8 @@ def _stored(text: str | None) -> Any:
 
     A job's payload and result are stored as ``jsoncodec`` wrote them after validating them, so
     parsing the text and writing the value again would give the same text back; orjson embeds
-    it instead (a listing parsed a hundred documents per page). The body then needs orjson:
-    ``jsoncodec.dumps`` falls back to the standard library only for integers orjson cannot
-    hold, and those stay inside the text.
+    it instead (a listing parsed a hundred documents per page). The body then needs orjson,
+    which ``jsoncodec.dumps`` always writes with.
     """
     return None if text is None else orjson.Fragment(text)
 

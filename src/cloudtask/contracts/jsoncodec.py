@@ -2,8 +2,9 @@
 
 Python's parser accepts ``NaN`` and ``Infinity`` and turns ``1e400`` into infinity; none of those is
 JSON, so they are refused here. Integers keep their exact value (orjson would turn big ones into
-floats), so a payload is stored as submitted. Both ways use orjson for speed and fall back to the
-standard library where orjson would differ: integers beyond 64 bits, and every error message.
+floats), so a payload is stored as submitted. Both ways use orjson for speed. Reading falls back to
+the standard library where orjson would differ: integers beyond 64 bits, and every error message;
+writing hands orjson those integers already written.
 
 Two more limits keep every accepted document one that the rest of the system can carry: no string
 may hold an unpaired UTF-16 surrogate (``"\\ud800"`` is valid JSON text but not Unicode, and no
@@ -151,14 +152,35 @@ def _skip_space(text: str, pos: int) -> int:
 
 def dumps(value: Any) -> bytes:
     """Serialize to compact UTF-8 JSON. A NaN or an infinity is written as ``null`` (orjson's
-    way; see :func:`has_non_finite` to refuse them instead), or raises ``ValueError`` where the
-    standard library writes (integers beyond 64 bits)."""
+    way; see :func:`has_non_finite` to refuse them instead)."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(
-            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
+        # orjson writes no integer beyond 64 bits (those go in as text already written) and no
+        # key that is not a string (those are written as strings, as the standard library
+        # does: a handler's {1: "a"} is {"1": "a"}). The rest is still orjson's, so a number is
+        # written the same whatever is beside it: the standard library, used here before,
+        # wrote 1e-05 where orjson writes 0.00001, and a payload's size, counted in this
+        # writing, depended on whether it also held a big integer.
+        return orjson.dumps(_big_ints_written(value), option=orjson.OPT_NON_STR_KEYS)
+
+
+def _big_ints_written(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if _INT_MIN <= value <= _UINT_MAX else orjson.Fragment(str(value))
+    if isinstance(value, dict):
+        return {_key(key): _big_ints_written(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_big_ints_written(item) for item in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    return str(key) if isinstance(key, int) and not _INT_MIN <= key <= _UINT_MAX else key
+
+
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+"""The integers orjson writes itself."""
 
 
 def has_non_finite(value: Any, text: bytes) -> bool:
