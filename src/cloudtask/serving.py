@@ -14,11 +14,13 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol, cast, runtime_checkable
 from urllib.parse import unquote
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.error_body import error_body
+from cloudtask.ignored_upgrades import UpgradeIgnoringParser
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,9 @@ def server(app: Any, host: str, port: int, *, handle_signals: bool = True) -> uv
         lifespan="on",
         timeout_graceful_shutdown=10,
         http=HTTP_PROTOCOL,
+        # No route takes a WebSocket: a request asking for one is answered as the plain request
+        # it also is (see ignored_upgrades), not refused with an empty 403.
+        ws="none",
     )
     return uvicorn.Server(config) if handle_signals else _QuietServer(config)
 
@@ -234,11 +239,21 @@ def _connection_made(self: Any, transport: asyncio.Transport) -> None:
     AutoHTTPProtocol.connection_made(self, cast(asyncio.Transport, GatheredWrites(transport)))
 
 
-# uvicorn's own protocol (httptools where installed, else h11), but for those two points.
+def _init(self: Any, *args: Any, **kwargs: Any) -> None:
+    AutoHTTPProtocol.__init__(self, *args, **kwargs)
+    if isinstance(getattr(self, "parser", None), httptools.HttpRequestParser):
+        self.parser = UpgradeIgnoringParser(self, self)
+
+
+# uvicorn's own protocol (httptools where installed, else h11), but for those three points.
 HTTP_PROTOCOL: type[asyncio.Protocol] = type(
     "HTTPProtocol",
     (AutoHTTPProtocol,),
-    {"send_400_response": _send_400_response, "connection_made": _connection_made},
+    {
+        "__init__": _init,
+        "send_400_response": _send_400_response,
+        "connection_made": _connection_made,
+    },
 )
 
 

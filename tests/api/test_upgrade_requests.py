@@ -1,0 +1,127 @@
+"""Requests asking for a protocol upgrade (``Upgrade: h2c``, a WebSocket) are answered as plain
+HTTP/1.1, their bodies included, and the connection reads on.
+
+Over a real socket to the api served as ``cloudtask api`` serves it: the parser is the server's.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from cloudtask.api.app import create_app
+from cloudtask.settings import Settings
+from tests.conftest import Backends
+from tests.helpers import served, unique_email
+
+H2C = (
+    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+)
+WEBSOCKET = (
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+@pytest.fixture
+async def address(backends: Backends, settings: Settings) -> AsyncIterator[tuple[str, int]]:
+    app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
+    async with served(app) as address:
+        yield address
+
+
+@pytest.fixture
+async def token(address: tuple[str, int]) -> str:
+    async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as http:
+        account = {"email": unique_email(), "password": "correct-horse"}
+        response = await http.post("/auth/register", json=account)
+    assert response.status_code == 201, response.text
+    return str(response.json()["token"])
+
+
+async def _answers(address: tuple[str, int], parts: list[bytes], count: int) -> list[bytes]:
+    """Send ``parts`` one write at a time, then read ``count`` answers; their bodies."""
+    reader, writer = await asyncio.open_connection(*address)
+    for part in parts:
+        writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # each in its own read, so a body may come after its head
+    bodies = []
+    for _ in range(count):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        bodies.append(head.split(b" ", 2)[1] + b" " + await reader.readexactly(length))
+    writer.close()
+    return bodies
+
+
+def _post(token: str, framing: bytes) -> bytes:
+    return (
+        b"POST /jobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n%s"
+        b"Content-Type: application/json\r\n%s\r\n" % (token.encode(), H2C, framing)
+    )
+
+
+def _job(answer: bytes) -> dict[str, object]:
+    status, _, body = answer.partition(b" ")
+    assert status == b"201", answer
+    job: dict[str, object] = json.loads(body)
+    return job
+
+
+async def test_a_body_sent_with_an_upgrade_to_http2_is_read_and_the_connection_reads_on(
+    address: tuple[str, int], token: str
+) -> None:
+    body = b'{"type": "echo", "payload": {"n": 1}}'
+    framed = _post(token, b"Content-Length: %d\r\n" % len(body))
+    listing = b"GET /jobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n" % token.encode()
+
+    # All in one write; then the body in two writes after its head.
+    first, listed = await _answers(address, [framed + body + listing], 2)
+    second, _ = await _answers(address, [framed, body[:9], body[9:] + listing], 2)
+
+    assert _job(first)["payload"] == _job(second)["payload"] == {"n": 1}
+    assert [job["id"] for job in json.loads(listed.partition(b" ")[2])] == [_job(first)["id"]]
+
+
+async def test_a_chunked_body_sent_with_an_upgrade_is_read_and_so_is_the_next_upgrade(
+    address: tuple[str, int], token: str
+) -> None:
+    body = b'{"type": "echo", "payload": "chunked"}'
+    chunked = _post(token, b"Transfer-Encoding: chunked\r\n")
+    chunks = b"5\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (body[:5], len(body) - 5, body[5:])
+
+    answers = await _answers(address, [chunked, chunks[:9], chunks[9:] + chunked + chunks], 2)
+
+    assert [_job(answer)["payload"] for answer in answers] == ["chunked", "chunked"]
+
+
+async def test_a_websocket_upgrade_is_answered_as_the_plain_request(
+    address: tuple[str, int],
+) -> None:
+    health = b"GET /actuator/health HTTP/1.1\r\nHost: t\r\n%s\r\n" % WEBSOCKET
+    missing = b"GET /nope HTTP/1.1\r\nHost: t\r\n%s\r\n" % WEBSOCKET
+
+    up, nope = await _answers(address, [health + missing], 2)
+
+    assert up.startswith(b"200 ") and json.loads(up[4:])["status"] == "UP"
+    assert nope.startswith(b"404 ") and json.loads(nope[4:])["path"] == "/nope"
+
+
+async def test_a_malformed_body_after_an_upgrade_is_a_400_in_the_error_body(
+    address: tuple[str, int], token: str
+) -> None:
+    (answer,) = await _answers(
+        address, [_post(token, b"Transfer-Encoding: chunked\r\n") + b"zz\r\n"], 1
+    )
+
+    status, _, body = answer.partition(b" ")
+    assert status == b"400"
+    assert json.loads(body)["path"] == "/jobs"
