@@ -20,6 +20,7 @@ from cloudtask.db import session
 from cloudtask.db.queries import dispatch as dispatch_q
 from cloudtask.db.tables import leadership
 from cloudtask.kv.redis import RedisKV
+from cloudtask.scheduler import firing
 from cloudtask.scheduler.service import SchedulerService
 from cloudtask.settings import Settings
 from tests.conftest import Backends
@@ -279,3 +280,26 @@ async def test_without_the_key_value_store_both_act_and_the_database_keeps_it_on
     assert len(counter.seen) == 1202
     assert await scheduling.firings(backends, schedule) == 1
     assert sum(_dispatched_count(s) for s in both) == 1201
+
+
+async def test_a_round_that_fired_a_full_batch_of_schedules_asks_for_the_next_at_once(
+    backends: Backends, pair_settings: Settings
+) -> None:
+    # Else the leader waits its poll interval after each batch: thousands of schedules due
+    # together fired over tens of seconds, and a backlog longer than a period lost firings.
+    scheduler = _scheduler(backends, pair_settings, "sched-firing")
+    await scheduler.leadership.refresh()
+    user = await scheduling.add_user(backends)
+    due = utcnow() - timedelta(minutes=1)
+    ids = [
+        await scheduling.add_schedule(backends, user, next_run_at=due)
+        for _ in range(firing.FIRE_BATCH + 1)
+    ]
+
+    more = [await scheduler.tick()]
+    while more[-1] and len(more) < 10:
+        more.append(await scheduler.tick())
+
+    assert more[0] is True and more[-1] is False
+    assert [await scheduling.firings(backends, i) for i in ids] == [1] * len(ids)
+    await scheduler.leadership.release()

@@ -3,6 +3,7 @@ schedulers try, enforced by the primary key of ``schedule_firings``."""
 
 import logging
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,15 +31,25 @@ def _job(schedule: schedules_q.ScheduleRecord, fire_at: datetime, now: datetime)
     )
 
 
-async def fire_due(
-    conn: AsyncConnection, *, now: datetime, limit: int = 100
-) -> tuple[int, list[outbox_q.OutboxRow]]:
-    """Fire every due schedule once (for its latest missed time) and move it to its next time.
+FIRE_BATCH = 100
+"""The most schedules one round fires, in one transaction."""
 
-    Returns how many jobs were created and their outbox rows.
-    """
+
+class Fired(NamedTuple):
+    claimed: int
+    """Due schedules taken, up to the batch: as many as it means more may be waiting."""
+    fired: int
+    """Jobs created (a schedule that cannot be read is paused instead)."""
+    rows: list[outbox_q.OutboxRow]
+    """The created jobs' outbox rows."""
+
+
+async def fire_due(conn: AsyncConnection, *, now: datetime, limit: int = FIRE_BATCH) -> Fired:
+    """Fire every due schedule once (for its latest missed time) and move it to its next time,
+    up to ``limit`` of them."""
     fired, rows = 0, []
-    for schedule in await schedules_q.claim_due(conn, now=now, limit=limit):
+    due = await schedules_q.claim_due(conn, now=now, limit=limit)
+    for schedule in due:
         try:
             zone = cron.parse_zone(schedule.timezone)
             fire_at = cron.latest_fire(schedule.cron, zone, schedule.next_run_at, now)
@@ -64,4 +75,4 @@ async def fire_due(
         await schedules_q.advance(
             conn, schedule.id, next_run_at=next_run_at, last_run_at=fire_at, now=now
         )
-    return fired, rows
+    return Fired(len(due), fired, rows)
