@@ -80,9 +80,10 @@ def test_next_fire_reads_the_expression_in_the_schedules_zone() -> None:
 # Clocks go forward: New York on 2026-03-08 at 07:00 UTC (02:00 EST -> 03:00 EDT), Berlin on
 # 2026-03-29 at 01:00 UTC (02:00 CET -> 03:00 CEST). Clocks go back: New York on 2026-11-01 at
 # 06:00 UTC (01:00-01:59 happens twice), Berlin on 2026-10-25 at 01:00 UTC (02:00-02:59 twice).
-# A schedule with a fixed hour fires in the skipped hour once, at the jump, and in the repeated
-# hour once, at its first occurrence; one whose hour is "*" follows the clock: nothing in the
-# skipped hour, both passes of the repeated one.
+# A schedule with a fixed minute and hour fires in the skipped hour once, at the jump, and in
+# the repeated hour once, at its first occurrence; one whose minute or hour starts with "*"
+# follows the clock, as cron's wildcard jobs: nothing in the skipped hour, both passes of the
+# repeated one.
 DST_CASES = [
     # spring forward, New York
     ("*/30 * * * *", NEW_YORK, utc(2026, 3, 8, 6), [(6, 30), (7, 0), (7, 30), (8, 0)]),
@@ -93,17 +94,25 @@ DST_CASES = [
     ("0 * * * *", BERLIN, utc(2026, 3, 28, 23, 30), [(0, 0), (1, 0), (2, 0)]),
     ("30 2 * * *", BERLIN, utc(2026, 3, 28), [(28, 1, 30), (29, 1, 0), (30, 0, 30)]),
     ("30 * * * *", BERLIN, utc(2026, 3, 29), [(0, 30), (1, 30), (2, 30)]),  # not at 03:00
-    ("*/20 2 * * *", BERLIN, utc(2026, 3, 28, 23), [(1, 0), (30, 0, 0), (30, 0, 20)]),
+    ("*/20 2 * * *", BERLIN, utc(2026, 3, 28, 23), [(30, 0, 0), (30, 0, 20), (30, 0, 40)]),
+    ("0 2 * * *", BERLIN, utc(2026, 3, 28, 23), [(1, 0), (30, 0, 0), (31, 0, 0)]),
     # fall back, New York
     ("*/30 * * * *", NEW_YORK, utc(2026, 11, 1, 4, 45), [(5, 0), (5, 30), (6, 0), (6, 30)]),
     ("0 * * * *", NEW_YORK, utc(2026, 11, 1, 4, 30), [(5, 0), (6, 0), (7, 0)]),
     ("@hourly", NEW_YORK, utc(2026, 11, 1, 4, 30), [(5, 0), (6, 0), (7, 0)]),
+    ("@HOURLY", NEW_YORK, utc(2026, 11, 1, 4, 30), [(5, 0), (6, 0), (7, 0)]),
     ("30 2 * * *", NEW_YORK, utc(2026, 10, 31), [(31, 6, 30), (1, 7, 30), (2, 7, 30)]),
     ("30 1 * * *", NEW_YORK, utc(2026, 10, 31, 6), [(1, 5, 30), (2, 6, 30)]),
     # fall back, Berlin
     ("*/30 * * * *", BERLIN, utc(2026, 10, 24, 23, 45), [(0, 0), (0, 30), (1, 0), (1, 30)]),
     ("0 * * * *", BERLIN, utc(2026, 10, 24, 23, 30), [(0, 0), (1, 0), (2, 0)]),
-    ("*/20 2 * * *", BERLIN, utc(2026, 10, 24, 23, 30), [(0, 0), (0, 20), (0, 40), (26, 1, 0)]),
+    (
+        "*/20 2 * * *",
+        BERLIN,
+        utc(2026, 10, 24, 23, 30),
+        [(0, 0), (0, 20), (0, 40), (1, 0), (1, 20), (1, 40)],
+    ),
+    ("0 2 * * *", BERLIN, utc(2026, 10, 24, 23, 30), [(0, 0), (26, 1, 0)]),
     ("30 2 * * *", BERLIN, utc(2026, 10, 24), [(24, 0, 30), (25, 0, 30), (26, 1, 30)]),
 ]
 
@@ -173,9 +182,11 @@ def test_firings_strictly_increase_and_agree_from_any_instant(
          utc(2026, 10, 25, 1)),
         ("*/20 * * * *", BERLIN, utc(2026, 10, 24, 23, 40), utc(2026, 10, 25, 1, 6),
          utc(2026, 10, 25, 1)),
-        # ... one with a fixed hour fired at the first pass, though its wall time is later
-        # than the clock's now.
         ("*/20 2 * * *", BERLIN, utc(2026, 10, 24, 23, 40), utc(2026, 10, 25, 1, 6),
+         utc(2026, 10, 25, 1)),
+        # ... one with a fixed minute and hour fired at the first pass, though its wall time
+        # is later than the clock's now.
+        ("40 2 * * *", BERLIN, utc(2026, 10, 24, 23, 40), utc(2026, 10, 25, 1, 6),
          utc(2026, 10, 25, 0, 40)),
     ],
 )  # fmt: skip
@@ -309,7 +320,10 @@ def test_parse_zone_refuses_unknown_zones_and_paths(name: str) -> None:
     ("expression", "zone", "start"),
     [
         (expression, zone, start)
-        for expression in ("* * * * *", "*/20 * * * *", "45 * * * *", "@hourly", "0 */2 * * *")
+        for expression in (
+            *("* * * * *", "*/20 * * * *", "45 * * * *", "@hourly", "0 */2 * * *"),
+            *("*/15 1,2 * * *", "* 2 * * *", "*/10 1 * * *"),  # a minute field on the clock
+        )
         for zone, start in (
             (NEW_YORK, utc(2026, 3, 8, 4)),
             (BERLIN, utc(2026, 3, 28, 22)),

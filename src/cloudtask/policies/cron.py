@@ -4,9 +4,9 @@ Cron expressions have five fields (minute hour day month weekday) or a macro suc
 and are read in the schedule's local wall-clock time, as cron does. Around clock changes, as
 Vixie cron and cronie do:
 
-- a schedule whose hour field is ``*`` (``*/2`` and ``@hourly`` too) runs every hour or more
-  often, and follows the clock: a time the clock skips does not fire, and a time it goes
-  through twice fires twice, so that it never stops for an hour nor fires off its grid;
+- a schedule whose minute or hour field starts with ``*`` (``*/15 2 * * *``, ``0 */2 * * *``,
+  ``@hourly``) follows the clock: a time the clock skips does not fire, and a time it goes
+  through twice fires twice, so that it never fires off its grid (cron's "wildcard" jobs);
 - any other schedule fires at a time that does not exist (skipped when clocks go forward) once,
   at the moment the clock jumps, however many firings that hour held; and at a time that happens
   twice (repeated when clocks go back) once, at its first occurrence.
@@ -157,9 +157,12 @@ def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
     return instants[0]
 
 
-def _every_hour(expression: str) -> bool:
+def _on_the_clock(expression: str) -> bool:
+    # As cron tells its "wildcard" jobs (MIN_STAR or HR_STAR). Macros are read in any case.
     fields = expression.split()
-    return expression == "@hourly" or (len(fields) == 5 and fields[1].startswith("*"))
+    if len(fields) != len(_NAMES):
+        return expression.lower() == "@hourly"
+    return fields[0].startswith("*") or fields[1].startswith("*")
 
 
 # More than any clock change (Lord Howe's is 30 minutes, Troll's 2 hours).
@@ -248,7 +251,7 @@ def next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
 
 
 def _next_fire(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
-    if _every_hour(expression):
+    if _on_the_clock(expression):
         return _next_on_the_clock(expression, zone, after)
     start = after.astimezone(zone).replace(tzinfo=None)
     walls = croniter(_as_croniter_reads(expression), start)
@@ -272,7 +275,7 @@ def latest_fire(expression: str, zone: ZoneInfo, due: datetime, now: datetime) -
 
 
 def _latest_fire(expression: str, zone: ZoneInfo, due: datetime, now: datetime) -> datetime:
-    if _every_hour(expression):
+    if _on_the_clock(expression):
         return _latest_on_the_clock(expression, zone, due, now)
     local = now.astimezone(zone)
     # In the second pass of a repeated hour, the firings of that hour fired at their first pass,

@@ -34,11 +34,11 @@ ScheduleId = Annotated[str, Path(description="The schedule's id.")]
 TIME_RULES = (
     "Cron expressions have five fields (minute hour day-of-month month day-of-week) or are a "
     "macro such as `@hourly`, read in the schedule's IANA time zone. Around clock changes, as "
-    "in cron: a schedule whose hour field is `*` (or `@hourly`) follows the clock, so a time "
-    "skipped when clocks go forward does not fire and one repeated when they go back fires "
-    "twice; any other schedule fires a skipped time once, when the clock jumps, and a repeated "
-    "time once, at its first occurrence. A firing missed while no scheduler ran fires once, "
-    "late; missed firings are not replayed one by one."
+    "in cron: a schedule whose minute or hour field starts with `*` (`*/15 2 * * *`, `@hourly`) "
+    "follows the clock, so a time skipped when clocks go forward does not fire and one repeated "
+    "when they go back fires twice; any other schedule fires a skipped time once, when the clock "
+    "jumps, and a repeated time once, at its first occurrence. A firing missed while no "
+    "scheduler ran fires once, late; missed firings are not replayed one by one."
 )
 
 
