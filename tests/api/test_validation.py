@@ -323,6 +323,25 @@ async def test_a_bad_query_parameter_is_400_naming_it(
     assert [(d["field"], d["location"]) for d in error["details"]] == [(name, "query")]
 
 
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [("limit=abc&limit=1", ["limit"]), ("limit=1&limit=1", ["limit"]),
+     ("status=FOO&status=PENDING", ["status"]), ("type=a&limit=2&type=a&status=PENDING", ["type"]),
+     ("limit=1&type=a&limit=2&type=b", ["type", "limit"])],
+)  # fmt: skip
+async def test_a_query_parameter_sent_twice_is_400_naming_it(
+    client: Client, query: str, names: list[str]
+) -> None:
+    # Which one would count is anyone's guess: a bad one must not pass beside a good one.
+    token = await client.register()
+    response = await client.http.get(f"/jobs?{query}", headers=client.auth(token))
+    error = assert_error(response, 400, "/jobs")
+    assert [(d["field"], d["location"]) for d in error["details"]] == [(n, "query") for n in names]
+    # A parameter the route does not define is ignored, repeated or not.
+    ignored = await client.http.get("/jobs?x=1&x=2&limit=1", headers=client.auth(token))
+    assert ignored.status_code == 200
+
+
 async def test_a_400_with_more_bad_parameters_than_its_message_names_says_how_many_more(
     client: Client,
 ) -> None:

@@ -142,6 +142,20 @@ def _issued_cursor(cursor: str | None) -> str | None:
     return cursor
 
 
+def _each_sent_once(request: Request, names: tuple[str, ...]) -> None:
+    # FastAPI reads the last of a repeated parameter and ignores the others, so that
+    # ?limit=abc&limit=1 was answered as ?limit=1, while ?limit=1&limit=abc was a 400.
+    query = request.query_params
+    repeated = [name for name in names if len(query.getlist(name)) > 1]
+    if repeated:
+        details = [
+            {"field": name, "location": "query", "message": "must be sent once, not repeated"}
+            for name in repeated
+        ]
+        message = f"Invalid request: {', '.join(repeated)}: must be sent once, not repeated"
+        raise ApiError(400, message, details=details)
+
+
 @router.get(
     "",
     response_model=list[Job],
@@ -162,6 +176,7 @@ async def list_jobs(
         AfterValidator(_issued_cursor),
     ] = None,
 ) -> Response:
+    _each_sent_once(request, ("status", "type", "limit", "cursor"))
     after = _decode_cursor(cursor) if cursor is not None else None
     async with session.reading(context.db) as conn:
         records = await jobs_q.list_for_user(
