@@ -1,4 +1,4 @@
-"""The Idempotency-Key header of POST /jobs."""
+"""The Idempotency-Key header of POST /jobs (and /jobs/batch, /schedules)."""
 
 import asyncio
 import hashlib
@@ -198,6 +198,27 @@ async def test_a_batch_can_be_idempotent_too(client: Client) -> None:
     assert second.headers["Idempotent-Replayed"] == "true"
     assert second.json() == first.json()
     assert await _count(client, token) == 2
+
+
+async def test_a_schedule_can_be_idempotent_too(client: Client) -> None:
+    # A second schedule made by a retry would fire beside the first for ever.
+    token = await client.register()
+    headers = {**client.auth(token), "Idempotency-Key": "nightly"}
+    body = {"name": "nightly", "cron": "0 3 * * *", "type": "echo"}
+    first = await client.http.post("/schedules", json=body, headers=headers)
+    second = await client.http.post("/schedules", json=body, headers=headers)
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert second.json() == first.json()
+    assert second.headers["Location"] == first.headers["Location"]
+    other = await client.http.post(
+        "/schedules", json={**body, "cron": "0 4 * * *"}, headers=headers
+    )
+    assert_error(other, 422, "/schedules")
+    too_long = {**client.auth(token), "Idempotency-Key": "k" * 256}
+    assert_error(await client.http.post("/schedules", json=body, headers=too_long), 400)
+    listed = await client.http.get("/schedules", headers=client.auth(token))
+    assert [schedule["id"] for schedule in listed.json()] == [first.json()["id"]]
 
 
 async def test_a_request_running_longer_than_its_claim_lives_is_still_in_progress(

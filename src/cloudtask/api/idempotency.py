@@ -11,8 +11,11 @@ import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
+
+from fastapi import Header
+from pydantic import AfterValidator, WithJsonSchema
 
 from cloudtask.api.errors import ApiError
 from cloudtask.contracts import jsoncodec
@@ -40,6 +43,21 @@ def read_key(header: str) -> str:
     if len(key) > MAX_KEY_LENGTH:
         raise ValueError(f"String should have at most {MAX_KEY_LENGTH} characters")
     return key
+
+
+_Key = Annotated[
+    str,
+    AfterValidator(read_key),  # its length in characters, the spaces around it not counted
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}),
+]
+IdempotencyKey = Annotated[
+    _Key | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Replays the first answer for the same key and body within 24 hours.",
+    ),
+]
+"""The header, as a route that creates something takes it."""
 
 
 @dataclass(frozen=True)

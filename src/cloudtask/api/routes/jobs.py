@@ -5,14 +5,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, status
-from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
+from fastapi import APIRouter, Query, Request, status
+from pydantic import AfterValidator, BeforeValidator
 from starlette.responses import Response
 
 from cloudtask.api import submission
 from cloudtask.api.deps import Context, CurrentUser
 from cloudtask.api.errors import ApiError, not_found, with_body_checks
-from cloudtask.api.idempotency import MAX_KEY_LENGTH, read_key
+from cloudtask.api.idempotency import IdempotencyKey
 from cloudtask.api.jsonbody import StrictJSONRoute, nests_bodies
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.path_ids import path_id
@@ -40,19 +40,6 @@ router = APIRouter(
     route_class=StrictJSONRoute,
     responses=error_responses(401),
 )
-
-_Key = Annotated[
-    str,
-    AfterValidator(read_key),  # its length in characters, the spaces around it not counted
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}),
-]
-IdempotencyKey = Annotated[
-    _Key | None,
-    Header(
-        alias="Idempotency-Key",
-        description="Replays the first answer for the same key and body within 24 hours.",
-    ),
-]
 
 
 def _job_id(raw: str) -> uuid.UUID:

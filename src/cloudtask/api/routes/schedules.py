@@ -6,16 +6,19 @@ from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 from starlette.responses import Response
 
 from cloudtask.api import submission
+from cloudtask.api.context import ApiContext
 from cloudtask.api.deps import Context, CurrentUser
 from cloudtask.api.errors import ApiError, not_found, with_body_checks
+from cloudtask.api.idempotency import IdempotencyKey
 from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.path_ids import path_id
 from cloudtask.api.responses import JSONBytesResponse, created
+from cloudtask.api.security import Principal
 from cloudtask.api.serialize import schedule_json
 from cloudtask.contracts import jsoncodec
 from cloudtask.contracts.api import CRON_SHAPE, Schedule, ScheduleCreate
@@ -84,13 +87,38 @@ def _checked_zone(body: ScheduleCreate) -> ZoneInfo:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=Schedule,
-    responses=error_responses(400),
+    responses=error_responses(400, 409, 422),
     summary="Create a recurring schedule",
     description=TIME_RULES,
 )
 @with_body_checks(_schedule_details)
-async def create_schedule(body: ScheduleCreate, user: CurrentUser, context: Context) -> Response:
+async def create_schedule(
+    body: ScheduleCreate,
+    user: CurrentUser,
+    context: Context,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     zone = _checked_zone(body)
+
+    async def create() -> Response:
+        return await _create_schedule(body, zone, user, context)
+
+    # As for a job: a client retrying after a lost answer must not make a second schedule,
+    # which would fire beside the first for ever.
+    key = idempotency_key
+    return await submission.idempotent(
+        context, request, user, key, create, location=_location_of_schedule
+    )
+
+
+def _location_of_schedule(body: bytes) -> str:
+    return f"/schedules/{jsoncodec.loads(body)['id']}"
+
+
+async def _create_schedule(
+    body: ScheduleCreate, zone: ZoneInfo, user: Principal, context: ApiContext
+) -> Response:
     now = utcnow()
     record = schedules_q.ScheduleRecord(
         id=uuid.uuid4(),
