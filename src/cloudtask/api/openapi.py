@@ -65,7 +65,7 @@ _OPERATION_HEADERS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
     ("/jobs", "post", "201"): _REPLAYED | _LOCATION,
     ("/jobs/batch", "post", "201"): _REPLAYED,
     ("/jobs/{job_id}/retry", "post", "201"): _LOCATION,
-    ("/schedules", "post", "201"): _LOCATION,
+    ("/schedules", "post", "201"): _REPLAYED | _LOCATION,
 }
 
 
