@@ -1,17 +1,24 @@
 """The Idempotency-Key header of POST /jobs (and /jobs/batch, /schedules)."""
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import UUID, uuid4
 
+import httpx
 import jwt
 import pytest
 
 from cloudtask.api import idempotency
+from cloudtask.api.app import create_app
 from cloudtask.api.errors import ApiError
+from cloudtask.api.group_commit import GroupCommit
 from cloudtask.api.idempotency import IdempotencyStore, fingerprint
 from cloudtask.contracts import jsoncodec
+from cloudtask.db import session
+from cloudtask.errors import DatabaseUnavailable
 from tests.conftest import JWT_SECRET, Backends
 from tests.helpers import Client, assert_error
 
@@ -240,3 +247,85 @@ async def test_a_request_running_longer_than_its_claim_lives_is_still_in_progres
         holding.cancel()
     await asyncio.sleep(0.5)  # its process died: the claim lapses
     assert await store.begin(user, "slow", print_) is None
+
+
+def _commit_of_unknown_outcome(monkeypatch: pytest.MonkeyPatch, route: str, made: bool) -> None:
+    """The next write of ``route`` fails as a connection lost at its commit would: after the
+    commit (``made``) or before it, the api unable to tell which."""
+    lost = DatabaseUnavailable("database: connection lost")
+    armed = [True]
+
+    def failing(write: Any) -> Any:
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if not armed[0]:
+                return await write(*args, **kwargs)
+            armed[0] = False
+            if made:
+                await write(*args, **kwargs)
+            raise lost
+
+        return wrapped
+
+    if route == "/schedules":
+        transaction = session.transaction
+
+        @contextlib.asynccontextmanager
+        async def failing_transaction(engine: Any) -> AsyncIterator[Any]:
+            if not armed[0]:
+                async with transaction(engine) as conn:
+                    yield conn
+                return
+            armed[0] = False
+            if not made:
+                raise lost
+            async with transaction(engine) as conn:
+                yield conn
+            raise lost
+
+        monkeypatch.setattr(session, "transaction", failing_transaction)
+    else:
+        name = "store" if route == "/jobs" else "write"
+        monkeypatch.setattr(GroupCommit, name, failing(getattr(GroupCommit, name)))
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["made", "not-made"])
+@pytest.mark.parametrize(
+    ("route", "body", "listing"),
+    [
+        ("/jobs", {"type": "echo"}, "/jobs"),
+        ("/jobs/batch", {"jobs": [{"type": "echo"}, {"type": "echo"}]}, "/jobs"),
+        ("/schedules", {"name": "n", "cron": "0 3 * * *", "type": "echo"}, "/schedules"),
+    ],
+)
+async def test_a_retry_after_a_commit_of_unknown_outcome_creates_once(
+    backends: Backends,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    route: str,
+    body: dict[str, Any],
+    listing: str,
+    made: bool,
+) -> None:
+    # The first answer is a 503 whether or not the commit was made; released, its key let the
+    # retry create it again when it was (two jobs, both run).
+    app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            client = Client(http, backends)
+            token = await client.register()
+            headers = {**client.auth(token), "Idempotency-Key": "unknown-outcome"}
+            _commit_of_unknown_outcome(monkeypatch, route, made)
+
+            first = await http.post(route, json=body, headers=headers)
+            second = await http.post(route, json=body, headers=headers)
+            third = await http.post(route, json=body, headers=headers)
+            listed = (await http.get(listing, headers=client.auth(token))).json()
+
+    assert_error(first, 503, route)
+    assert second.status_code == 201, second.text
+    assert ("Idempotent-Replayed" in second.headers) is made
+    assert third.headers["Idempotent-Replayed"] == "true"
+    assert third.json() == second.json()
+    answered = second.json() if isinstance(second.json(), list) else [second.json()]
+    assert sorted(item["id"] for item in listed) == sorted(item["id"] for item in answered)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from fastapi import Header
 from pydantic import AfterValidator, WithJsonSchema
@@ -61,9 +61,22 @@ IdempotencyKey = Annotated[
 
 
 @dataclass(frozen=True)
+class Created:
+    """What a request stores, so that a retry can look for it: ``kind`` ``"job"`` (the first of
+    a batch: all or none) or ``"schedule"``, and its id."""
+
+    kind: str
+    id: str
+
+
+@dataclass(frozen=True)
 class Replay:
     status: int
     body: bytes
+    unsure: Created | None = None
+    """Set when the first request's commit may have failed: replayed only if this was stored."""
+    record: bytes = b""
+    """The record as kept, for :meth:`IdempotencyStore.take_over`."""
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -100,27 +113,56 @@ class IdempotencyStore:
                 )
             if record["state"] == "running":
                 raise ApiError(409, "A request with this Idempotency-Key is still in progress")
-            return Replay(int(record["status"]), record["body"].encode())
+            unsure = record.get("unsure")
+            return Replay(
+                int(record["status"]),
+                record["body"].encode(),
+                None if unsure is None else Created(unsure["kind"], unsure["id"]),
+                stored,
+            )
         raise ApiError(409, "A request with this Idempotency-Key is still in progress")
 
-    async def hold(self, user_id: UUID, key: str, print_: str) -> None:
-        """Renew this request's claim until cancelled: a request may run longer than the claim
-        lives (waiting for a database connection, then for its statement), and a retry must
-        still find it in progress rather than create the job again."""
-        claim = jsoncodec.dumps({"state": "running", "fingerprint": print_})
+    async def take_over(self, user_id: UUID, key: str, print_: str, replay: Replay) -> bytes | None:
+        """Claim ``key`` for this request in place of the unsure answer ``replay`` (what it
+        would have stored is not there); the claim, to :meth:`hold`, or None if another retry
+        took it first. Each retry's claim is its own: two equal claims would both be taken."""
+        claim = jsoncodec.dumps({"state": "running", "fingerprint": print_, "by": uuid4().hex})
+        kv_key = self._key(user_id, key)
+        taken = await self._kv.claim(kv_key, claim, ttl=IN_FLIGHT_TTL, free=replay.record)
+        return claim if taken is None else None
+
+    async def hold(self, user_id: UUID, key: str, print_: str, claim: bytes | None = None) -> None:
+        """Renew this request's claim (``claim``, if :meth:`take_over` made it) until cancelled:
+        a request may run longer than the claim lives (waiting for a database connection, then
+        for its statement), and a retry must still find it in progress rather than create the
+        job again."""
+        claim = claim or jsoncodec.dumps({"state": "running", "fingerprint": print_})
         while True:
             await asyncio.sleep(IN_FLIGHT_TTL / 3)
             with contextlib.suppress(KVUnavailable):  # the next turn tries again
                 # Only while it is still a claim of this request's (or gone with its TTL).
                 await self._kv.claim(self._key(user_id, key), claim, ttl=IN_FLIGHT_TTL, free=claim)
 
-    async def finish(self, user_id: UUID, key: str, print_: str, status: int, body: bytes) -> None:
-        record = {
+    async def finish(
+        self,
+        user_id: UUID,
+        key: str,
+        print_: str,
+        status: int,
+        body: bytes,
+        *,
+        unsure: Created | None = None,
+    ) -> None:
+        """Keep the answer; ``unsure``: the request's commit failed without saying whether it
+        was made, and a retry replays the answer only if what it names was stored."""
+        record: dict[str, Any] = {
             "state": "done",
             "fingerprint": print_,
             "status": status,
             "body": body.decode(),
         }
+        if unsure is not None:
+            record["unsure"] = {"kind": unsure.kind, "id": unsure.id}
         await self._kv.set(self._key(user_id, key), jsoncodec.dumps(record), ttl=REPLAY_TTL)
 
     async def release(self, user_id: UUID, key: str) -> None:

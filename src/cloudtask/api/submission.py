@@ -6,16 +6,18 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from cloudtask.api.context import ApiContext
 from cloudtask.api.errors import ApiError, bad_request, invalid_request, validation_details
-from cloudtask.api.idempotency import fingerprint
+from cloudtask.api.idempotency import Created, fingerprint
 from cloudtask.api.responses import JSONBytesResponse, created
 from cloudtask.api.security import Principal
 from cloudtask.api.serialize import job_json
@@ -26,6 +28,7 @@ from cloudtask.contracts.timefmt import utcnow
 from cloudtask.db import session
 from cloudtask.db.ids import new_job_id
 from cloudtask.db.queries import jobs as jobs_q
+from cloudtask.db.queries import schedules as schedules_q
 from cloudtask.db.queries import users as users_q
 from cloudtask.errors import DatabaseUnavailable, KVUnavailable, UnknownUser
 
@@ -119,10 +122,12 @@ async def submit_one(
 ) -> Response:
     """``POST /jobs`` once its request is valid: the job stored, or the key's answer replayed."""
 
-    async def create() -> Response:
+    async def create(pending: Pending) -> Response:
         job = new_job(body, user.user_id, utcnow())
+        answer = created(job_json(job.record()), job_location(job.id))
+        pending.tell(Created("job", str(job.id)), answer)
         await store(context, [job])
-        return created(job_json(job.record()), job_location(job.id))
+        return answer
 
     return await idempotent(context, request, user, key, create, location=_location_of_job)
 
@@ -136,12 +141,26 @@ def _location_of_job(body: bytes) -> str:
     return job_location(jsoncodec.loads(body)["id"])
 
 
+@dataclass
+class Pending:
+    """What a request's ``create`` is about to store and answer, told before it stores it: if
+    the commit fails without the database saying whether it was made, a retry with the same
+    Idempotency-Key looks for it (see :func:`idempotent`)."""
+
+    made: Created | None = None
+    answer: Response | None = None
+
+    def tell(self, made: Created, answer: Response) -> Response:
+        self.made, self.answer = made, answer
+        return answer
+
+
 async def idempotent(
     context: ApiContext,
     request: Request,
     user: Principal,
     key: str | None,
-    create: Callable[[], Awaitable[Response]],
+    create: Callable[[Pending], Awaitable[Response]],
     *,
     location: Callable[[bytes], str] | None = None,
 ) -> Response:
@@ -149,34 +168,80 @@ async def idempotent(
     with the ``Location`` that ``location`` reads from a 201's body (the answer is kept without
     its headers)."""
     if key is None:
-        return await create()
+        return await create(Pending())
     if len(request.headers.getlist("idempotency-key")) > 1:
         # Which one would the retry send? Refused rather than one of them picked.
         raise bad_request("Idempotency-Key", "header", "must be sent once, not repeated")
     body: Any = await request.json()
     print_ = fingerprint(request.method, request.url.path, body)
     replay = await context.idempotency.begin(user.user_id, key, print_)
-    if replay is not None:
-        # As the request it replays would be: refused if the user was removed since (and
-        # their jobs with them). A replay is rare; the lookup costs nothing on the usual path.
-        # A database that cannot say does not stop the replay: the answer was true when kept.
-        with contextlib.suppress(DatabaseUnavailable):
-            async with session.reading(context.db) as conn:
-                if not await users_q.exists(conn, user.user_id):
-                    raise UnknownUser
-        headers = {"Idempotent-Replayed": "true"}
-        if location is not None and replay.status == 201:
-            headers["Location"] = location(replay.body)
-        return JSONBytesResponse(replay.body, status_code=replay.status, headers=headers)
-    holding = asyncio.ensure_future(context.idempotency.hold(user.user_id, key, print_))
+    if replay is None:
+        return await _created_once(context, user, key, print_, create)
+    if replay.unsure is not None:
+        # The first request's commit failed without the database saying whether it was made
+        # (its answer lost with the connection, say): replayed only if it was, else made now.
+        async with session.reading(context.db) as conn:
+            stored = await _was_stored(conn, replay.unsure, user.user_id)
+        if not stored:
+            claim = await context.idempotency.take_over(user.user_id, key, print_, replay)
+            if claim is None:
+                raise ApiError(409, "A request with this Idempotency-Key is still in progress")
+            return await _created_once(context, user, key, print_, create, claim)
+        with contextlib.suppress(KVUnavailable):
+            await context.idempotency.finish(user.user_id, key, print_, replay.status, replay.body)
+    # As the request it replays would be: refused if the user was removed since (and
+    # their jobs with them). A replay is rare; the lookup costs nothing on the usual path.
+    # A database that cannot say does not stop the replay: the answer was true when kept.
+    with contextlib.suppress(DatabaseUnavailable):
+        async with session.reading(context.db) as conn:
+            if not await users_q.exists(conn, user.user_id):
+                raise UnknownUser
+    headers = {"Idempotent-Replayed": "true"}
+    if location is not None and replay.status == 201:
+        headers["Location"] = location(replay.body)
+    return JSONBytesResponse(replay.body, status_code=replay.status, headers=headers)
+
+
+async def _was_stored(conn: AsyncConnection, made: Created, user_id: uuid.UUID) -> bool:
+    if made.kind == "schedule":
+        return await schedules_q.get(conn, uuid.UUID(made.id), user_id) is not None
+    return await jobs_q.get(conn, uuid.UUID(made.id), user_id) is not None
+
+
+async def _created_once(
+    context: ApiContext,
+    user: Principal,
+    key: str,
+    print_: str,
+    create: Callable[[Pending], Awaitable[Response]],
+    claim: bytes | None = None,
+) -> Response:
+    """``create`` under the key this request claimed, its answer then kept for the key."""
+    holding = asyncio.ensure_future(context.idempotency.hold(user.user_id, key, print_, claim))
+    pending = Pending()
     try:
-        response = await create()
+        response = await create(pending)
+    except DatabaseUnavailable:
+        await _stopped(holding)
+        if pending.made is None or pending.answer is None:
+            await _release(context, user, key)
+        else:
+            # Made or not: the retry looks. Released instead, a retry made a second one.
+            try:
+                await context.idempotency.finish(
+                    user.user_id,
+                    key,
+                    print_,
+                    pending.answer.status_code,
+                    bytes(pending.answer.body),
+                    unsure=pending.made,
+                )
+            except KVUnavailable:
+                log.warning("could not keep an Idempotency-Key answer whose commit is unknown")
+        raise
     except BaseException:
         await _stopped(holding)
-        try:
-            await context.idempotency.release(user.user_id, key)
-        except KVUnavailable:
-            log.warning("could not release an Idempotency-Key after a failed request")
+        await _release(context, user, key)
         raise
     await _stopped(holding)  # a renewal on its way would land over the answer
     try:
@@ -187,6 +252,13 @@ async def idempotent(
         # The job is committed: answering an error now would invite a duplicate.
         log.warning("could not record an Idempotency-Key answer; a retry will not replay it")
     return response
+
+
+async def _release(context: ApiContext, user: Principal, key: str) -> None:
+    try:
+        await context.idempotency.release(user.user_id, key)
+    except KVUnavailable:
+        log.warning("could not release an Idempotency-Key after a failed request")
 
 
 async def _stopped(task: "asyncio.Future[None]") -> None:

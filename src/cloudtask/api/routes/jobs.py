@@ -12,7 +12,7 @@ from starlette.responses import Response
 from cloudtask.api import submission
 from cloudtask.api.deps import Context, CurrentUser
 from cloudtask.api.errors import ApiError, not_found, with_body_checks
-from cloudtask.api.idempotency import IdempotencyKey
+from cloudtask.api.idempotency import Created, IdempotencyKey
 from cloudtask.api.jsonbody import StrictJSONRoute, nests_bodies
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.path_ids import path_id
@@ -86,12 +86,15 @@ async def create_batch(
         details += submission.check_payload(job_body, ("jobs", index, "payload"))
     submission.raise_if_invalid(details)
 
-    async def create() -> Response:
+    async def create(pending: submission.Pending) -> Response:
         now = utcnow()
         new_jobs = [submission.new_job(job_body, user.user_id, now) for job_body in body.jobs]
-        await submission.store(context, new_jobs)
         jobs_json = [job_json(job.record()) for job in new_jobs]
-        return JSONBytesResponse(jobs_json, status_code=201)
+        # All or none are stored: the first tells.
+        first = Created("job", str(new_jobs[0].id))
+        answer = pending.tell(first, JSONBytesResponse(jobs_json, status_code=201))
+        await submission.store(context, new_jobs)
+        return answer
 
     return await submission.idempotent(context, request, user, idempotency_key, create)
 

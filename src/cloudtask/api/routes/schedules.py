@@ -13,7 +13,7 @@ from cloudtask.api import submission
 from cloudtask.api.context import ApiContext
 from cloudtask.api.deps import Context, CurrentUser
 from cloudtask.api.errors import ApiError, not_found, with_body_checks
-from cloudtask.api.idempotency import IdempotencyKey
+from cloudtask.api.idempotency import Created, IdempotencyKey
 from cloudtask.api.jsonbody import StrictJSONRoute
 from cloudtask.api.openapi import error_responses
 from cloudtask.api.path_ids import path_id
@@ -101,8 +101,8 @@ async def create_schedule(
 ) -> Response:
     zone = _checked_zone(body)
 
-    async def create() -> Response:
-        return await _create_schedule(body, zone, user, context)
+    async def create(pending: submission.Pending) -> Response:
+        return await _create_schedule(body, zone, user, context, pending)
 
     # As for a job: a client retrying after a lost answer must not make a second schedule,
     # which would fire beside the first for ever.
@@ -117,7 +117,11 @@ def _location_of_schedule(body: bytes) -> str:
 
 
 async def _create_schedule(
-    body: ScheduleCreate, zone: ZoneInfo, user: Principal, context: ApiContext
+    body: ScheduleCreate,
+    zone: ZoneInfo,
+    user: Principal,
+    context: ApiContext,
+    pending: submission.Pending,
 ) -> Response:
     now = utcnow()
     record = schedules_q.ScheduleRecord(
@@ -137,9 +141,11 @@ async def _create_schedule(
         created_at=now,
         updated_at=now,
     )
+    made = Created("schedule", str(record.id))
+    answer = pending.tell(made, created(schedule_json(record), f"/schedules/{record.id}"))
     async with session.transaction(context.db) as conn:
         await schedules_q.create(conn, record)
-    return created(schedule_json(record), f"/schedules/{record.id}")
+    return answer
 
 
 @router.get("", response_model=list[Schedule], summary="List your schedules, oldest first")
