@@ -149,8 +149,7 @@ async def test_an_attempt_lost_max_deliveries_times_fails(
     for delivery in range(1, MAX_DELIVERIES):
         await _redelivered(created, job_id, delivery)
         assert (await _row(backends, job_id)).redeliveries == delivery
-        # Another worker takes it (its lost mark first), and dies too.
-        await backends.kv.set(lost_key(job_id, 1), f"taker-{delivery}".encode(), ttl=60)
+        # Another worker takes it, and dies too.
         await scheduling.update_jobs(
             backends, [job_id], status=JobStatus.RUNNING, started_at=utcnow() - timedelta(minutes=1)
         )
@@ -158,26 +157,6 @@ async def test_an_attempt_lost_max_deliveries_times_fails(
     assert row.error == f"its worker was lost {MAX_DELIVERIES} times"
     assert row.finished_at is not None and row.attempts == 1
     assert created.seen == {(str(job_id), 1): MAX_DELIVERIES - 1}
-
-
-@pytest.mark.usefixtures("scheduler")
-async def test_a_hand_out_taken_up_without_the_store_is_not_handed_out_again(
-    backends: Backends, created: CreatedCounter
-) -> None:
-    # Workers cut off from the store (the scheduler is not) run what they take without a lease
-    # and cannot take up the lost mark. Each hand-out was run beside the others, and counted as
-    # one more loss until the job ended FAILED while every copy still ran.
-    [job_id] = await _running(backends, timeout_seconds=3600)
-    await _redelivered(created, job_id, 1)
-    await scheduling.update_jobs(
-        backends, [job_id], status=JobStatus.RUNNING, started_at=utcnow() - timedelta(minutes=1)
-    )
-    [witness] = await _running(backends, timeout_seconds=3600)
-    await _redelivered(created, witness, 1)  # a round judged both
-
-    row = await _row(backends, job_id)
-    assert (row.status, row.redeliveries, row.error) == (JobStatus.RUNNING, 1, None)
-    assert created.seen[(str(job_id), 1)] == 1
 
 
 @pytest.mark.usefixtures("scheduler")

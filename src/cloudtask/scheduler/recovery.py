@@ -71,44 +71,20 @@ async def lost_among(
     """The attempts whose lease is gone. A lease outlives a dead worker by up to its TTL, so only
     attempts older than that are asked about; if the store cannot be asked, lost its keys since
     the schedulers last marked it, or is another run of it than ``instance`` (restarted: see
-    ``leadership``), none is called lost.
-
-    Nor is an attempt handed out again that runs again since it was last handed out, its lost
-    mark still the scheduler's: the worker that took it up (and announced it) did so without
-    the store, which it cannot reach. Handed out again, each copy would go the same way, run
-    beside the others, and count as one more loss until the job ended FAILED while every copy
-    still ran. If that worker dies too, the attempt is ended as a hung one."""
+    ``leadership``), none is called lost."""
     settled = now - timedelta(seconds=settings.worker_lease_seconds + 1)
     running = [job for job in running if job.started_at is not None and job.started_at < settled]
     if not running:
         return set()
     try:
-        mark, *values = await kv.get_many(
-            [
-                STORE_MARK,
-                *(lease_key(job.id, job.attempt) for job in running),
-                *(lost_key(job.id, job.attempt) for job in running),
-            ]
+        mark, *leases = await kv.get_many(
+            [STORE_MARK, *(lease_key(job.id, job.attempt) for job in running)]
         )
         if mark is None or (instance is not None and await kv.instance() not in (instance, None)):
             return set()
     except KVUnavailable:
         return set()
-    leases, marks = values[: len(running)], values[len(running) :]
-    lost, cut_off = set(), 0
-    for job, lease, lost_mark in zip(running, leases, marks, strict=True):
-        if lease is not None:
-            continue
-        if job.redeliveries and lost_mark == LOST:
-            cut_off += 1
-        else:
-            lost.add(job)
-    if cut_off:
-        log.warning(
-            "attempts run by workers that cannot reach the key-value store: not handed out again",
-            extra={"action": "scheduler.cut_off_workers", "count": cut_off},
-        )
-    return lost
+    return {job for job, lease in zip(running, leases, strict=True) if lease is None}
 
 
 async def mark_lost(kv: KV, lost: set[dispatch_q.Attempt]) -> bool:
