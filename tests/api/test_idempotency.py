@@ -329,3 +329,45 @@ async def test_a_retry_after_a_commit_of_unknown_outcome_creates_once(
     assert third.json() == second.json()
     answered = second.json() if isinstance(second.json(), list) else [second.json()]
     assert sorted(item["id"] for item in listed) == sorted(item["id"] for item in answered)
+
+
+async def test_a_retry_after_a_request_cancelled_while_its_job_was_stored_replays_it(
+    backends: Backends, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server cancels requests still running when its graceful shutdown ends; the group
+    # commit a cancelled request joined goes on without it, and may commit its job.
+    store = GroupCommit.store
+    finished = asyncio.Event()
+
+    async def committed_later(self: GroupCommit, job: Any) -> None:
+        await asyncio.sleep(0.2)
+        await store(self, job)
+        finished.set()
+
+    async def slow_store(self: GroupCommit, job: Any) -> None:
+        await asyncio.shield(asyncio.ensure_future(committed_later(self, job)))
+
+    app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            client = Client(http, backends)
+            token = await client.register()
+            headers = {**client.auth(token), "Idempotency-Key": "cancelled"}
+            with monkeypatch.context() as patched:
+                patched.setattr(GroupCommit, "store", slow_store)
+                request = asyncio.ensure_future(
+                    http.post("/jobs", json={"type": "echo"}, headers=headers)
+                )
+                await asyncio.sleep(0.05)
+                request.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await request
+                await asyncio.wait_for(finished.wait(), timeout=5)
+
+            retry = await http.post("/jobs", json={"type": "echo"}, headers=headers)
+            listed = (await http.get("/jobs", headers=client.auth(token))).json()
+
+    assert retry.status_code == 201, retry.text
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert [job["id"] for job in listed] == [retry.json()["id"]]

@@ -60,7 +60,8 @@ class CloudTaskApp(FastAPI):
             # (a client sending its body slowly, say), then answers them itself with a 500 in
             # plain text and logs a traceback. Answered here, in the error body, unless their
             # answer had begun (the server then refuses a second start): the request ends.
-            # (A request whose key is still claimed keeps its claim until the claim expires.)
+            # (A request cancelled with an Idempotency-Key leaves its answer for a retry to
+            # replay if what it stores was committed: see submission.idempotent.)
             try:
                 await errors.shutting_down(scope, send)
             except RuntimeError:

@@ -221,27 +221,15 @@ async def _created_once(
     pending = Pending()
     try:
         response = await create(pending)
-    except DatabaseUnavailable:
+    except BaseException as exc:
         await _stopped(holding)
-        if pending.made is None or pending.answer is None:
-            await _release(context, user, key)
+        made, answer = pending.made, pending.answer
+        if made is None or answer is None or isinstance(exc, UnknownUser):
+            await _release(context, user, key)  # nothing was, or can have been, stored
         else:
-            # Made or not: the retry looks. Released instead, a retry made a second one.
-            try:
-                await context.idempotency.finish(
-                    user.user_id,
-                    key,
-                    print_,
-                    pending.answer.status_code,
-                    bytes(pending.answer.body),
-                    unsure=pending.made,
-                )
-            except KVUnavailable:
-                log.warning("could not keep an Idempotency-Key answer whose commit is unknown")
-        raise
-    except BaseException:
-        await _stopped(holding)
-        await _release(context, user, key)
+            # Stored or not (a connection lost at the commit; the request cancelled while the
+            # group commit it joined goes on): the retry looks. Released, a retry made it twice.
+            await _keep_unsure(context, user, key, print_, made, answer)
         raise
     await _stopped(holding)  # a renewal on its way would land over the answer
     try:
@@ -252,6 +240,22 @@ async def _created_once(
         # The job is committed: answering an error now would invite a duplicate.
         log.warning("could not record an Idempotency-Key answer; a retry will not replay it")
     return response
+
+
+async def _keep_unsure(
+    context: ApiContext,
+    user: Principal,
+    key: str,
+    print_: str,
+    made: Created,
+    answer: Response,
+) -> None:
+    try:
+        await context.idempotency.finish(
+            user.user_id, key, print_, answer.status_code, bytes(answer.body), unsure=made
+        )
+    except KVUnavailable:
+        log.warning("could not keep an Idempotency-Key answer whose commit is unknown")
 
 
 async def _release(context: ApiContext, user: Principal, key: str) -> None:
