@@ -327,7 +327,10 @@ async def test_a_bad_query_parameter_is_400_naming_it(
     ("query", "names"),
     [("limit=abc&limit=1", ["limit"]), ("limit=1&limit=1", ["limit"]),
      ("status=FOO&status=PENDING", ["status"]), ("type=a&limit=2&type=a&status=PENDING", ["type"]),
-     ("limit=1&type=a&limit=2&type=b", ["type", "limit"])],
+     ("limit=1&type=a&limit=2&type=b", ["type", "limit"]),
+     # Beside a parameter that fails its rule: each named once.
+     ("status=PENDING&status=COMPLETED&limit=x", ["limit", "status"]),
+     ("limit=1&limit=abc", ["limit"])],
 )  # fmt: skip
 async def test_a_query_parameter_sent_twice_is_400_naming_it(
     client: Client, query: str, names: list[str]

@@ -165,7 +165,22 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         return await _unexpected(request, exc)
     details = validation_details(exc.errors())
     details += _body_checks_details(request, exc.body, {d["field"] for d in details})
+    named = {(d["field"], d["location"]) for d in details}
+    details += [d for d in repeated_query_details(request) if (d["field"], "query") not in named]
     return error_response(request, 400, invalid_request(details), details=details)
+
+
+def repeated_query_details(request: Request) -> list[dict[str, str]]:
+    """The query parameters the route reads that were sent more than once, as 400 details:
+    FastAPI reads the last and ignores the others, so a bad one passed beside a good one."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    names = [param.alias for param in dependant.query_params] if dependant is not None else []
+    query = request.query_params
+    return [
+        {"field": name, "location": "query", "message": "must be sent once, not repeated"}
+        for name in names
+        if len(query.getlist(name)) > 1
+    ]
 
 
 def invalid_request(details: list[dict[str, str]]) -> str:

@@ -11,7 +11,13 @@ from starlette.responses import Response
 
 from cloudtask.api import submission
 from cloudtask.api.deps import Context, CurrentUser
-from cloudtask.api.errors import ApiError, not_found, with_body_checks
+from cloudtask.api.errors import (
+    ApiError,
+    invalid_request,
+    not_found,
+    repeated_query_details,
+    with_body_checks,
+)
 from cloudtask.api.idempotency import Created, IdempotencyKey
 from cloudtask.api.jsonbody import StrictJSONRoute, nests_bodies
 from cloudtask.api.openapi import error_responses
@@ -132,20 +138,6 @@ def _issued_cursor(cursor: str | None) -> str | None:
     return cursor
 
 
-def _each_sent_once(request: Request, names: tuple[str, ...]) -> None:
-    # FastAPI reads the last of a repeated parameter and ignores the others, so that
-    # ?limit=abc&limit=1 was answered as ?limit=1, while ?limit=1&limit=abc was a 400.
-    query = request.query_params
-    repeated = [name for name in names if len(query.getlist(name)) > 1]
-    if repeated:
-        details = [
-            {"field": name, "location": "query", "message": "must be sent once, not repeated"}
-            for name in repeated
-        ]
-        message = f"Invalid request: {', '.join(repeated)}: must be sent once, not repeated"
-        raise ApiError(400, message, details=details)
-
-
 @router.get(
     "",
     response_model=list[Job],
@@ -166,7 +158,8 @@ async def list_jobs(
         AfterValidator(_issued_cursor),
     ] = None,
 ) -> Response:
-    _each_sent_once(request, ("status", "type", "limit", "cursor"))
+    if repeated := repeated_query_details(request):  # each else valid
+        raise ApiError(400, invalid_request(repeated), details=repeated)
     after = _decode_cursor(cursor) if cursor is not None else None
     async with session.reading(context.db) as conn:
         records = await jobs_q.list_for_user(
