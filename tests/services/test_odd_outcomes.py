@@ -45,6 +45,20 @@ class Handlers:
     async def unserializable(self, payload: Any) -> Any:
         return {"handle": object()}
 
+    async def circular(self, payload: Any) -> Any:
+        result: list[Any] = [2**70]
+        result.append(result)
+        return result
+
+    async def deep_big(self, payload: Any) -> Any:
+        result: list[Any] = [2**70]
+        for _ in range(300):
+            result = [result]
+        return result
+
+    async def nan_key(self, payload: Any) -> Any:
+        return {float("nan"): 1}
+
     async def interrupt(self, payload: Any) -> Any:
         raise KeyboardInterrupt
 
@@ -72,17 +86,18 @@ def handlers() -> Handlers:
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
     return registry_of(
         handlers, "nul", "surrogate", "deep", "nan", "infinite", "unserializable", "wait",
-        "interrupt", "exit", "self_cancel", "sync_interrupt",
+        "interrupt", "exit", "self_cancel", "sync_interrupt", "circular", "deep_big", "nan_key",
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("kind", ["deep", "deep_big"])
 async def test_a_result_nested_deeper_than_json_may_be_fails_the_job_instead_of_losing_it(
-    stack: Stack,
+    stack: Stack, kind: str
 ) -> None:
     # Reported as it is, the results-processor could not parse the event and the job would
     # stay RUNNING until its lease ran out, attempt after attempt.
     token = await stack.client.register()
-    job = await stack.client.create_job(token, type="deep", payload={}, maxAttempts=1)
+    job = await stack.client.create_job(token, type=kind, payload={}, maxAttempts=1)
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert done["status"] == "FAILED"
     assert done["error"] == f"the handler's result is nested more than {MAX_DEPTH} levels deep"
@@ -94,6 +109,9 @@ async def test_a_result_nested_deeper_than_json_may_be_fails_the_job_instead_of_
         ("nan", "the handler's result holds a NaN or an infinity"),
         ("infinite", "the handler's result holds a NaN or an infinity"),
         ("unserializable", "the handler's result is not JSON-serializable"),
+        # Failed once: an error escaping the check had the delivery run again and again.
+        ("circular", "the handler's result is not JSON-serializable"),
+        ("nan_key", "the handler's result is not JSON-serializable"),
     ],
 )
 async def test_a_result_json_cannot_carry_fails_the_job_instead_of_being_changed(
@@ -105,6 +123,7 @@ async def test_a_result_json_cannot_carry_fails_the_job_instead_of_being_changed
     job = await stack.client.create_job(token, type=kind, payload={}, maxAttempts=1)
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert (done["status"], done["error"], done["result"]) == ("FAILED", error, None)
+    assert done["attempts"] == 1
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,29 @@ def test_a_number_is_written_the_same_beside_a_big_integer() -> None:
     assert dumps({"a": {"b": [2**70, 0.1]}}) == b'{"a":{"b":[1180591620717411303424,0.1]}}'
 
 
+def test_what_orjson_cannot_write_beside_a_big_integer_is_the_standard_librarys_answer() -> None:
+    circular: list[object] = [2**70]
+    circular.append(circular)
+    with pytest.raises(ValueError, match="Circular"):
+        dumps(circular)
+    deep: list[object] = [2**70]
+    for _ in range(300):  # deeper than orjson writes
+        deep = [deep]
+    assert dumps(deep) == b"[" * 300 + b"[1180591620717411303424]" + b"]" * 300
+    with pytest.raises(ValueError, match="not JSON"):
+        dumps({float("nan"): 1})
+
+
+def test_a_big_integer_is_written_as_int_writes_it_whatever_its_class() -> None:
+    class Named(int):
+        def __str__(self) -> str:
+            return "not a number"
+
+    assert dumps({"n": Named(2**70), Named(2**70): 1}) == (
+        b'{"n":1180591620717411303424,"1180591620717411303424":1}'
+    )
+
+
 def test_keys_that_are_not_strings_are_written_as_strings() -> None:
     # As the standard library writes them: a handler may return a dict keyed by integers.
     assert dumps({1: "a", 2**70: "b", False: "c", None: "d"}) == (

@@ -156,6 +156,8 @@ def dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
+        pass
+    try:
         # orjson writes no integer beyond 64 bits (those go in as text already written) and no
         # key that is not a string (those are written as strings, as the standard library
         # does: a handler's {1: "a"} is {"1": "a"}). The rest is still orjson's, so a number is
@@ -163,11 +165,18 @@ def dumps(value: Any) -> bytes:
         # wrote 1e-05 where orjson writes 0.00001, and a payload's size, counted in this
         # writing, depended on whether it also held a big integer.
         return orjson.dumps(_big_ints_written(value), option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, RecursionError):
+        # Nested deeper than orjson writes (255 levels), or holding itself: the standard
+        # library's answer (written, or a ValueError naming the circular reference).
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
 
 
 def _big_ints_written(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if _INT_MIN <= value <= _UINT_MAX else orjson.Fragment(str(value))
+        # int's own text: a subclass may write itself otherwise.
+        return value if _INT_MIN <= value <= _UINT_MAX else orjson.Fragment(int.__repr__(value))
     if isinstance(value, dict):
         return {_key(key): _big_ints_written(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -176,7 +185,11 @@ def _big_ints_written(value: Any) -> Any:
 
 
 def _key(key: Any) -> Any:
-    return str(key) if isinstance(key, int) and not _INT_MIN <= key <= _UINT_MAX else key
+    if isinstance(key, float) and not math.isfinite(key):
+        raise ValueError(f"a key of {key!r} is not JSON")  # as the standard library refuses it
+    if isinstance(key, int) and not isinstance(key, bool) and not _INT_MIN <= key <= _UINT_MAX:
+        return int.__repr__(key)
+    return key
 
 
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
