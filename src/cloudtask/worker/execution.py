@@ -208,7 +208,7 @@ def failure(exc: BaseException) -> Outcome:
 def _completed(result: Any) -> Outcome:
     try:
         text = jsoncodec.dumps(result)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # escaping, the delivery would run again
         return Outcome("failed", error="the handler's result is not JSON-serializable")
     if jsoncodec.has_non_finite(result, text):  # else silently written as null
         return Outcome("failed", error="the handler's result holds a NaN or an infinity")
