@@ -35,12 +35,25 @@ class UpgradeIgnoringParser(httptools.HttpRequestParser):
             self.set_dangerous_leniencies(lenient_data_after_close=True)
 
     def feed_data(self, data: "bytes | bytearray | memoryview[int] | array[int]") -> None:
-        try:
-            super().feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._read_on(memoryview(data).cast("B")[upgrade.args[0] :].tobytes())
+        # A loop, not a parser feeding the next: a read may hold hundreds of requests asking
+        # for an upgrade, one nested call each.
+        parser: httptools.HttpRequestParser = self
+        while True:
+            try:
+                httptools.HttpRequestParser.feed_data(parser, data)
+            except httptools.HttpParserUpgrade as upgrade:
+                if self._protocol.scope["method"] == "CONNECT":
+                    # httptools takes every CONNECT for an upgrade: left as uvicorn leaves it
+                    # (the app answers it, 405; nothing after it is read), not replayed into
+                    # the same upgrade again.
+                    return
+                rest = memoryview(data).cast("B")[upgrade.args[0] :].tobytes()
+                parser, data = self._reading_on(rest)
+            else:
+                return
 
-    def _read_on(self, rest: bytes) -> None:
+    def _reading_on(self, rest: bytes) -> tuple["UpgradeIgnoringParser", bytes]:
+        """The parser that takes the connection over, and what it is to read."""
         protocol = self._protocol
         # httptools ended the request without reading its body: it is read now. The app has not
         # run yet (it starts once this call returns), so it sees the body as any other.
@@ -56,7 +69,7 @@ class UpgradeIgnoringParser(httptools.HttpRequestParser):
         head.append(b"\r\n")
         parser = UpgradeIgnoringParser(_AfterReplayedHead(protocol), protocol)
         protocol.parser = parser
-        parser.feed_data(b"".join(head) + rest)
+        return parser, b"".join(head) + rest
 
 
 class _AfterReplayedHead:

@@ -125,3 +125,26 @@ async def test_a_malformed_body_after_an_upgrade_is_a_400_in_the_error_body(
     status, _, body = answer.partition(b" ")
     assert status == b"400"
     assert json.loads(body)["path"] == "/jobs"
+
+
+async def test_hundreds_of_upgrade_requests_in_one_read_are_each_answered(
+    address: tuple[str, int], token: str
+) -> None:
+    # Each taken over by the next parser within one read: a loop, not a call per request.
+    body = b'{"type": "echo", "payload": "first"}'
+    first = _post(token, b"Content-Length: %d\r\n" % len(body)) + body
+    missing = b"GET /nope HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+    answers = await _answers(address, [first + missing * 600], 601)
+
+    assert _job(answers[0])["payload"] == "first"
+    assert {answer.partition(b" ")[0] for answer in answers[1:]} == {b"404"}
+
+
+async def test_connect_is_answered_by_the_app_as_before(address: tuple[str, int]) -> None:
+    # httptools takes every CONNECT for an upgrade request; it is not replayed as one.
+    (answer,) = await _answers(address, [b"CONNECT /jobs HTTP/1.1\r\nHost: t\r\n\r\n"], 1)
+
+    status, _, body = answer.partition(b" ")
+    assert status == b"405"
+    assert json.loads(body)["message"] == "Method CONNECT is not allowed on /jobs"
