@@ -56,6 +56,12 @@ class Handlers:
             result = [result]
         return result
 
+    async def deep_tuple(self, payload: Any) -> Any:
+        result: Any = ()
+        for _ in range(200):  # written as arrays, as deep
+            result = (result,)
+        return result
+
     async def nan_key(self, payload: Any) -> Any:
         return {float("nan"): 1}
 
@@ -86,11 +92,12 @@ def handlers() -> Handlers:
 def stack_handlers(handlers: Handlers) -> HandlerRegistry:
     return registry_of(
         handlers, "nul", "surrogate", "deep", "nan", "infinite", "unserializable", "wait",
-        "interrupt", "exit", "self_cancel", "sync_interrupt", "circular", "deep_big", "nan_key",
+        "interrupt", "exit", "self_cancel", "sync_interrupt", "circular", "deep_big", "deep_tuple",
+        "nan_key",
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["deep", "deep_big"])
+@pytest.mark.parametrize("kind", ["deep", "deep_big", "deep_tuple"])
 async def test_a_result_nested_deeper_than_json_may_be_fails_the_job_instead_of_losing_it(
     stack: Stack, kind: str
 ) -> None:
@@ -101,6 +108,7 @@ async def test_a_result_nested_deeper_than_json_may_be_fails_the_job_instead_of_
     done = await wait_for_status(stack.client, token, job["id"], "COMPLETED", "FAILED")
     assert done["status"] == "FAILED"
     assert done["error"] == f"the handler's result is nested more than {MAX_DEPTH} levels deep"
+    assert done["attempts"] == 1
 
 
 @pytest.mark.parametrize(

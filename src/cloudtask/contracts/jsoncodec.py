@@ -113,14 +113,15 @@ def too_deep(value: Any, text: str | bytes, max_depth: int = MAX_DEPTH) -> bool:
         brackets = text.count(b"[") + text.count(b"{")
     if brackets <= max_depth:
         return False
+    # A tuple is written as an array: a handler's result may hold them.
     level: list[Any] = [value]
     for _ in range(max_depth):
         level = [
             child
             for item in level
-            if isinstance(item, (list, dict))
+            if isinstance(item, (list, tuple, dict))
             for child in (item.values() if isinstance(item, dict) else item)
-            if isinstance(child, (list, dict))
+            if isinstance(child, (list, tuple, dict))
         ]
         if not level:
             return False
