@@ -66,10 +66,24 @@ class UpgradeIgnoringParser(httptools.HttpRequestParser):
         head += [
             b"%s: %s\r\n" % (name, value) for name, value in scope["headers"] if name in _FRAMING
         ]
+        # And whether the connection goes on after it (close, keep-alive), without the upgrade.
+        if tokens := _connection_tokens(scope["headers"]):
+            head.append(b"connection: %s\r\n" % b", ".join(tokens))
         head.append(b"\r\n")
         parser = UpgradeIgnoringParser(_AfterReplayedHead(protocol), protocol)
         protocol.parser = parser
         return parser, b"".join(head) + rest
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The request's ``Connection`` options but ``upgrade`` (and the upgrade's own headers)."""
+    tokens = [
+        token.strip()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    ]
+    return [t for t in tokens if t and t.lower() not in (b"upgrade", b"http2-settings")]
 
 
 class _AfterReplayedHead:
