@@ -10,14 +10,16 @@ from uuid import UUID, uuid4
 import httpx
 import jwt
 import pytest
+from sqlalchemy import delete
 
 from cloudtask.api import idempotency
 from cloudtask.api.app import create_app
 from cloudtask.api.errors import ApiError
 from cloudtask.api.group_commit import GroupCommit
-from cloudtask.api.idempotency import IdempotencyStore, fingerprint
+from cloudtask.api.idempotency import Created, IdempotencyStore, Intent, Replay, fingerprint
 from cloudtask.contracts import jsoncodec
 from cloudtask.db import session
+from cloudtask.db.tables import jobs as jobs_table
 from cloudtask.errors import DatabaseUnavailable
 from tests.conftest import JWT_SECRET, Backends
 from tests.helpers import Client, assert_error
@@ -114,7 +116,8 @@ async def test_the_same_key_while_the_first_request_runs_is_409(client: Client) 
     user = UUID(jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["sub"])
     body = {"type": "echo"}
     store = IdempotencyStore(client.backends.kv)
-    assert await store.begin(user, "busy", fingerprint("POST", "/jobs", body)) is None
+    claim = await store.begin(user, "busy", fingerprint("POST", "/jobs", body), _intent())
+    assert isinstance(claim, bytes)
     response = await client.http.post(
         "/jobs", json=body, headers={**client.auth(token), "Idempotency-Key": "busy"}
     )
@@ -151,7 +154,7 @@ async def test_an_answer_kept_without_its_location_is_replayed_with_it(client: C
     job = await client.create_job(token, **body)
     store = IdempotencyStore(client.backends.kv)
     print_ = fingerprint("POST", "/jobs", body)
-    assert await store.begin(user_id, "kept-before", print_) is None
+    assert isinstance(await store.begin(user_id, "kept-before", print_, _intent()), bytes)
     await store.finish(user_id, "kept-before", print_, 201, jsoncodec.dumps(job))
     headers = {**client.auth(token), "Idempotency-Key": "kept-before"}
     again = await client.http.post("/jobs", json=body, headers=headers)
@@ -236,17 +239,58 @@ async def test_a_request_running_longer_than_its_claim_lives_is_still_in_progres
     monkeypatch.setattr(idempotency, "IN_FLIGHT_TTL", 0.3)
     store = IdempotencyStore(backends.kv)
     user, print_ = uuid4(), fingerprint("POST", "/jobs", {"type": "echo"})
-    assert await store.begin(user, "slow", print_) is None
-    holding = asyncio.ensure_future(store.hold(user, "slow", print_))
+    intent = _intent()
+    claim = await store.begin(user, "slow", print_, intent)
+    assert isinstance(claim, bytes)
+    holding = asyncio.ensure_future(store.hold(user, "slow", claim))
     try:
         await asyncio.sleep(0.8)  # more than twice the claim's lifetime
         with pytest.raises(ApiError) as refused:
-            await store.begin(user, "slow", print_)
+            await store.begin(user, "slow", print_, _intent())
         assert refused.value.status == 409
     finally:
         holding.cancel()
-    await asyncio.sleep(0.5)  # its process died: the claim lapses
-    assert await store.begin(user, "slow", print_) is None
+    await asyncio.sleep(0.5)  # its process died: the claim lapses, naming what it was to write
+    lapsed = await store.begin(user, "slow", print_, _intent())
+    assert isinstance(lapsed, Replay)
+    assert (lapsed.unsure, lapsed.status, lapsed.body) == (intent.made, 201, intent.body)
+
+
+def _intent() -> Intent:
+    return Intent(Created("job", str(uuid4())), 201, b'{"id": "x"}')
+
+
+@pytest.mark.parametrize("written", [True, False], ids=["written", "not-written"])
+async def test_a_retry_after_the_process_of_the_first_request_died_creates_once(
+    client: Client, monkeypatch: pytest.MonkeyPatch, written: bool
+) -> None:
+    # Killed between its commit and keeping its answer, a request left only its claim: once
+    # that lapsed, a retry created the job a second time.
+    monkeypatch.setattr(idempotency, "IN_FLIGHT_TTL", 0.2)
+    token = await client.register()
+    user = UUID(jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["sub"])
+    body = {"type": "echo", "payload": "once"}
+    first = await client.create_job(token, **body)  # as the dead request wrote it, or not:
+    if not written:
+        async with client.backends.db.begin() as conn:
+            await conn.execute(delete(jobs_table).where(jobs_table.c.id == UUID(first["id"])))
+    job_id = first["id"]
+    store = IdempotencyStore(client.backends.kv)
+    print_ = fingerprint("POST", "/jobs", body)
+    intent = Intent(Created("job", job_id), 201, jsoncodec.dumps(first))
+    assert isinstance(await store.begin(user, "died", print_, intent), bytes)
+    await asyncio.sleep(0.3)
+
+    headers = {**client.auth(token), "Idempotency-Key": "died"}
+    retry = await client.http.post("/jobs", json=body, headers=headers)
+    again = await client.http.post("/jobs", json=body, headers=headers)
+
+    assert retry.status_code == 201, retry.text
+    assert ("Idempotent-Replayed" in retry.headers) is written
+    assert (retry.json()["id"] == job_id) is written
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == retry.json()
+    assert await _count(client, token) == 1
 
 
 def _commit_of_unknown_outcome(monkeypatch: pytest.MonkeyPatch, route: str, made: bool) -> None:

@@ -3,13 +3,21 @@
 A key is claimed atomically (set-if-absent) while its request runs, then holds the answer. The
 request is identified by a fingerprint of its method, path and body (parsed, so whitespace and key
 order do not matter): the same key with another body is a 422; the same key while the first request
-still runs is a 409. A request that fails releases its key so that the client can try again.
+still runs is a 409. A request that fails before it writes releases its key so that the client can
+try again.
+
+The claim already holds what the request is about to store and answer, and says until when it
+runs (renewed while it does). A claim past that time was left by a process that died, maybe
+after its commit: the retry then looks for what the claim names, and replays the answer if it
+is stored, or takes the key over if not. So does a retry after a request whose commit failed
+without saying whether it was made (its answer kept as ``unsure``).
 """
 
 import asyncio
 import contextlib
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID, uuid4
@@ -70,6 +78,15 @@ class Created:
 
 
 @dataclass(frozen=True)
+class Intent:
+    """What a request will store (``made``) and answer, known before it writes."""
+
+    made: Created
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True)
 class Replay:
     status: int
     body: bytes
@@ -96,13 +113,29 @@ class IdempotencyStore:
         digest = hashlib.sha256(sent.encode()).hexdigest()
         return f"idem:{user_id}:{digest}"
 
-    async def begin(self, user_id: UUID, key: str, print_: str) -> Replay | None:
-        """Claim ``key`` for this request, or return the answer to replay; raises 409 or 422."""
+    @staticmethod
+    def _claim(print_: str, intent: Intent, by: str | None = None) -> bytes:
+        """A claim of this request's, running until ``IN_FLIGHT_TTL`` from now. Each request's
+        is its own (``by``): two equal claims would both be taken."""
+        record = {
+            "state": "running",
+            "fingerprint": print_,
+            "by": by or uuid4().hex,
+            "until": time.time() + IN_FLIGHT_TTL,
+            "unsure": {"kind": intent.made.kind, "id": intent.made.id},
+            "status": intent.status,
+            "body": intent.body.decode(),
+        }
+        return jsoncodec.dumps(record)
+
+    async def begin(self, user_id: UUID, key: str, print_: str, intent: Intent) -> Replay | bytes:
+        """Claim ``key`` for this request (the claim, to :meth:`hold`), or return the answer
+        to replay, maybe unsure; raises 409 or 422."""
         kv_key = self._key(user_id, key)
-        claim = jsoncodec.dumps({"state": "running", "fingerprint": print_})
+        claim = self._claim(print_, intent)
         for _ in range(3):
-            if await self._kv.set(kv_key, claim, ttl=IN_FLIGHT_TTL, only_if_absent=True):
-                return None
+            if await self._kv.set(kv_key, claim, ttl=REPLAY_TTL, only_if_absent=True):
+                return claim
             stored = await self._kv.get(kv_key)
             if stored is None:
                 continue  # expired between the two calls: claim it again
@@ -112,7 +145,12 @@ class IdempotencyStore:
                     422, "Idempotency-Key was already used with a different request body"
                 )
             if record["state"] == "running":
-                raise ApiError(409, "A request with this Idempotency-Key is still in progress")
+                # A claim without a time is an earlier version's: it lapses with its TTL.
+                until = record.get("until")
+                if until is None or until > time.time():
+                    raise ApiError(409, "A request with this Idempotency-Key is still in progress")
+                # Not renewed: its process died, before or after its commit. What it names
+                # tells which (see the module's docstring).
             unsure = record.get("unsure")
             return Replay(
                 int(record["status"]),
@@ -122,26 +160,31 @@ class IdempotencyStore:
             )
         raise ApiError(409, "A request with this Idempotency-Key is still in progress")
 
-    async def take_over(self, user_id: UUID, key: str, print_: str, replay: Replay) -> bytes | None:
+    async def take_over(
+        self, user_id: UUID, key: str, print_: str, replay: Replay, intent: Intent
+    ) -> bytes | None:
         """Claim ``key`` for this request in place of the unsure answer ``replay`` (what it
         would have stored is not there); the claim, to :meth:`hold`, or None if another retry
-        took it first. Each retry's claim is its own: two equal claims would both be taken."""
-        claim = jsoncodec.dumps({"state": "running", "fingerprint": print_, "by": uuid4().hex})
+        took it first."""
+        claim = self._claim(print_, intent)
         kv_key = self._key(user_id, key)
-        taken = await self._kv.claim(kv_key, claim, ttl=IN_FLIGHT_TTL, free=replay.record)
+        taken = await self._kv.claim(kv_key, claim, ttl=REPLAY_TTL, free=replay.record)
         return claim if taken is None else None
 
-    async def hold(self, user_id: UUID, key: str, print_: str, claim: bytes | None = None) -> None:
-        """Renew this request's claim (``claim``, if :meth:`take_over` made it) until cancelled:
-        a request may run longer than the claim lives (waiting for a database connection, then
-        for its statement), and a retry must still find it in progress rather than create the
-        job again."""
-        claim = claim or jsoncodec.dumps({"state": "running", "fingerprint": print_})
+    async def hold(self, user_id: UUID, key: str, claim: bytes) -> None:
+        """Renew this request's claim until cancelled: a request may run longer than the claim
+        lives (waiting for a database connection, then for its statement), and a retry must
+        still find it in progress rather than take it for a dead one's."""
+        kv_key = self._key(user_id, key)
         while True:
             await asyncio.sleep(IN_FLIGHT_TTL / 3)
+            record = jsoncodec.loads(claim)
+            renewed = jsoncodec.dumps({**record, "until": time.time() + IN_FLIGHT_TTL})
             with contextlib.suppress(KVUnavailable):  # the next turn tries again
-                # Only while it is still a claim of this request's (or gone with its TTL).
-                await self._kv.claim(self._key(user_id, key), claim, ttl=IN_FLIGHT_TTL, free=claim)
+                # Only while it is still this request's claim.
+                if await self._kv.claim(kv_key, renewed, ttl=REPLAY_TTL, free=claim) is not None:
+                    return
+                claim = renewed
 
     async def finish(
         self,

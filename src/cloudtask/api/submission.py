@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from cloudtask.api.context import ApiContext
 from cloudtask.api.errors import ApiError, bad_request, invalid_request, validation_details
-from cloudtask.api.idempotency import Created, fingerprint
+from cloudtask.api.idempotency import Created, Intent, fingerprint
 from cloudtask.api.responses import JSONBytesResponse, created
 from cloudtask.api.security import Principal
 from cloudtask.api.serialize import job_json
@@ -121,15 +121,10 @@ async def submit_one(
     context: ApiContext, request: Request, user: Principal, body: JobCreate, key: str | None
 ) -> Response:
     """``POST /jobs`` once its request is valid: the job stored, or the key's answer replayed."""
-
-    async def create(pending: Pending) -> Response:
-        job = new_job(body, user.user_id, utcnow())
-        answer = created(job_json(job.record()), job_location(job.id))
-        pending.tell(Created("job", str(job.id)), answer)
-        await store(context, [job])
-        return answer
-
-    return await idempotent(context, request, user, key, create, location=_location_of_job)
+    job = new_job(body, user.user_id, utcnow())
+    answer = created(job_json(job.record()), job_location(job.id))
+    prepared = Prepared(Created("job", str(job.id)), answer, lambda: store(context, [job]))
+    return await idempotent(context, request, user, key, prepared, location=_location_of_job)
 
 
 def job_location(job_id: uuid.UUID) -> str:
@@ -141,18 +136,14 @@ def _location_of_job(body: bytes) -> str:
     return job_location(jsoncodec.loads(body)["id"])
 
 
-@dataclass
-class Pending:
-    """What a request's ``create`` is about to store and answer, told before it stores it: if
-    the commit fails without the database saying whether it was made, a retry with the same
-    Idempotency-Key looks for it (see :func:`idempotent`)."""
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready to write: what it stores (``made``, for a retry to look for), its
+    answer, and the write itself."""
 
-    made: Created | None = None
-    answer: Response | None = None
-
-    def tell(self, made: Created, answer: Response) -> Response:
-        self.made, self.answer = made, answer
-        return answer
+    made: Created
+    answer: Response
+    write: Callable[[], Awaitable[None]]
 
 
 async def idempotent(
@@ -160,33 +151,38 @@ async def idempotent(
     request: Request,
     user: Principal,
     key: str | None,
-    create: Callable[[Pending], Awaitable[Response]],
+    prepared: Prepared,
     *,
     location: Callable[[bytes], str] | None = None,
 ) -> Response:
-    """Run ``create`` once per Idempotency-Key; replay its answer for the same key and body,
-    with the ``Location`` that ``location`` reads from a 201's body (the answer is kept without
-    its headers)."""
+    """Write ``prepared`` once per Idempotency-Key; replay its answer for the same key and
+    body, with the ``Location`` that ``location`` reads from a 201's body (the answer is kept
+    without its headers)."""
     if key is None:
-        return await create(Pending())
+        await prepared.write()
+        return prepared.answer
     if len(request.headers.getlist("idempotency-key")) > 1:
         # Which one would the retry send? Refused rather than one of them picked.
         raise bad_request("Idempotency-Key", "header", "must be sent once, not repeated")
     body: Any = await request.json()
     print_ = fingerprint(request.method, request.url.path, body)
-    replay = await context.idempotency.begin(user.user_id, key, print_)
-    if replay is None:
-        return await _created_once(context, user, key, print_, create)
+    answer = prepared.answer
+    intent = Intent(prepared.made, answer.status_code, bytes(answer.body))
+    begun = await context.idempotency.begin(user.user_id, key, print_, intent)
+    if isinstance(begun, bytes):
+        return await _written_once(context, user, key, print_, prepared, begun)
+    replay = begun
     if replay.unsure is not None:
         # The first request's commit failed without the database saying whether it was made
-        # (its answer lost with the connection, say): replayed only if it was, else made now.
+        # (its answer lost with the connection, say), or its process died: replayed if it
+        # was, else made now.
         async with session.reading(context.db) as conn:
             stored = await _was_stored(conn, replay.unsure, user.user_id)
         if not stored:
-            claim = await context.idempotency.take_over(user.user_id, key, print_, replay)
+            claim = await context.idempotency.take_over(user.user_id, key, print_, replay, intent)
             if claim is None:
                 raise ApiError(409, "A request with this Idempotency-Key is still in progress")
-            return await _created_once(context, user, key, print_, create, claim)
+            return await _written_once(context, user, key, print_, prepared, claim)
         with contextlib.suppress(KVUnavailable):
             await context.idempotency.finish(user.user_id, key, print_, replay.status, replay.body)
     # As the request it replays would be: refused if the user was removed since (and
@@ -208,53 +204,55 @@ async def _was_stored(conn: AsyncConnection, made: Created, user_id: uuid.UUID) 
     return await jobs_q.get(conn, uuid.UUID(made.id), user_id) is not None
 
 
-async def _created_once(
+async def _written_once(
     context: ApiContext,
     user: Principal,
     key: str,
     print_: str,
-    create: Callable[[Pending], Awaitable[Response]],
-    claim: bytes | None = None,
+    prepared: Prepared,
+    claim: bytes,
 ) -> Response:
-    """``create`` under the key this request claimed, its answer then kept for the key."""
-    holding = asyncio.ensure_future(context.idempotency.hold(user.user_id, key, print_, claim))
-    pending = Pending()
+    """``prepared`` written under the key this request claimed, its answer then kept."""
+    holding = asyncio.ensure_future(context.idempotency.hold(user.user_id, key, claim))
+    answer = prepared.answer
     try:
-        response = await create(pending)
+        await prepared.write()
     except BaseException as exc:
         await _stopped(holding)
-        made, answer = pending.made, pending.answer
-        if made is None or answer is None or isinstance(exc, UnknownUser):
-            await _release(context, user, key)  # nothing was, or can have been, stored
+        if isinstance(exc, UnknownUser):
+            await _release(context, user, key)  # nothing stored: the user is gone
         else:
             # Stored or not (a connection lost at the commit; the request cancelled while the
             # group commit it joined goes on): the retry looks. Released, a retry made it twice.
-            await _keep_unsure(context, user, key, print_, made, answer)
+            await _keep_unsure(context, user, key, print_, prepared)
         raise
     await _stopped(holding)  # a renewal on its way would land over the answer
     try:
         await context.idempotency.finish(
-            user.user_id, key, print_, response.status_code, bytes(response.body)
+            user.user_id, key, print_, answer.status_code, bytes(answer.body)
         )
     except KVUnavailable:
-        # The job is committed: answering an error now would invite a duplicate.
-        log.warning("could not record an Idempotency-Key answer; a retry will not replay it")
-    return response
+        # The job is committed: answering an error now would invite a duplicate. The claim,
+        # once it lapses, names it: a retry then finds it stored and replays it.
+        log.warning("could not record an Idempotency-Key answer; a retry will look it up")
+    return answer
 
 
 async def _keep_unsure(
-    context: ApiContext,
-    user: Principal,
-    key: str,
-    print_: str,
-    made: Created,
-    answer: Response,
+    context: ApiContext, user: Principal, key: str, print_: str, prepared: Prepared
 ) -> None:
+    answer = prepared.answer
     try:
         await context.idempotency.finish(
-            user.user_id, key, print_, answer.status_code, bytes(answer.body), unsure=made
+            user.user_id,
+            key,
+            print_,
+            answer.status_code,
+            bytes(answer.body),
+            unsure=prepared.made,
         )
     except KVUnavailable:
+        # The claim, once it lapses, names what it wrote: a retry looks for it then.
         log.warning("could not keep an Idempotency-Key answer whose commit is unknown")
 
 

@@ -92,17 +92,12 @@ async def create_batch(
         details += submission.check_payload(job_body, ("jobs", index, "payload"))
     submission.raise_if_invalid(details)
 
-    async def create(pending: submission.Pending) -> Response:
-        now = utcnow()
-        new_jobs = [submission.new_job(job_body, user.user_id, now) for job_body in body.jobs]
-        jobs_json = [job_json(job.record()) for job in new_jobs]
-        # All or none are stored: the first tells.
-        first = Created("job", str(new_jobs[0].id))
-        answer = pending.tell(first, JSONBytesResponse(jobs_json, status_code=201))
-        await submission.store(context, new_jobs)
-        return answer
-
-    return await submission.idempotent(context, request, user, idempotency_key, create)
+    now = utcnow()
+    new_jobs = [submission.new_job(job_body, user.user_id, now) for job_body in body.jobs]
+    answer = JSONBytesResponse([job_json(job.record()) for job in new_jobs], status_code=201)
+    first = Created("job", str(new_jobs[0].id))  # all or none are stored: the first tells
+    prepared = submission.Prepared(first, answer, lambda: submission.store(context, new_jobs))
+    return await submission.idempotent(context, request, user, idempotency_key, prepared)
 
 
 # A cursor names the last job of a page by its place in the listing's order: its creation time

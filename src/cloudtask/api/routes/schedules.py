@@ -100,15 +100,12 @@ async def create_schedule(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     zone = _checked_zone(body)
-
-    async def create(pending: submission.Pending) -> Response:
-        return await _create_schedule(body, zone, user, context, pending)
-
+    prepared = _prepared(body, zone, user, context)
     # As for a job: a client retrying after a lost answer must not make a second schedule,
     # which would fire beside the first for ever.
     key = idempotency_key
     return await submission.idempotent(
-        context, request, user, key, create, location=_location_of_schedule
+        context, request, user, key, prepared, location=_location_of_schedule
     )
 
 
@@ -116,13 +113,9 @@ def _location_of_schedule(body: bytes) -> str:
     return f"/schedules/{jsoncodec.loads(body)['id']}"
 
 
-async def _create_schedule(
-    body: ScheduleCreate,
-    zone: ZoneInfo,
-    user: Principal,
-    context: ApiContext,
-    pending: submission.Pending,
-) -> Response:
+def _prepared(
+    body: ScheduleCreate, zone: ZoneInfo, user: Principal, context: ApiContext
+) -> submission.Prepared:
     now = utcnow()
     record = schedules_q.ScheduleRecord(
         id=uuid.uuid4(),
@@ -141,11 +134,13 @@ async def _create_schedule(
         created_at=now,
         updated_at=now,
     )
-    made = Created("schedule", str(record.id))
-    answer = pending.tell(made, created(schedule_json(record), f"/schedules/{record.id}"))
-    async with session.transaction(context.db) as conn:
-        await schedules_q.create(conn, record)
-    return answer
+
+    async def write() -> None:
+        async with session.transaction(context.db) as conn:
+            await schedules_q.create(conn, record)
+
+    answer = created(schedule_json(record), f"/schedules/{record.id}")
+    return submission.Prepared(Created("schedule", str(record.id)), answer, write)
 
 
 @router.get("", response_model=list[Schedule], summary="List your schedules, oldest first")
