@@ -20,7 +20,7 @@ from cloudtask.api.idempotency import Created, IdempotencyStore, Intent, Replay,
 from cloudtask.contracts import jsoncodec
 from cloudtask.db import session
 from cloudtask.db.tables import jobs as jobs_table
-from cloudtask.errors import DatabaseUnavailable
+from cloudtask.errors import DatabaseUnavailable, KVUnavailable
 from tests.conftest import JWT_SECRET, Backends
 from tests.helpers import Client, assert_error
 
@@ -415,3 +415,40 @@ async def test_a_retry_after_a_request_cancelled_while_its_job_was_stored_replay
     assert retry.status_code == 201, retry.text
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert [job["id"] for job in listed] == [retry.json()["id"]]
+
+
+async def test_a_renewal_whose_answer_was_lost_does_not_end_the_claim(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The renewal landed but its answer did not (a timeout): the next one, expecting the claim
+    # as it was before, found it changed and stopped renewing; the claim lapsed while the
+    # request still ran, and a retry created the job a second time.
+    monkeypatch.setattr(idempotency, "IN_FLIGHT_TTL", 0.3)
+    kv = client.backends.kv
+    claim = kv.claim
+    lost = [True]
+
+    async def answer_lost_once(*args: Any, **kwargs: Any) -> Any:
+        held = await claim(*args, **kwargs)
+        if lost[0]:
+            lost[0] = False
+            raise KVUnavailable("redis: timed out")
+        return held
+
+    store = GroupCommit.store
+
+    async def slow_store(self: GroupCommit, job: Any) -> None:
+        await asyncio.sleep(1.5)
+        await store(self, job)
+
+    monkeypatch.setattr(kv, "claim", answer_lost_once)
+    monkeypatch.setattr(GroupCommit, "store", slow_store)
+    token = await client.register()
+    headers = {**client.auth(token), "Idempotency-Key": "renewed"}
+    first = asyncio.ensure_future(client.http.post("/jobs", json={"type": "echo"}, headers=headers))
+    await asyncio.sleep(0.9)  # three claim lifetimes: renewed three times meanwhile
+    retry = await client.http.post("/jobs", json={"type": "echo"}, headers=headers)
+
+    assert_error(retry, 409, "/jobs")
+    assert (await first).status_code == 201
+    assert await _count(client, token) == 1

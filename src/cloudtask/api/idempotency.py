@@ -176,15 +176,22 @@ class IdempotencyStore:
         lives (waiting for a database connection, then for its statement), and a retry must
         still find it in progress rather than take it for a dead one's."""
         kv_key = self._key(user_id, key)
+        mine = jsoncodec.loads(claim)["by"]
         while True:
             await asyncio.sleep(IN_FLIGHT_TTL / 3)
             record = jsoncodec.loads(claim)
             renewed = jsoncodec.dumps({**record, "until": time.time() + IN_FLIGHT_TTL})
             with contextlib.suppress(KVUnavailable):  # the next turn tries again
                 # Only while it is still this request's claim.
-                if await self._kv.claim(kv_key, renewed, ttl=REPLAY_TTL, free=claim) is not None:
-                    return
-                claim = renewed
+                holder = await self._kv.claim(kv_key, renewed, ttl=REPLAY_TTL, free=claim)
+                if holder is None:
+                    claim = renewed
+                    continue
+                held = jsoncodec.loads(holder)
+                if held.get("state") != "running" or held.get("by") != mine:
+                    return  # taken over (this request was taken for dead), or ended
+                # A renewal of this request's whose answer was lost: it landed all the same.
+                claim = holder
 
     async def finish(
         self,
