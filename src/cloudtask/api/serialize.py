@@ -21,7 +21,8 @@ def _stored(text: str | None) -> Any:
     A job's payload and result are stored as ``jsoncodec`` wrote them after validating them, so
     parsing the text and writing the value again would give the same text back; orjson embeds
     it instead (a listing parsed a hundred documents per page). The body then needs orjson,
-    which ``jsoncodec.dumps`` always writes with.
+    which ``jsoncodec.dumps`` writes with for anything an answer holds (its standard-library
+    fallback is for values nested deeper than 255 levels, which no answer is).
     """
     return None if text is None else orjson.Fragment(text)
 

@@ -113,6 +113,12 @@ def too_deep(value: Any, text: str | bytes, max_depth: int = MAX_DEPTH) -> bool:
         brackets = text.count(b"[") + text.count(b"{")
     if brackets <= max_depth:
         return False
+    return nests_deeper(value, max_depth)
+
+
+def nests_deeper(value: Any, max_depth: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects nest more than ``max_depth`` levels deep in ``value`` (a value
+    holding itself does)."""
     # A tuple is written as an array: a handler's result may hold them.
     level: list[Any] = [value]
     for _ in range(max_depth):
@@ -153,7 +159,9 @@ def _skip_space(text: str, pos: int) -> int:
 
 def dumps(value: Any) -> bytes:
     """Serialize to compact UTF-8 JSON. A NaN or an infinity is written as ``null`` (orjson's
-    way; see :func:`has_non_finite` to refuse them instead)."""
+    way; see :func:`has_non_finite` to refuse them instead), except in a value nested deeper
+    than orjson writes (255 levels) or holding itself, which the standard library writes or
+    refuses (``ValueError``, ``TypeError`` for what it cannot write, such as a UUID)."""
     try:
         return orjson.dumps(value)
     except TypeError:

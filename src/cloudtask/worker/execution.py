@@ -209,6 +209,8 @@ def _completed(result: Any) -> Outcome:
     try:
         text = jsoncodec.dumps(result)
     except (TypeError, ValueError, RecursionError):  # escaping, the delivery would run again
+        if jsoncodec.nests_deeper(result):  # the reason, whatever else it holds
+            return _too_deep()
         return Outcome("failed", error="the handler's result is not JSON-serializable")
     if jsoncodec.has_non_finite(result, text):  # else silently written as null
         return Outcome("failed", error="the handler's result holds a NaN or an infinity")
@@ -218,11 +220,15 @@ def _completed(result: Any) -> Outcome:
         )
     # Deeper than this, the results-processor could not parse the report (see jsoncodec).
     if jsoncodec.too_deep(result, text):
-        return Outcome(
-            "failed",
-            error=f"the handler's result is nested more than {jsoncodec.MAX_DEPTH} levels deep",
-        )
+        return _too_deep()
     return Outcome("completed", result=result)
+
+
+def _too_deep() -> Outcome:
+    return Outcome(
+        "failed",
+        error=f"the handler's result is nested more than {jsoncodec.MAX_DEPTH} levels deep",
+    )
 
 
 def sendable(text: str) -> str:
