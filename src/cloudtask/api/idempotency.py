@@ -3,8 +3,8 @@
 A key is claimed atomically (set-if-absent) while its request runs, then holds the answer. The
 request is identified by a fingerprint of its method, path and body (parsed, so whitespace and key
 order do not matter): the same key with another body is a 422; the same key while the first request
-still runs is a 409. A request that fails before it writes releases its key so that the client can
-try again.
+still runs is a 409. A request is refused (400, 401, 413) before it claims anything; one whose
+write finds its user gone releases its key.
 
 The claim already holds what the request is about to store and answer, and says until when it
 runs (renewed while it does). A claim past that time was left by a process that died, maybe
@@ -31,8 +31,8 @@ from cloudtask.errors import KVUnavailable
 from cloudtask.kv.base import KV
 
 REPLAY_TTL = 24 * 3600.0
-# A claim outlives a request that died with its process by this much at most; one still running
-# renews it every third of it (see ``hold``).
+# A claim not renewed for this long was left by a process that died: a retry then looks for what
+# it names. A request still running renews it every third of it (see ``hold``).
 IN_FLIGHT_TTL = 60.0
 MAX_KEY_LENGTH = 255
 
@@ -114,13 +114,13 @@ class IdempotencyStore:
         return f"idem:{user_id}:{digest}"
 
     @staticmethod
-    def _claim(print_: str, intent: Intent, by: str | None = None) -> bytes:
+    def _claim(print_: str, intent: Intent) -> bytes:
         """A claim of this request's, running until ``IN_FLIGHT_TTL`` from now. Each request's
         is its own (``by``): two equal claims would both be taken."""
         record = {
             "state": "running",
             "fingerprint": print_,
-            "by": by or uuid4().hex,
+            "by": uuid4().hex,
             "until": time.time() + IN_FLIGHT_TTL,
             "unsure": {"kind": intent.made.kind, "id": intent.made.id},
             "status": intent.status,

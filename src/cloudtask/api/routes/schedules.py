@@ -103,9 +103,8 @@ async def create_schedule(
     prepared = _prepared(body, zone, user, context)
     # As for a job: a client retrying after a lost answer must not make a second schedule,
     # which would fire beside the first for ever.
-    key = idempotency_key
     return await submission.idempotent(
-        context, request, user, key, prepared, location=_location_of_schedule
+        context, request, user, idempotency_key, prepared, location=_location_of_schedule
     )
 
 
