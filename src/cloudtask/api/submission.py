@@ -175,7 +175,7 @@ async def idempotent(
     if replay.unsure is not None:
         # The first request's commit failed without the database saying whether it was made
         # (its answer lost with the connection, say), or its process died: replayed if it
-        # was, else made now.
+        # was, else made now. Found, it is the user's: their row exists too.
         async with session.reading(context.db) as conn:
             stored = await _was_stored(conn, replay.unsure, user.user_id)
         if not stored:
@@ -185,13 +185,14 @@ async def idempotent(
             return await _written_once(context, user, key, print_, prepared, claim)
         with contextlib.suppress(KVUnavailable):
             await context.idempotency.finish(user.user_id, key, print_, replay.status, replay.body)
-    # As the request it replays would be: refused if the user was removed since (and
-    # their jobs with them). A replay is rare; the lookup costs nothing on the usual path.
-    # A database that cannot say does not stop the replay: the answer was true when kept.
-    with contextlib.suppress(DatabaseUnavailable):
-        async with session.reading(context.db) as conn:
-            if not await users_q.exists(conn, user.user_id):
-                raise UnknownUser
+    else:
+        # As the request it replays would be: refused if the user was removed since (and
+        # their jobs with them). A replay is rare; the lookup costs nothing on the usual path.
+        # A database that cannot say does not stop the replay: the answer was true when kept.
+        with contextlib.suppress(DatabaseUnavailable):
+            async with session.reading(context.db) as conn:
+                if not await users_q.exists(conn, user.user_id):
+                    raise UnknownUser
     headers = {"Idempotent-Replayed": "true"}
     if location is not None and replay.status == 201:
         headers["Location"] = location(replay.body)
