@@ -293,6 +293,17 @@ async def test_a_retry_after_the_process_of_the_first_request_died_creates_once(
     assert await _count(client, token) == 1
 
 
+@contextlib.asynccontextmanager
+async def _client_taking_5xx(backends: Backends, settings: Any) -> AsyncIterator[Client]:
+    """A client of the api as the ``client`` fixture's, but one that a 5xx does not fail:
+    these tests provoke them."""
+    app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield Client(http, backends)
+
+
 def _commit_of_unknown_outcome(monkeypatch: pytest.MonkeyPatch, route: str, made: bool) -> None:
     """The next write of ``route`` fails as a connection lost at its commit would: after the
     commit (``made``) or before it, the api unable to tell which."""
@@ -352,19 +363,16 @@ async def test_a_retry_after_a_commit_of_unknown_outcome_creates_once(
 ) -> None:
     # The first answer is a 503 whether or not the commit was made; released, its key let the
     # retry create it again when it was (two jobs, both run).
-    app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            client = Client(http, backends)
-            token = await client.register()
-            headers = {**client.auth(token), "Idempotency-Key": "unknown-outcome"}
-            _commit_of_unknown_outcome(monkeypatch, route, made)
+    async with _client_taking_5xx(backends, settings) as client:
+        http = client.http
+        token = await client.register()
+        headers = {**client.auth(token), "Idempotency-Key": "unknown-outcome"}
+        _commit_of_unknown_outcome(monkeypatch, route, made)
 
-            first = await http.post(route, json=body, headers=headers)
-            second = await http.post(route, json=body, headers=headers)
-            third = await http.post(route, json=body, headers=headers)
-            listed = (await http.get(listing, headers=client.auth(token))).json()
+        first = await http.post(route, json=body, headers=headers)
+        second = await http.post(route, json=body, headers=headers)
+        third = await http.post(route, json=body, headers=headers)
+        listed = (await http.get(listing, headers=client.auth(token))).json()
 
     assert_error(first, 503, route)
     assert second.status_code == 201, second.text
@@ -391,26 +399,23 @@ async def test_a_retry_after_a_request_cancelled_while_its_job_was_stored_replay
     async def slow_store(self: GroupCommit, job: Any) -> None:
         await asyncio.shield(asyncio.ensure_future(committed_later(self, job)))
 
-    app = create_app(settings, db=backends.db, broker=backends.broker, kv=backends.kv)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            client = Client(http, backends)
-            token = await client.register()
-            headers = {**client.auth(token), "Idempotency-Key": "cancelled"}
-            with monkeypatch.context() as patched:
-                patched.setattr(GroupCommit, "store", slow_store)
-                request = asyncio.ensure_future(
-                    http.post("/jobs", json={"type": "echo"}, headers=headers)
-                )
-                await asyncio.sleep(0.05)
-                request.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await request
-                await asyncio.wait_for(finished.wait(), timeout=5)
+    async with _client_taking_5xx(backends, settings) as client:
+        http = client.http
+        token = await client.register()
+        headers = {**client.auth(token), "Idempotency-Key": "cancelled"}
+        with monkeypatch.context() as patched:
+            patched.setattr(GroupCommit, "store", slow_store)
+            request = asyncio.ensure_future(
+                http.post("/jobs", json={"type": "echo"}, headers=headers)
+            )
+            await asyncio.sleep(0.05)
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            await asyncio.wait_for(finished.wait(), timeout=5)
 
-            retry = await http.post("/jobs", json={"type": "echo"}, headers=headers)
-            listed = (await http.get("/jobs", headers=client.auth(token))).json()
+        retry = await http.post("/jobs", json={"type": "echo"}, headers=headers)
+        listed = (await http.get("/jobs", headers=client.auth(token))).json()
 
     assert retry.status_code == 201, retry.text
     assert retry.headers["Idempotent-Replayed"] == "true"

@@ -7,6 +7,7 @@ Over a real socket to the api served as ``cloudtask api`` serves it: the parser 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -69,11 +70,16 @@ def _post(token: str, framing: bytes) -> bytes:
     )
 
 
-def _job(answer: bytes) -> dict[str, object]:
+def _read(answer: bytes) -> tuple[bytes, Any]:
+    """An answer of ``_answers``: its status and its JSON body."""
     status, _, body = answer.partition(b" ")
+    return status, json.loads(body)
+
+
+def _job(answer: bytes) -> dict[str, Any]:
+    status, job = _read(answer)
     assert status == b"201", answer
-    job: dict[str, object] = json.loads(body)
-    return job
+    return dict(job)
 
 
 async def test_a_body_sent_with_an_upgrade_to_http2_is_read_and_the_connection_reads_on(
@@ -88,7 +94,7 @@ async def test_a_body_sent_with_an_upgrade_to_http2_is_read_and_the_connection_r
     second, _ = await _answers(address, [framed, body[:9], body[9:] + listing], 2)
 
     assert _job(first)["payload"] == _job(second)["payload"] == {"n": 1}
-    assert [job["id"] for job in json.loads(listed.partition(b" ")[2])] == [_job(first)["id"]]
+    assert [job["id"] for job in _read(listed)[1]] == [_job(first)["id"]]
 
 
 async def test_a_chunked_body_sent_with_an_upgrade_is_read_and_so_is_the_next_upgrade(
@@ -111,8 +117,8 @@ async def test_a_websocket_upgrade_is_answered_as_the_plain_request(
 
     up, nope = await _answers(address, [health + missing], 2)
 
-    assert up.startswith(b"200 ") and json.loads(up[4:])["status"] == "UP"
-    assert nope.startswith(b"404 ") and json.loads(nope[4:])["path"] == "/nope"
+    assert _read(up)[0] == b"200" and _read(up)[1]["status"] == "UP"
+    assert _read(nope)[0] == b"404" and _read(nope)[1]["path"] == "/nope"
 
 
 async def test_a_malformed_body_after_an_upgrade_is_a_400_in_the_error_body(
@@ -122,9 +128,9 @@ async def test_a_malformed_body_after_an_upgrade_is_a_400_in_the_error_body(
         address, [_post(token, b"Transfer-Encoding: chunked\r\n") + b"zz\r\n"], 1
     )
 
-    status, _, body = answer.partition(b" ")
+    status, error = _read(answer)
     assert status == b"400"
-    assert json.loads(body)["path"] == "/jobs"
+    assert error["path"] == "/jobs"
 
 
 async def test_hundreds_of_upgrade_requests_in_one_read_are_each_answered(
@@ -138,16 +144,16 @@ async def test_hundreds_of_upgrade_requests_in_one_read_are_each_answered(
     answers = await _answers(address, [first + missing * 600], 601)
 
     assert _job(answers[0])["payload"] == "first"
-    assert {answer.partition(b" ")[0] for answer in answers[1:]} == {b"404"}
+    assert {_read(answer)[0] for answer in answers[1:]} == {b"404"}
 
 
 async def test_connect_is_answered_by_the_app_as_before(address: tuple[str, int]) -> None:
     # httptools takes every CONNECT for an upgrade request; it is not replayed as one.
     (answer,) = await _answers(address, [b"CONNECT /jobs HTTP/1.1\r\nHost: t\r\n\r\n"], 1)
 
-    status, _, body = answer.partition(b" ")
+    status, error = _read(answer)
     assert status == b"405"
-    assert json.loads(body)["message"] == "Method CONNECT is not allowed on /jobs"
+    assert error["message"] == "Method CONNECT is not allowed on /jobs"
 
 
 async def test_an_upgrade_request_asking_to_close_closes_as_without_the_upgrade(
